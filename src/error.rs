@@ -1,0 +1,93 @@
+//! Error classes: each maps to a documented exit code, so scripts can tell bad input from a
+//! registry problem from a bug without parsing messages.
+
+use std::fmt;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A bug or an environment problem (disk full, permissions) — exit 1.
+    Internal,
+    /// The user's input is wrong: a path, a reference, a repo, a spec — exit 3.
+    BadInput,
+    /// The registry or network refused or failed — exit 4.
+    Registry,
+}
+
+impl Kind {
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Kind::Internal => 1,
+            Kind::BadInput => 3,
+            Kind::Registry => 4,
+        }
+    }
+}
+
+/// An error that carries its class; found anywhere in an anyhow chain by [`kind_of`].
+#[derive(Debug)]
+pub struct Classified {
+    pub kind: Kind,
+    pub msg: String,
+}
+
+impl fmt::Display for Classified {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.msg)
+    }
+}
+
+impl std::error::Error for Classified {}
+
+pub fn bad_input(msg: impl Into<String>) -> anyhow::Error {
+    Classified {
+        kind: Kind::BadInput,
+        msg: msg.into(),
+    }
+    .into()
+}
+
+pub fn registry(msg: impl Into<String>) -> anyhow::Error {
+    Classified {
+        kind: Kind::Registry,
+        msg: msg.into(),
+    }
+    .into()
+}
+
+/// The class of an error: the outermost [`Classified`] in its chain, else Internal.
+pub fn kind_of(err: &anyhow::Error) -> Kind {
+    err.chain()
+        .find_map(|e| e.downcast_ref::<Classified>().map(|c| c.kind))
+        .unwrap_or(Kind::Internal)
+}
+
+/// One line for the user: the whole context chain joined, disk-full spelled out.
+pub fn one_line(err: &anyhow::Error) -> String {
+    let mut line = format!("{err:#}");
+    let disk_full = err.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::StorageFull)
+    });
+    if disk_full && !line.contains("disk full") {
+        line.push_str(
+            " (disk full: free space in the cache directory or point --cache-dir elsewhere)",
+        );
+    }
+    line.replace('\n', " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anyhow::Context;
+
+    #[test]
+    fn kind_survives_context() {
+        let e = Err::<(), _>(registry("registry x: 401"))
+            .context("pushing")
+            .unwrap_err();
+        assert_eq!(kind_of(&e), Kind::Registry);
+        assert_eq!(one_line(&e), "pushing: registry x: 401");
+        assert_eq!(kind_of(&anyhow::anyhow!("plain")), Kind::Internal);
+    }
+}

@@ -1,0 +1,170 @@
+use clap::{Args, Parser, Subcommand};
+use flops_image_builder::error::{bad_input, kind_of, one_line};
+use flops_image_builder::oci::append::{self, AppendRequest, Output};
+use flops_image_builder::oci::blobstore::default_cache_dir;
+use flops_image_builder::oci::image::ConfigChanges;
+use flops_image_builder::oci::layer::Compression;
+use flops_image_builder::oci::reference::Platform;
+use flops_image_builder::oci::registry;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "flops-image-builder",
+    version,
+    about = "Daemonless OCI image assembler for Oakestra FLOps learner images"
+)]
+struct Cli {
+    /// More log output (-v debug, -vv trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Only errors on stderr.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Append local directories as layers onto a base image and push it (like `crane append`).
+    #[command(
+        after_help = "Example:\n  flops-image-builder append --base http://127.0.0.1:5000/library/python:3.11-slim \\\n      --tag http://127.0.0.1:5000/demo/app:v1 --dir ./app:/app --workdir /app --cmd python3 --cmd main.py"
+    )]
+    Append(AppendArgs),
+}
+
+#[derive(Args)]
+struct AppendArgs {
+    /// Base image reference; `http://` selects plain HTTP.
+    #[arg(long)]
+    base: String,
+    /// Reference to push (with --output oci-layout: the tag names the image in the layout).
+    #[arg(long)]
+    tag: String,
+    /// LOCAL_DIR:/path/in/image — one layer each, in order.
+    #[arg(long = "dir", required = true)]
+    dirs: Vec<String>,
+    /// Environment variable for the image config (repeatable).
+    #[arg(long, value_name = "K=V")]
+    env: Vec<String>,
+    /// Working directory of the image.
+    #[arg(long)]
+    workdir: Option<String>,
+    /// Command of the image, one argument per flag (repeatable).
+    #[arg(long = "cmd", value_name = "ARG", allow_hyphen_values = true)]
+    cmd: Vec<String>,
+    /// Label for the image config (repeatable).
+    #[arg(long, value_name = "K=V")]
+    label: Vec<String>,
+    /// Platforms to build, comma separated; several give an image index [default: the base's, linux/amd64 for an index].
+    #[arg(long)]
+    platform: Option<String>,
+    /// Registry (HOST:PORT) that may use plain HTTP or a self-signed certificate (repeatable).
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    insecure_registry: Vec<String>,
+    /// Where the image goes: `registry`, or `oci-layout:DIR`.
+    #[arg(long, default_value = "registry")]
+    output: String,
+    /// Layer compression: gzip or zstd.
+    #[arg(long, default_value = "gzip")]
+    compression: String,
+    /// Compression level (gzip 0-9, default 6; zstd 1-19, default 3).
+    #[arg(long)]
+    compression_level: Option<i32>,
+    /// Cache directory (blobs and built layers) [default: $XDG_CACHE_HOME/flops-image-builder].
+    #[arg(long, env = "FLOPS_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Print a JSON report on stdout instead of the reference.
+    #[arg(long)]
+    json: bool,
+}
+
+fn key_values(flag: &str, items: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    items
+        .iter()
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => Err(bad_input(format!("invalid {flag} {kv:?}: use KEY=VALUE"))),
+        })
+        .collect()
+}
+
+fn source_date_epoch() -> anyhow::Result<u64> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) if !v.is_empty() => v
+            .trim()
+            .parse()
+            .map_err(|_| bad_input(format!("SOURCE_DATE_EPOCH={v:?} is not a Unix time"))),
+        _ => Ok(0),
+    }
+}
+
+async fn run_append(a: AppendArgs) -> anyhow::Result<()> {
+    let req = AppendRequest {
+        base: a.base,
+        tag: a.tag,
+        dirs: a.dirs,
+        changes: ConfigChanges {
+            env: key_values("--env", &a.env)?,
+            workdir: a.workdir,
+            cmd: (!a.cmd.is_empty()).then_some(a.cmd),
+            labels: key_values("--label", &a.label)?.into_iter().collect(),
+            ..Default::default()
+        },
+        platforms: a
+            .platform
+            .as_deref()
+            .map(Platform::parse_list)
+            .transpose()?
+            .unwrap_or_default(),
+        registry: registry::Options {
+            insecure: a.insecure_registry,
+        },
+        output: Output::parse(&a.output)?,
+        compression: Compression::parse(&a.compression, a.compression_level)?,
+        epoch: source_date_epoch()?,
+        cache_dir: a.cache_dir.unwrap_or_else(default_cache_dir),
+    };
+    let report = append::run(req).await?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{}", report.reference);
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match (cli.quiet, cli.verbose) {
+        (true, _) => "error",
+        (_, 0) => "info",
+        (_, 1) => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FLOPS_LOG")
+        .unwrap_or_else(|_| format!("warn,flops_image_builder={level}").into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let result = rt.block_on(async {
+        match cli.command {
+            Command::Append(a) => run_append(a).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e));
+            ExitCode::from(kind_of(&e).exit_code() as u8)
+        }
+    }
+}

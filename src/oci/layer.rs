@@ -1,0 +1,564 @@
+//! Layer writer: tar stream → compressor → file in the blob store, hashing the uncompressed
+//! bytes (diff_id) and the compressed bytes (digest) in the same pass. Nothing is held in memory
+//! beyond the codec's buffers.
+//!
+//! Reproducible by construction: entries come in sorted order (callers walk sorted), uid/gid 0,
+//! no user/group names, modes normalised to 0755/0644 (0777 for symlinks), one fixed mtime
+//! (SOURCE_DATE_EPOCH), and a gzip header without name or time.
+
+use crate::error::bad_input;
+use crate::oci::blobstore::BlobStore;
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use std::io::{self, BufWriter, Read, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+/// Bumped whenever the bytes a layer is made of could change for the same input.
+pub const LAYER_FORMAT_VERSION: u32 = 1;
+
+pub const MEDIA_TYPE_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+pub const MEDIA_TYPE_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Compression {
+    Gzip(u32),
+    Zstd(i32),
+}
+
+impl Compression {
+    pub fn media_type(self) -> &'static str {
+        match self {
+            Compression::Gzip(_) => MEDIA_TYPE_GZIP,
+            Compression::Zstd(_) => MEDIA_TYPE_ZSTD,
+        }
+    }
+
+    /// `gzip` or `zstd`, with an optional level (gzip 0–9, zstd 1–19).
+    pub fn parse(name: &str, level: Option<i32>) -> Result<Self> {
+        match name {
+            "gzip" => {
+                let l = level.unwrap_or(6);
+                if !(0..=9).contains(&l) {
+                    return Err(bad_input(format!("gzip level {l} is out of range 0-9")));
+                }
+                Ok(Compression::Gzip(l as u32))
+            }
+            "zstd" => {
+                let l = level.unwrap_or(3);
+                if !(1..=19).contains(&l) {
+                    return Err(bad_input(format!("zstd level {l} is out of range 1-19")));
+                }
+                Ok(Compression::Zstd(l))
+            }
+            other => Err(bad_input(format!(
+                "unknown compression {other:?} (use gzip or zstd)"
+            ))),
+        }
+    }
+}
+
+/// A finished layer blob.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Layer {
+    pub digest: String,
+    pub diff_id: String,
+    pub size: u64,
+    pub media_type: String,
+}
+
+/// Counts and hashes everything written through it.
+pub struct Hashing<W> {
+    inner: W,
+    hasher: Sha256,
+    len: u64,
+}
+
+impl<W> Hashing<W> {
+    pub fn new(inner: W) -> Self {
+        Self {
+            inner,
+            hasher: Sha256::new(),
+            len: 0,
+        }
+    }
+    pub fn finish(self) -> (W, String, u64) {
+        (
+            self.inner,
+            format!("sha256:{}", hex::encode(self.hasher.finalize())),
+            self.len,
+        )
+    }
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+enum Encoder<W: Write> {
+    Gzip(flate2::write::GzEncoder<W>),
+    Zstd(zstd::stream::write::Encoder<'static, W>),
+}
+
+impl<W: Write> Encoder<W> {
+    fn new(w: W, c: Compression) -> io::Result<Self> {
+        Ok(match c {
+            // GzBuilder defaults: no file name, mtime 0, so the header is the same on every run.
+            Compression::Gzip(level) => {
+                Encoder::Gzip(flate2::GzBuilder::new().write(w, flate2::Compression::new(level)))
+            }
+            Compression::Zstd(level) => {
+                let mut e = zstd::stream::write::Encoder::new(w, level)?;
+                // zstd's multi-threaded output depends on the job size, not the worker count,
+                // so this stays reproducible across machines.
+                let workers = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+                e.multithread(workers)?;
+                Encoder::Zstd(e)
+            }
+        })
+    }
+    fn finish(self) -> io::Result<W> {
+        match self {
+            Encoder::Gzip(e) => e.finish(),
+            Encoder::Zstd(e) => e.finish(),
+        }
+    }
+}
+
+impl<W: Write> Write for Encoder<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Encoder::Gzip(e) => e.write(buf),
+            Encoder::Zstd(e) => e.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Encoder::Gzip(e) => e.flush(),
+            Encoder::Zstd(e) => e.flush(),
+        }
+    }
+}
+
+type Sink = Hashing<Encoder<Hashing<BufWriter<tempfile::NamedTempFile>>>>;
+
+/// Writes one layer. Callers add entries in sorted order, parents before children.
+pub struct LayerWriter {
+    tar: tar::Builder<Sink>,
+    mtime: u64,
+    compression: Compression,
+}
+
+fn header(kind: tar::EntryType, mode: u32, size: u64, mtime: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_mode(mode);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(mtime);
+    h.set_size(size);
+    h
+}
+
+/// Fails instead of silently writing a short entry if a file shrank after it was measured.
+struct Exact<R> {
+    inner: io::Take<R>,
+    path: String,
+}
+
+impl<R: Read> Read for Exact<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n == 0 && !buf.is_empty() && self.inner.limit() > 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("{} changed while it was being read", self.path),
+            ));
+        }
+        Ok(n)
+    }
+}
+
+impl LayerWriter {
+    pub fn new(store: &BlobStore, compression: Compression, mtime: u64) -> Result<Self> {
+        let file = BufWriter::with_capacity(1 << 20, store.temp_file()?);
+        let enc = Encoder::new(Hashing::new(file), compression)?;
+        let mut tar = tar::Builder::new(Hashing::new(enc));
+        tar.mode(tar::HeaderMode::Deterministic);
+        Ok(Self {
+            tar,
+            mtime,
+            compression,
+        })
+    }
+
+    pub fn dir(&mut self, path: &str) -> Result<()> {
+        let mut h = header(tar::EntryType::Directory, 0o755, 0, self.mtime);
+        let p = format!("{}/", path.trim_end_matches('/'));
+        self.tar
+            .append_data(&mut h, &p, io::empty())
+            .with_context(|| format!("writing {p} to the layer"))
+    }
+
+    pub fn file(&mut self, path: &str, executable: bool, size: u64, data: impl Read) -> Result<()> {
+        let mode = if executable { 0o755 } else { 0o644 };
+        let mut h = header(tar::EntryType::Regular, mode, size, self.mtime);
+        let reader = Exact {
+            inner: data.take(size),
+            path: path.to_string(),
+        };
+        self.tar
+            .append_data(&mut h, path, reader)
+            .with_context(|| format!("writing {path} to the layer"))
+    }
+
+    pub fn symlink(&mut self, path: &str, target: &Path) -> Result<()> {
+        let mut h = header(tar::EntryType::Symlink, 0o777, 0, self.mtime);
+        self.tar
+            .append_link(&mut h, path, target)
+            .with_context(|| format!("writing symlink {path} to the layer"))
+    }
+
+    /// Closes the tar and the codec and moves the blob to its digest in the store.
+    pub fn finish(self, store: &BlobStore) -> Result<Layer> {
+        let media_type = self.compression.media_type().to_string();
+        let (enc, diff_id, _) = self.tar.into_inner()?.finish();
+        let (file, digest, size) = enc.finish()?.finish();
+        let tmp = file.into_inner().map_err(|e| e.into_error())?;
+        tmp.as_file().sync_data().ok();
+        store.commit(tmp, &digest)?;
+        Ok(Layer {
+            digest,
+            diff_id,
+            size,
+            media_type,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryKind {
+    Dir,
+    File { size: u64, executable: bool },
+    Symlink(PathBuf),
+}
+
+/// One entry of a local tree, with its path in the image (no leading `/`).
+#[derive(Debug, Clone)]
+pub struct TreeEntry {
+    pub rel: String,
+    pub source: Option<PathBuf>,
+    pub kind: EntryKind,
+    /// (mtime ns, ctime ns, inode): only for the local build cache key, never written.
+    stamp: (i64, i64, u64),
+}
+
+/// Normalises an image path to `a/b/c` (no leading or trailing slash, no `.`/`..`).
+pub fn image_path(dest: &str) -> Result<String> {
+    let mut parts = Vec::new();
+    for p in dest.split('/') {
+        match p {
+            "" | "." => {}
+            ".." => {
+                return Err(bad_input(format!(
+                    "path in image {dest:?} must not contain '..'"
+                )))
+            }
+            p => parts.push(p),
+        }
+    }
+    Ok(parts.join("/"))
+}
+
+/// Lists `local` (a directory or a single file) as entries under `dest`, sorted, parents first,
+/// including `dest`'s ancestors. Symlinks are listed, never followed; special files are errors.
+pub fn walk(local: &Path, dest: &str) -> Result<Vec<TreeEntry>> {
+    let dest = image_path(dest)?;
+    let meta = std::fs::symlink_metadata(local)
+        .map_err(|e| bad_input(format!("{}: {e}", local.display())))?;
+    let mut out = Vec::new();
+    let ancestors: Vec<&str> = dest.split('/').collect();
+    // Ancestors only; `dest` itself is the walked directory (or the file).
+    for i in 1..ancestors.len() {
+        out.push(TreeEntry {
+            rel: ancestors[..i].join("/"),
+            source: None,
+            kind: EntryKind::Dir,
+            stamp: (0, 0, 0),
+        });
+    }
+    if meta.is_dir() {
+        walk_dir(local, &dest, &mut out)?;
+    } else {
+        if dest.is_empty() {
+            return Err(bad_input(format!(
+                "{}: a single file needs a file path in the image",
+                local.display()
+            )));
+        }
+        out.push(entry(local, dest, &meta)?);
+    }
+    Ok(out)
+}
+
+fn entry(path: &Path, rel: String, meta: &std::fs::Metadata) -> Result<TreeEntry> {
+    let ft = meta.file_type();
+    let kind = if ft.is_dir() {
+        EntryKind::Dir
+    } else if ft.is_file() {
+        EntryKind::File {
+            size: meta.len(),
+            executable: meta.mode() & 0o111 != 0,
+        }
+    } else if ft.is_symlink() {
+        EntryKind::Symlink(
+            std::fs::read_link(path)
+                .with_context(|| format!("reading symlink {}", path.display()))?,
+        )
+    } else {
+        use std::os::unix::fs::FileTypeExt;
+        let what = if ft.is_fifo() {
+            "a fifo"
+        } else if ft.is_socket() {
+            "a socket"
+        } else if ft.is_block_device() || ft.is_char_device() {
+            "a device node"
+        } else {
+            "a special file"
+        };
+        return Err(bad_input(format!(
+            "{} is {what}; only files, directories and symlinks can go into a layer",
+            path.display()
+        )));
+    };
+    let stamp = (
+        meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+        meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
+        meta.ino(),
+    );
+    Ok(TreeEntry {
+        rel,
+        source: Some(path.to_path_buf()),
+        kind,
+        stamp,
+    })
+}
+
+fn walk_dir(dir: &Path, rel: &str, out: &mut Vec<TreeEntry>) -> Result<()> {
+    let meta =
+        std::fs::symlink_metadata(dir).with_context(|| format!("reading {}", dir.display()))?;
+    if !rel.is_empty() {
+        out.push(entry(dir, rel.to_string(), &meta)?);
+    }
+    let mut names: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| bad_input(format!("cannot read directory {}: {e}", dir.display())))?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<io::Result<_>>()
+        .with_context(|| format!("reading directory {}", dir.display()))?;
+    names.sort();
+    for name in names {
+        let path = dir.join(&name);
+        let Some(name) = name.to_str() else {
+            return Err(bad_input(format!(
+                "{}: file name is not UTF-8",
+                path.display()
+            )));
+        };
+        let child = if rel.is_empty() {
+            name.to_string()
+        } else {
+            format!("{rel}/{name}")
+        };
+        let m = std::fs::symlink_metadata(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        if m.is_dir() {
+            walk_dir(&path, &child, out)?;
+        } else {
+            out.push(entry(&path, child, &m)?);
+        }
+    }
+    Ok(())
+}
+
+/// Key of the local layer cache: everything that determines the layer bytes, plus file stamps
+/// (mtime, ctime, inode) standing in for content, as make and git's index do.
+pub fn tree_cache_key(entries: &[TreeEntry], compression: Compression, mtime: u64) -> String {
+    let mut h = Sha256::new();
+    h.update(format!("v{LAYER_FORMAT_VERSION} {compression:?} {mtime}\n"));
+    for e in entries {
+        h.update(format!("{:?}\0{:?}\0{:?}\n", e.rel, e.kind, e.stamp));
+    }
+    hex::encode(h.finalize())
+}
+
+/// Writes the entries of [`walk`] as one layer.
+pub fn write_tree(
+    store: &BlobStore,
+    entries: &[TreeEntry],
+    compression: Compression,
+    mtime: u64,
+) -> Result<Layer> {
+    let mut w = LayerWriter::new(store, compression, mtime)?;
+    for e in entries {
+        match &e.kind {
+            EntryKind::Dir => w.dir(&e.rel)?,
+            EntryKind::Symlink(target) => w.symlink(&e.rel, target)?,
+            EntryKind::File { size, executable } => {
+                let src = e.source.as_ref().expect("files have a source");
+                let f = std::fs::File::open(src)
+                    .map_err(|err| bad_input(format!("cannot read {}: {err}", src.display())))?;
+                w.file(&e.rel, *executable, *size, f)?;
+            }
+        }
+    }
+    w.finish(store)
+}
+
+/// One layer from a local directory or file, reusing the cached blob when the tree is unchanged.
+/// Returns the layer and whether it came from the cache.
+pub fn tree_layer(
+    store: &BlobStore,
+    local: &Path,
+    dest: &str,
+    compression: Compression,
+    mtime: u64,
+) -> Result<(Layer, bool)> {
+    let entries = walk(local, dest)?;
+    let key = tree_cache_key(&entries, compression, mtime);
+    let record = store.root().join("layers").join(format!("{key}.json"));
+    if let Ok(bytes) = std::fs::read(&record) {
+        if let Ok(layer) = serde_json::from_slice::<Layer>(&bytes) {
+            if store.has(&layer.digest, layer.size) {
+                return Ok((layer, true));
+            }
+        }
+    }
+    let layer = write_tree(store, &entries, compression, mtime)?;
+    let tmp = record.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec(&layer)?)
+        .and_then(|_| std::fs::rename(&tmp, &record))
+        .ok();
+    Ok((layer, false))
+}
+
+/// Checks an unpacked-by-us layer is what it claims (used by tests and `oci-layout` reuse).
+pub fn verify_file_digest(path: &Path, digest: &str) -> Result<()> {
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    io::copy(&mut f, &mut h)?;
+    let got = format!("sha256:{}", hex::encode(h.finalize()));
+    if got != digest {
+        bail!("{} has digest {got}, expected {digest}", path.display());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn tree() -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("b/c")).unwrap();
+        std::fs::write(d.path().join("b/c/x.py"), "print('x')\n").unwrap();
+        std::fs::write(d.path().join("a.sh"), "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(
+            d.path().join("a.sh"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .unwrap();
+        symlink("/etc/passwd", d.path().join("outside")).unwrap();
+        d
+    }
+
+    #[test]
+    fn walk_is_sorted_with_ancestors_and_keeps_symlinks() {
+        let d = tree();
+        let e = walk(d.path(), "/opt/app/").unwrap();
+        let rels: Vec<_> = e.iter().map(|e| e.rel.as_str()).collect();
+        assert_eq!(
+            rels,
+            [
+                "opt",
+                "opt/app",
+                "opt/app/a.sh",
+                "opt/app/b",
+                "opt/app/b/c",
+                "opt/app/b/c/x.py",
+                "opt/app/outside"
+            ]
+        );
+        assert_eq!(e[6].kind, EntryKind::Symlink("/etc/passwd".into()));
+        assert_eq!(
+            e[2].kind,
+            EntryKind::File {
+                size: 10,
+                executable: true
+            }
+        );
+    }
+
+    #[test]
+    fn same_tree_same_digest_and_normalised_headers() {
+        let d = tree();
+        let s1 = tempfile::tempdir().unwrap();
+        let s2 = tempfile::tempdir().unwrap();
+        let st1 = BlobStore::open(s1.path()).unwrap();
+        let st2 = BlobStore::open(s2.path()).unwrap();
+        let l1 = write_tree(
+            &st1,
+            &walk(d.path(), "app").unwrap(),
+            Compression::Gzip(6),
+            0,
+        )
+        .unwrap();
+        // Touch a file: stamps change, bytes must not.
+        std::fs::write(d.path().join("b/c/x.py"), "print('x')\n").unwrap();
+        let l2 = write_tree(
+            &st2,
+            &walk(d.path(), "app").unwrap(),
+            Compression::Gzip(6),
+            0,
+        )
+        .unwrap();
+        assert_eq!(l1, l2);
+        let f = std::fs::File::open(st1.path(&l1.digest)).unwrap();
+        let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(f));
+        for e in ar.entries().unwrap() {
+            let e = e.unwrap();
+            let h = e.header();
+            assert_eq!(
+                (h.uid().unwrap(), h.gid().unwrap(), h.mtime().unwrap()),
+                (0, 0, 0)
+            );
+            assert!(h.username().unwrap().unwrap_or("").is_empty());
+            let mode = h.mode().unwrap();
+            assert!([0o755, 0o644, 0o777].contains(&mode), "mode {mode:o}");
+        }
+    }
+
+    #[test]
+    fn special_files_are_rejected() {
+        let d = tempfile::tempdir().unwrap();
+        let sock = d.path().join("s.sock");
+        let _l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let err = walk(d.path(), "app").unwrap_err();
+        assert!(err.to_string().contains("s.sock is a socket"), "{err}");
+    }
+
+    #[test]
+    fn dotdot_in_image_path_is_rejected() {
+        assert!(image_path("/a/../b").is_err());
+        assert_eq!(image_path("//a/./b/").unwrap(), "a/b");
+    }
+}

@@ -1,0 +1,172 @@
+//! Pushing an assembled image: blobs first (HEAD-skip, mount, stream or upload; bounded
+//! concurrency, deduplicated by digest), then per-platform manifests by digest, then the tags.
+
+use crate::oci::assemble::Assembled;
+use crate::oci::blobstore::BlobStore;
+use crate::oci::image::Descriptor;
+use crate::oci::registry::{BlobStatus, Registry};
+use crate::oci::{human_bytes, short};
+use anyhow::{Context, Result};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Uploads at once; the distribution spec's implementations handle this comfortably.
+pub const CONCURRENCY: usize = 4;
+
+/// Where the base image's layers can be read from.
+#[derive(Clone)]
+pub struct BaseSource {
+    pub registry: Arc<Registry>,
+    pub repository: String,
+}
+
+pub struct Pushed {
+    pub statuses: BTreeMap<String, BlobStatus>,
+    pub bytes_uploaded: u64,
+}
+
+enum Source {
+    Local,
+    Base,
+}
+
+/// Pushes everything, tags last. Nothing is tagged if any blob or manifest fails.
+pub async fn push(
+    target: &Arc<Registry>,
+    repo: &str,
+    tags: &[String],
+    base: &BaseSource,
+    image: &Assembled,
+    store: &BlobStore,
+) -> Result<Pushed> {
+    let mut blobs: BTreeMap<String, (Descriptor, Source)> = BTreeMap::new();
+    for img in &image.images {
+        blobs
+            .entry(img.config.digest.clone())
+            .or_insert((img.config.clone(), Source::Local));
+        for l in &img.base_layers {
+            blobs
+                .entry(l.digest.clone())
+                .or_insert((l.clone(), Source::Base));
+        }
+        for l in &img.new_layers {
+            blobs
+                .entry(l.digest.clone())
+                .or_insert((l.clone(), Source::Local));
+        }
+    }
+    let same_registry = base.registry.host == target.host;
+    let sem = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (digest, (desc, source)) in blobs {
+        let (target, base, sem, repo) =
+            (target.clone(), base.clone(), sem.clone(), repo.to_string());
+        let path = store.path(&digest);
+        tasks.spawn(async move {
+            let _permit = sem.acquire_owned().await.expect("semaphore");
+            let t0 = Instant::now();
+            let status =
+                push_blob(&target, &repo, &desc, source, &path, &base, same_registry).await?;
+            if status != BlobStatus::Skipped {
+                tracing::info!(
+                    "blob {} {:?} ({}, {:.1}s)",
+                    short(&digest),
+                    status,
+                    human_bytes(desc.size),
+                    t0.elapsed().as_secs_f64()
+                );
+            }
+            anyhow::Ok((digest, status))
+        });
+    }
+    let mut statuses = BTreeMap::new();
+    while let Some(r) = tasks.join_next().await {
+        match r.context("upload task")? {
+            Ok((d, s)) => {
+                statuses.insert(d, s);
+            }
+            Err(e) => {
+                tasks.abort_all();
+                return Err(e);
+            }
+        }
+    }
+    // Per-platform manifests by digest, so the index (or tag) never points at something missing.
+    if image.images.len() > 1 || image.top.media_type != image.images[0].manifest.media_type {
+        for img in &image.images {
+            target
+                .put_manifest(
+                    repo,
+                    &img.manifest.digest,
+                    &img.manifest.media_type,
+                    &img.manifest_bytes,
+                )
+                .await?;
+        }
+    }
+    target
+        .put_manifest(
+            repo,
+            &image.top.digest,
+            &image.top.media_type,
+            &image.top_bytes,
+        )
+        .await?;
+    for tag in tags {
+        target
+            .put_manifest(repo, tag, &image.top.media_type, &image.top_bytes)
+            .await?;
+    }
+    let bytes_uploaded = target.uploaded.load(std::sync::atomic::Ordering::Relaxed);
+    Ok(Pushed {
+        statuses,
+        bytes_uploaded,
+    })
+}
+
+async fn push_blob(
+    target: &Registry,
+    repo: &str,
+    desc: &Descriptor,
+    source: Source,
+    path: &std::path::Path,
+    base: &BaseSource,
+    same_registry: bool,
+) -> Result<BlobStatus> {
+    if target.blob_exists(repo, &desc.digest).await? {
+        return Ok(BlobStatus::Skipped);
+    }
+    match source {
+        Source::Local => {
+            target
+                .upload_file(repo, &desc.digest, path, desc.size, None)
+                .await?;
+            Ok(BlobStatus::Uploaded)
+        }
+        Source::Base => {
+            let mut session = None;
+            if same_registry && base.repository != repo {
+                match target.mount(repo, &desc.digest, &base.repository).await {
+                    Ok(None) => return Ok(BlobStatus::Mounted),
+                    Ok(Some(s)) => session = Some(s),
+                    Err(e) => tracing::debug!(
+                        "mount of {} failed ({e:#}); copying instead",
+                        short(&desc.digest)
+                    ),
+                }
+            }
+            target
+                .copy_blob_from(
+                    repo,
+                    &desc.digest,
+                    desc.size,
+                    &base.registry,
+                    &base.repository,
+                    session,
+                )
+                .await?;
+            Ok(BlobStatus::Streamed)
+        }
+    }
+}
