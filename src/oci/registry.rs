@@ -435,7 +435,7 @@ impl Registry {
         match status {
             StatusCode::UNAUTHORIZED => reg_err(format!("registry {}: not authorised for {what} ({detail}); check credentials in ~/.docker/config.json or REGISTRY_AUTH_FILE", self.host)),
             StatusCode::FORBIDDEN => reg_err(format!("registry {}: access denied for {what} ({detail})", self.host)),
-            StatusCode::NOT_FOUND => reg_err(format!("{what}: not found in registry {} ({detail})", self.host)),
+            StatusCode::NOT_FOUND => crate::error::bad_input(format!("{what}: not found in registry {} ({detail})", self.host)),
             _ => reg_err(format!("registry {}: {what} failed ({detail})", self.host)),
         }
     }

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# End-to-end demo on a fresh Debian machine (as root): starts the local registry and broker,
+# builds the base image, builds the builder, appends a small app onto the base, pushes it to
+# the local registry, verifies it with skopeo/umoci and runs it with chroot.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ "$(id -u)" = 0 ] || { echo "run as root (it installs Debian packages and starts services)" >&2; exit 1; }
+scripts/rig.sh all
+cargo build --release --locked
+BIN=target/release/flops-image-builder
+REG=127.0.0.1:5000
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+mkdir -p "$WORK/app"
+cat > "$WORK/app/main.py" <<'PY'
+import platform, sys
+print(f"hello from a daemonless image: python {platform.python_version()} on {platform.machine()}")
+PY
+REF=$($BIN append --base http://$REG/library/python:3.11-slim --tag http://$REG/demo/hello:latest \
+  --dir "$WORK/app:/app" --workdir /app --cmd python --cmd main.py --platform linux/amd64,linux/arm64 | tail -1)
+echo "pushed: $REF"
+skopeo inspect --tls-verify=false "docker://$REG/demo/hello:latest" | jq '{Digest, Architecture, Layers}'
+skopeo copy -q --src-tls-verify=false "docker://$REG/demo/hello:latest" "oci:$WORK/oci:hello"
+umoci unpack --image "$WORK/oci:hello" "$WORK/bundle" >/dev/null
+chroot "$WORK/bundle/rootfs" sh -c 'cd /app && python main.py'
+cat <<MSG
+
+Where to look:
+  registry      http://$REG/v2/_catalog   (curl it; images under demo/)
+  image         skopeo inspect --tls-verify=false docker://$REG/demo/hello:latest
+  index         skopeo inspect --raw --tls-verify=false docker://$REG/demo/hello:latest | jq
+  rig logs      /var/lib/flops-rig/*.log
+MSG
