@@ -16,7 +16,7 @@ RIG_CACHE=${RIG_CACHE:-/var/cache/flops-rig}
 PLAIN=127.0.0.1:5000
 TLS=127.0.0.1:5443
 MQTT_PORT=9027
-PACKAGES=(docker-registry mosquitto mosquitto-clients skopeo umoci mmdebstrap apache2-utils openssl curl jq ca-certificates git file zstd)
+PACKAGES=(docker-registry mosquitto mosquitto-clients skopeo umoci mmdebstrap apache2-utils openssl curl jq ca-certificates git file zstd libssl-dev pkg-config)
 
 log() { printf '[rig %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 

@@ -6,6 +6,8 @@ use flops_image_builder::oci::image::ConfigChanges;
 use flops_image_builder::oci::layer::Compression;
 use flops_image_builder::oci::reference::Platform;
 use flops_image_builder::oci::registry;
+use flops_image_builder::pipeline;
+use flops_image_builder::repo::clone::CloneOptions;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -32,7 +34,30 @@ enum Command {
     #[command(
         after_help = "Example:\n  flops-image-builder append --base http://127.0.0.1:5000/library/python:3.11-slim \\\n      --tag http://127.0.0.1:5000/demo/app:v1 --dir ./app:/app --workdir /app --cmd python3 --cmd main.py"
     )]
-    Append(AppendArgs),
+    Append(Box<AppendArgs>),
+    /// Clone, verify and doctor an ML repo without building: a dry run for CI.
+    #[command(
+        after_help = "Example:\n  flops-image-builder check https://github.com/Malyuk-A/flops-ml-repo-sklearn --registry 192.168.1.10:5073"
+    )]
+    Check(CheckArgs),
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    /// Git URL (https, http, file://) or local path of the ML repo. Credentials: in the URL or GIT_TOKEN.
+    repo: String,
+    /// Branch, tag or commit to check out [default: the default branch].
+    #[arg(long = "ref")]
+    git_ref: Option<String>,
+    /// Registry the image would be pushed to (only used to print the image name).
+    #[arg(long)]
+    registry: Option<String>,
+    /// Refuse repositories larger than this many MB.
+    #[arg(long, default_value_t = 500)]
+    max_repo_size: u64,
+    /// Print a JSON report on stdout.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -136,6 +161,22 @@ async fn run_append(a: AppendArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn run_check(a: CheckArgs) -> anyhow::Result<()> {
+    let opts = CloneOptions {
+        git_ref: a.git_ref,
+        max_bytes: a.max_repo_size * 1_000_000,
+    };
+    let (report, _checkout) =
+        tokio::task::spawn_blocking(move || pipeline::check(&a.repo, &opts, a.registry.as_deref()))
+            .await??;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.text());
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let level = match (cli.quiet, cli.verbose) {
@@ -157,7 +198,8 @@ fn main() -> ExitCode {
         .expect("tokio runtime");
     let result = rt.block_on(async {
         match cli.command {
-            Command::Append(a) => run_append(a).await,
+            Command::Append(a) => run_append(*a).await,
+            Command::Check(a) => run_check(a).await,
         }
     });
     match result {

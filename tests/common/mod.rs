@@ -24,17 +24,37 @@ pub fn require_rig() {
         }
     }
     for tool in ["skopeo", "umoci", "chroot"] {
-        if Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().map(|o| !o.status.success()).unwrap_or(true) {
+        if Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .map(|o| !o.status.success())
+            .unwrap_or(true)
+        {
             panic!("{tool} is not installed: run `sudo scripts/rig.sh install`");
         }
     }
-    let ok = Command::new("skopeo").args(["inspect", "--raw", "--tls-verify=false", &format!("docker://{PLAIN}/library/python:3.11-slim")]).output().map(|o| o.status.success()).unwrap_or(false);
-    assert!(ok, "base image {PLAIN}/library/python:3.11-slim is missing: run `sudo scripts/rig.sh base`");
+    let ok = Command::new("skopeo")
+        .args([
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{PLAIN}/library/python:3.11-slim"),
+        ])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        ok,
+        "base image {PLAIN}/library/python:3.11-slim is missing: run `sudo scripts/rig.sh base`"
+    );
 }
 
 /// A repository name no other test or run uses.
 pub fn unique(name: &str) -> String {
-    let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
     format!("test/{name}-{n}-{}", std::process::id())
 }
 
@@ -46,7 +66,12 @@ pub struct Run {
 
 impl Run {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}\nstderr: {}", self.stdout, self.stderr))
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}): {}\nstderr: {}",
+                self.stdout, self.stderr
+            )
+        })
     }
     pub fn ok(self) -> Self {
         assert_eq!(self.code, 0, "command failed: {}", self.stderr);
@@ -64,7 +89,11 @@ pub fn run_env(args: &[&str], env: &[(&str, &str)]) -> Run {
         c.env(k, v);
     }
     let o: Output = c.output().expect("run the builder");
-    Run { code: o.status.code().unwrap_or(-1), stdout: String::from_utf8_lossy(&o.stdout).into(), stderr: String::from_utf8_lossy(&o.stderr).into() }
+    Run {
+        code: o.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&o.stdout).into(),
+        stderr: String::from_utf8_lossy(&o.stderr).into(),
+    }
 }
 
 pub fn run(args: &[&str]) -> Run {
@@ -73,29 +102,125 @@ pub fn run(args: &[&str]) -> Run {
 
 pub fn sh(cmd: &str) -> String {
     let o = Command::new("sh").args(["-c", cmd]).output().expect("sh");
-    assert!(o.status.success(), "`{cmd}` failed: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "`{cmd}` failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     String::from_utf8_lossy(&o.stdout).into()
 }
 
 pub fn sh_status(cmd: &str) -> (bool, String) {
     let o = Command::new("sh").args(["-c", cmd]).output().expect("sh");
-    (o.status.success(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+    (
+        o.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+    )
 }
 
 pub fn skopeo_raw(reference: &str, extra: &str) -> serde_json::Value {
-    serde_json::from_str(&sh(&format!("skopeo inspect --raw --tls-verify=false {extra} docker://{reference}"))).unwrap()
+    serde_json::from_str(&sh(&format!(
+        "skopeo inspect --raw --tls-verify=false {extra} docker://{reference}"
+    )))
+    .unwrap()
 }
 
 /// skopeo copy → umoci unpack; returns the rootfs path (inside `work`).
 pub fn unpack(reference: &str, work: &Path, extra: &str) -> PathBuf {
     let layout = work.join("oci");
     let bundle = work.join("bundle");
-    sh(&format!("skopeo copy -q --src-tls-verify=false {extra} docker://{reference} oci:{}:img", layout.display()));
-    sh(&format!("umoci unpack --image {}:img {}", layout.display(), bundle.display()));
+    sh(&format!(
+        "skopeo copy -q --src-tls-verify=false {extra} docker://{reference} oci:{}:img",
+        layout.display()
+    ));
+    sh(&format!(
+        "umoci unpack --image {}:img {}",
+        layout.display(),
+        bundle.display()
+    ));
     bundle.join("rootfs")
 }
 
 pub fn write(path: &Path, content: &str) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(path, content).unwrap();
+}
+
+/// Copies `fixtures/<name>` into `<parent>/<repo_name>` and commits it with git (fixed dates,
+/// so the commit sha is stable). Returns the repository path.
+pub fn git_repo(fixture: &str, parent: &Path, repo_name: &str) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(fixture);
+    let dest = parent.join(repo_name);
+    std::fs::create_dir_all(&dest).unwrap();
+    sh(&format!("cp -a {}/. {}", src.display(), dest.display()));
+    git(&dest, "init -q -b main");
+    commit_all(&dest, "initial");
+    dest
+}
+
+pub fn git(repo: &Path, args: &str) -> String {
+    sh(&format!("cd {} && git -c user.name=test -c user.email=test@example.com -c commit.gpgsign=false {args}", repo.display()))
+}
+
+pub fn commit_all(repo: &Path, msg: &str) -> String {
+    let env = "GIT_AUTHOR_DATE='2026-01-02T03:04:05Z' GIT_COMMITTER_DATE='2026-01-02T03:04:05Z'";
+    sh(&format!("cd {} && git add -A && {env} git -c user.name=test -c user.email=test@example.com -c commit.gpgsign=false commit -q -m '{msg}'", repo.display()));
+    git(repo, "rev-parse HEAD").trim().to_string()
+}
+
+/// Smart-HTTP git server on 127.0.0.1 (tests/support/git_http.py), stopped on drop.
+pub struct GitServer {
+    child: std::process::Child,
+    pub port: u16,
+}
+
+impl GitServer {
+    /// Serves the bare clones of the repos under `root` (each `<name>.git`).
+    pub fn start(root: &Path, auth: Option<&str>) -> Self {
+        let portfile = root.join(".port");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/git_http.py");
+        let mut cmd = Command::new("python3");
+        cmd.arg(script).arg(root).arg(&portfile);
+        if let Some(a) = auth {
+            cmd.arg(a);
+        }
+        let mut server = GitServer {
+            child: cmd.spawn().expect("python3 (for the test git server)"),
+            port: 0,
+        };
+        for _ in 0..100 {
+            if let Ok(p) = std::fs::read_to_string(&portfile) {
+                server.port = p.trim().parse().unwrap();
+                return server;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("test git server did not start");
+    }
+
+    pub fn url(&self, repo: &str) -> String {
+        format!("http://127.0.0.1:{}/{repo}.git", self.port)
+    }
+}
+
+impl Drop for GitServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A bare copy of `repo` at `<root>/<name>.git`, ready to serve.
+pub fn bare(repo: &Path, root: &Path, name: &str) {
+    sh(&format!(
+        "git clone -q --bare {} {}/{name}.git",
+        repo.display(),
+        root.display()
+    ));
 }

@@ -1,0 +1,4 @@
+//! Step 3 onwards: dependency specs, the doctor, and (later) resolution and wheel layers.
+
+pub mod doctor;
+pub mod spec;
