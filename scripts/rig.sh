@@ -34,6 +34,19 @@ install_packages() {
   fi
 }
 
+# uv, pinned (base-layers/uv-version), from PyPI: the resolver the builder runs.
+install_uv() {
+  local want
+  want=$(cat "$(dirname "$0")/../base-layers/uv-version")
+  if [ "$(uv --version 2>/dev/null | awk '{print $2}')" != "$want" ]; then
+    log "installing uv $want"
+    rm -rf /opt/flops-uv
+    python3 -m pip install -q --disable-pip-version-check --target /opt/flops-uv "uv==$want" 2>&1 | grep -v 'Running pip as the' >&2 || true
+    ln -sf /opt/flops-uv/bin/uv /usr/local/bin/uv
+    uv --version >/dev/null
+  fi
+}
+
 listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 wait_port() {
@@ -112,7 +125,8 @@ rootfs() {
 # platform alone as <tag>-amd64 / <tag>-arm64, plus a Docker v2s2 copy as <tag>-docker).
 push_base() { # name tag packages
   local name=$1 tag=$2 pkgs=$3
-  if skopeo inspect --raw --tls-verify=false "docker://$PLAIN/library/$name:$tag" >/dev/null 2>&1; then
+  local stamp="$RIG_STATE/base-$name-$tag.pkgs"
+  if [ "$(cat "$stamp" 2>/dev/null)" = "$pkgs" ] && skopeo inspect --raw --tls-verify=false "docker://$PLAIN/library/$name:$tag" >/dev/null 2>&1; then
     log "base $PLAIN/library/$name:$tag already present"; return 0
   fi
   local amd arm layout pyver
@@ -140,17 +154,20 @@ push_base() { # name tag packages
   done
   skopeo copy --quiet --format v2s2 --dest-tls-verify=false "oci:$layout/oci:amd64" "docker://$PLAIN/library/$name:$tag-docker"
   rm -rf "$layout"
+  echo "$pkgs" >"$stamp"
 }
 
 build_base() {
-  push_base python 3.11-slim python3,python-is-python3,ca-certificates
+  # What python:3.11-slim offers wheels: python3, CA certificates, libstdc++ and libgomp
+  # (scipy, scikit-learn and pyarrow link against them).
+  push_base python 3.11-slim python3,python-is-python3,ca-certificates,libstdc++6,libgomp1
 }
 
 need_root
 case "${1:-all}" in
-  install) install_packages ;;
+  install) install_packages; install_uv ;;
   services) start_services ;;
   base) build_base ;;
-  all) install_packages; start_services; build_base ;;
+  all) install_packages; install_uv; start_services; build_base ;;
   *) echo "usage: $0 [install|services|base|all]" >&2; exit 2 ;;
 esac

@@ -35,11 +35,76 @@ enum Command {
         after_help = "Example:\n  flops-image-builder append --base http://127.0.0.1:5000/library/python:3.11-slim \\\n      --tag http://127.0.0.1:5000/demo/app:v1 --dir ./app:/app --workdir /app --cmd python3 --cmd main.py"
     )]
     Append(Box<AppendArgs>),
+    /// Build the FLOps learner image of an ML repo and push it.
+    #[command(
+        after_help = "Example:\n  flops-image-builder build https://github.com/Malyuk-A/flops-ml-repo-sklearn --registry http://127.0.0.1:5000 --platform linux/amd64,linux/arm64"
+    )]
+    Build(Box<BuildArgs>),
     /// Clone, verify and doctor an ML repo without building: a dry run for CI.
     #[command(
         after_help = "Example:\n  flops-image-builder check https://github.com/Malyuk-A/flops-ml-repo-sklearn --registry 192.168.1.10:5073"
     )]
     Check(CheckArgs),
+}
+
+#[derive(Args)]
+struct BuildArgs {
+    /// Git URL (https, http, file://) or local path of the ML repo.
+    repo: String,
+    /// Registry to push to; `http://` selects plain HTTP.
+    #[arg(long)]
+    registry: String,
+    /// Branch, tag or commit [default: the default branch].
+    #[arg(long = "ref")]
+    git_ref: Option<String>,
+    /// Platforms, comma separated; several give an image index.
+    #[arg(long, default_value = "linux/amd64")]
+    platform: String,
+    /// Base image [default: <registry>/library/python:<python>-slim].
+    #[arg(long)]
+    base_image: Option<String>,
+    /// ML_MODEL_FLAVOR of the image (sklearn, pytorch, tensorflow, keras).
+    #[arg(long)]
+    model_flavor: Option<String>,
+    /// More tags besides the commit sha (repeatable).
+    #[arg(long)]
+    tag: Vec<String>,
+    /// Registry (HOST:PORT) that may use plain HTTP or a self-signed certificate (repeatable).
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    insecure_registry: Vec<String>,
+    /// Layer compression: gzip or zstd.
+    #[arg(long, default_value = "gzip")]
+    compression: String,
+    /// Compression level (gzip 0-9, default 6; zstd 1-19, default 3).
+    #[arg(long)]
+    compression_level: Option<i32>,
+    /// Most dependency layers per image: the largest packages alone, the rest together.
+    #[arg(long, default_value_t = 12)]
+    max_dep_layers: usize,
+    /// Cache directory (wheels, layers, blobs) [default: $XDG_CACHE_HOME/flops-image-builder].
+    #[arg(long, env = "FLOPS_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    /// uv binary for resolving [default: uv on PATH].
+    #[arg(long)]
+    uv: Option<PathBuf>,
+    /// Package index URL (uv also reads UV_INDEX_URL / PIP_INDEX_URL).
+    #[arg(long)]
+    index_url: Option<String>,
+    /// glibc version of the base image (bounds manylinux wheels).
+    #[arg(long, default_value = "2.28")]
+    glibc: String,
+    /// Interpreter for scripts' shebangs inside the image.
+    #[arg(long, default_value = "/usr/bin/env python3")]
+    python: String,
+    /// Working directory of the image (repo code goes here).
+    #[arg(long, default_value = "/app")]
+    workdir: String,
+    /// Refuse repositories larger than this many MB.
+    #[arg(long, default_value_t = 500)]
+    max_repo_size: u64,
+    /// Print a JSON report on stdout.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -177,6 +242,46 @@ async fn run_check(a: CheckArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn run_build(a: BuildArgs) -> anyhow::Result<()> {
+    let glibc = a
+        .glibc
+        .split_once('.')
+        .and_then(|(x, y)| Some((x.parse().ok()?, y.parse().ok()?)))
+        .ok_or_else(|| bad_input(format!("invalid --glibc {:?}: use MAJOR.MINOR", a.glibc)))?;
+    let req = pipeline::BuildRequest {
+        repo: a.repo,
+        clone: CloneOptions {
+            git_ref: a.git_ref,
+            max_bytes: a.max_repo_size * 1_000_000,
+        },
+        registry: a.registry,
+        platforms: Platform::parse_list(&a.platform)?,
+        base_image: a.base_image,
+        model_flavor: a.model_flavor,
+        extra_tags: a.tag,
+        registry_opts: registry::Options {
+            insecure: a.insecure_registry,
+        },
+        compression: Compression::parse(&a.compression, a.compression_level)?,
+        cache_dir: a.cache_dir.unwrap_or_else(default_cache_dir),
+        max_dep_layers: a.max_dep_layers,
+        resolve: flops_image_builder::deps::resolve::ResolveOptions {
+            uv: a.uv,
+            index_url: a.index_url,
+        },
+        glibc,
+        python: a.python,
+        workdir: a.workdir,
+    };
+    let report = pipeline::build(req).await?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{}", report.image.reference);
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let level = match (cli.quiet, cli.verbose) {
@@ -200,6 +305,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Append(a) => run_append(*a).await,
             Command::Check(a) => run_check(a).await,
+            Command::Build(a) => run_build(*a).await,
         }
     });
     match result {

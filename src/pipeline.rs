@@ -116,3 +116,308 @@ impl CheckReport {
         s
     }
 }
+
+/// Where dependencies go in the image.
+pub const DEPS_PREFIX: &str = "/opt/flops";
+
+#[derive(Debug, Clone)]
+pub struct BuildRequest {
+    pub repo: String,
+    pub clone: CloneOptions,
+    /// Registry URL (`http://host:port` for plain HTTP) the learner image is pushed to.
+    pub registry: String,
+    pub platforms: Vec<crate::oci::reference::Platform>,
+    pub base_image: Option<String>,
+    pub model_flavor: Option<String>,
+    pub extra_tags: Vec<String>,
+    pub registry_opts: crate::oci::registry::Options,
+    pub compression: crate::oci::layer::Compression,
+    pub cache_dir: std::path::PathBuf,
+    pub max_dep_layers: usize,
+    pub resolve: crate::deps::resolve::ResolveOptions,
+    /// glibc of the base image, bounding manylinux wheels.
+    pub glibc: (u32, u32),
+    /// Interpreter for script shebangs inside the image.
+    pub python: String,
+    pub workdir: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DepLayerReport {
+    pub platform: String,
+    pub packages: String,
+    pub digest: String,
+    pub size: u64,
+    /// `built`, `cache` (local) or `registry` (found in the target repository).
+    pub source: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BuildReport {
+    pub image: crate::oci::append::Report,
+    pub commit: String,
+    pub spec: &'static str,
+    pub python: String,
+    pub doctor: Vec<Fired>,
+    pub warnings: Vec<String>,
+    pub dependency_layers: Vec<DepLayerReport>,
+}
+
+fn scheme_of(registry: &str) -> &'static str {
+    if registry.starts_with("http://") {
+        "http://"
+    } else {
+        ""
+    }
+}
+
+/// clone → verify → doctor → resolve → fetch → layers → push, each phase timed.
+pub async fn build(req: BuildRequest) -> Result<BuildReport> {
+    use crate::deps::{fetch, install::Prefix, layers, pylock, resolve, wheel};
+    use crate::error::bad_input;
+    use crate::oci::{
+        append, assemble, blobstore::BlobStore, image, layer, push, reference::Reference,
+    };
+    use std::collections::{BTreeMap, HashMap};
+
+    let total = Instant::now();
+    let store = BlobStore::open(&req.cache_dir)?;
+    let (source, clone_opts, registry) =
+        (req.repo.clone(), req.clone.clone(), req.registry.clone());
+    let (check, checkout) =
+        tokio::task::spawn_blocking(move || check(&source, &clone_opts, Some(&registry))).await??;
+    let mut phases = append::Phases(check.phases_ms.clone());
+    let target = Reference::parse(&format!("{}{}", scheme_of(&req.registry), check.image))?;
+    let spec_python = check.python.clone();
+    let base_ref = match &req.base_image {
+        Some(b) => b.clone(),
+        None => format!(
+            "{}{}/library/python:{}-slim",
+            scheme_of(&req.registry),
+            target.registry,
+            spec_python.as_deref().unwrap_or("3.11")
+        ),
+    };
+    let base = Reference::parse(&base_ref)?;
+
+    let t = Instant::now();
+    let (base_reg, target_reg) = append::connect(&base, Some(&target), &req.registry_opts).await?;
+    let target_reg = target_reg.expect("registry output");
+    let bases = assemble::resolve_base(&base_reg, &base, &req.platforms).await?;
+    // The base image's Python decides: PYTHON_VERSION from its config, else the spec's pin.
+    let python_full = image::config_env(&bases[0].config, "PYTHON_VERSION")
+        .map(str::to_string)
+        .or_else(|| spec_python.as_ref().map(|p| format!("{p}.0")))
+        .unwrap_or_else(|| "3.11.0".into());
+    let python_mm = python_full.split('.').take(2).collect::<Vec<_>>().join(".");
+    if let Some(p) = &spec_python {
+        if *p != python_mm {
+            return Err(bad_input(format!("{} pins Python {p} but base image {base} has Python {python_full}; pass --base-image with a Python {p} image", check.spec)));
+        }
+    }
+    let lock_text = if check.spec == "pylock.toml" {
+        crate::repo::read_inside(checkout.root(), std::path::Path::new("pylock.toml"))?
+    } else {
+        let input = resolve::lock_input(&check.requirements);
+        let (mm, opts) = (python_mm.clone(), req.resolve.clone());
+        tokio::task::spawn_blocking(move || resolve::resolve(&input, &mm, &opts)).await??
+    };
+    let lock = pylock::parse(&lock_text)?;
+    phases.done("resolve", t);
+
+    // Plan every platform's dependency layers, then find what already exists.
+    let prefix = Prefix::new(DEPS_PREFIX, &req.python);
+    let mut plans = Vec::new();
+    for b in &bases {
+        let target_platform = wheel::Target::new(
+            &b.platform.architecture,
+            &python_full,
+            wheel::Libc::Glibc(req.glibc.0, req.glibc.1),
+        )?;
+        let platform = format!("{}/{}", b.platform.os, b.platform.architecture);
+        let selected = pylock::select(&lock, &target_platform)?;
+        plans.push((
+            platform.clone(),
+            layers::plan(
+                &selected,
+                req.max_dep_layers,
+                &platform,
+                &prefix,
+                req.compression,
+            ),
+        ));
+    }
+    let t = Instant::now();
+    let remote = layers::registry_cache(&target_reg, &target.repository).await;
+    let mut ready: HashMap<String, (layer::Layer, &'static str)> = HashMap::new();
+    let mut to_build: Vec<layers::DepLayer> = Vec::new();
+    for (_, plan) in &plans {
+        for dep in plan {
+            if ready.contains_key(&dep.key) || to_build.iter().any(|d| d.key == dep.key) {
+                continue;
+            }
+            if let Some(l) = remote.get(&dep.key) {
+                ready.insert(dep.key.clone(), (l.clone(), "registry"));
+            } else if let Some(l) = layers::local_cached(&store, &dep.key) {
+                ready.insert(dep.key.clone(), (l, "cache"));
+            } else {
+                to_build.push(dep.clone());
+            }
+        }
+    }
+    let mut wanted: Vec<pylock::Selected> = Vec::new();
+    for w in to_build.iter().flat_map(|d| &d.wheels) {
+        if !wanted.iter().any(|x| x.sha256 == w.sha256) {
+            wanted.push(w.clone());
+        }
+    }
+    let http = fetch::http_client()?;
+    let paths = fetch::fetch_all(&http, store.root(), Some(checkout.root()), &wanted).await?;
+    let by_sha: HashMap<String, std::path::PathBuf> =
+        wanted.iter().map(|w| w.sha256.clone()).zip(paths).collect();
+    phases.done("fetch", t);
+
+    // Layers: dependency layers and the code layer, in parallel on the blocking pool.
+    let t = Instant::now();
+    let mut builds = Vec::new();
+    for dep in to_build {
+        let (store, prefix, c) = (store.clone(), prefix.clone(), req.compression);
+        let paths: Vec<_> = dep
+            .wheels
+            .iter()
+            .map(|w| by_sha[&w.sha256].clone())
+            .collect();
+        builds.push(tokio::task::spawn_blocking(move || {
+            layers::build(&store, &dep, &paths, &prefix, c).map(|l| (dep.key.clone(), l))
+        }));
+    }
+    let epoch = checkout.commit_time.max(0) as u64;
+    let code = {
+        let (store, root, dest, c) = (
+            store.clone(),
+            checkout.root().to_path_buf(),
+            req.workdir.clone(),
+            req.compression,
+        );
+        tokio::task::spawn_blocking(move || {
+            layer::tree_layer(&store, &root, &dest, &[".git"], c, epoch)
+        })
+    };
+    for b in builds {
+        let (key, l) = b.await??;
+        ready.insert(key, (l, "built"));
+    }
+    let (code_layer, _) = code.await??;
+    phases.done("layers", t);
+
+    let mut env = vec![
+        ("FLWR_TELEMETRY_ENABLED".to_string(), "0".to_string()),
+        ("PYTHONPATH".into(), format!("{DEPS_PREFIX}/site-packages")),
+        (
+            "PATH".into(),
+            format!(
+                "{DEPS_PREFIX}/bin:{}",
+                image::config_env(&bases[0].config, "PATH")
+                    .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            ),
+        ),
+    ];
+    if let Some(f) = &req.model_flavor {
+        env.push(("ML_MODEL_FLAVOR".into(), f.clone()));
+    }
+    let labels: BTreeMap<String, String> = [
+        ("org.opencontainers.image.source", check.source.clone()),
+        ("org.opencontainers.image.revision", check.commit.clone()),
+        ("org.opencontainers.image.created", image::rfc3339(epoch)),
+        (
+            "io.oakestra.flops.image-builder.version",
+            env!("CARGO_PKG_VERSION").to_string(),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let changes = image::ConfigChanges {
+        env,
+        workdir: Some(req.workdir.clone()),
+        labels,
+        created: image::rfc3339(epoch),
+        ..Default::default()
+    };
+    let mut dep_reports = Vec::new();
+    let plan_of: HashMap<String, &Vec<layers::DepLayer>> =
+        plans.iter().map(|(p, l)| (p.clone(), l)).collect();
+    for (platform, plan) in &plans {
+        for dep in plan {
+            let (l, src) = &ready[&dep.key];
+            dep_reports.push(DepLayerReport {
+                platform: platform.clone(),
+                packages: dep.packages(),
+                digest: l.digest.clone(),
+                size: l.size,
+                source: src,
+            });
+        }
+    }
+    let added = |p: &image::PlatformSpec| {
+        let plan = plan_of[&format!("{}/{}", p.os, p.architecture)];
+        let mut v: Vec<image::AddedLayer> = plan
+            .iter()
+            .map(|dep| {
+                let l = &ready[&dep.key].0;
+                image::AddedLayer {
+                    descriptor: layers::descriptor(l, dep),
+                    diff_id: l.diff_id.clone(),
+                    created_by: format!("flops-image-builder: pip install {}", dep.packages()),
+                }
+            })
+            .collect();
+        v.push(image::AddedLayer {
+            descriptor: image::Descriptor::new(
+                &code_layer.media_type,
+                &code_layer.digest,
+                code_layer.size,
+            ),
+            diff_id: code_layer.diff_id.clone(),
+            created_by: format!("flops-image-builder: COPY {} {}", check.source, req.workdir),
+        });
+        v
+    };
+    let assembled = assemble::assemble(&store, &bases, added, &changes, req.platforms.len() > 1)?;
+    let t = Instant::now();
+    let mut tags = vec![target.tag.clone().expect("learner images are tagged")];
+    tags.extend(req.extra_tags.iter().cloned());
+    let base_src = push::BaseSource {
+        registry: base_reg,
+        repository: base.repository.clone(),
+    };
+    let pushed = push::push(
+        &target_reg,
+        &target.repository,
+        &tags,
+        &base_src,
+        &assembled,
+        &store,
+    )
+    .await?;
+    phases.done("push", t);
+    phases.done("total", total);
+    let name = format!("{}/{}:{}", target.registry, target.repository, tags[0]);
+    let report = append::report(
+        &name,
+        &assembled,
+        &pushed.statuses,
+        "skipped",
+        pushed.bytes_uploaded,
+        phases,
+    );
+    Ok(BuildReport {
+        image: report,
+        commit: check.commit,
+        spec: check.spec,
+        python: python_full,
+        doctor: check.doctor,
+        warnings: check.warnings,
+        dependency_layers: dep_reports,
+    })
+}

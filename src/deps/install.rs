@@ -38,7 +38,9 @@ impl Prefix {
     }
 
     fn shebang(&self) -> String {
-        if self.python.len() + 2 <= 127 && !self.python.contains(' ') {
+        let env_form =
+            self.python.starts_with("/usr/bin/env ") && self.python.split(' ').count() == 2;
+        if self.python.len() + 2 <= 127 && (!self.python.contains(' ') || env_form) {
             format!("#!{}\n", self.python)
         } else {
             // Long or spaced paths: the /bin/sh trampoline pip and uv use.
@@ -224,9 +226,7 @@ fn plan_wheel(
             "{wname}: Wheel-Version {version:?} is not supported (major 1 only)"
         )));
     }
-    let purelib =
-        field(&wheel_meta, "Root-Is-Purelib").is_some_and(|v| v.eq_ignore_ascii_case("true"));
-    let _ = purelib; // purelib and platlib are the same site-packages in our single prefix.
+    // Root-Is-Purelib is not consulted: purelib and platlib are one site-packages in our prefix.
     let metadata = read_text(zip, &format!("{dist_info}/METADATA"))?;
     let (mname, mversion) = (
         field(&metadata, "Name").unwrap_or_default(),

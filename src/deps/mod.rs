@@ -1,7 +1,10 @@
 //! Step 3 onwards: dependency specs, the doctor, and (later) resolution and wheel layers.
 
 pub mod doctor;
+pub mod fetch;
 pub mod install;
+pub mod layers;
 pub mod pylock;
+pub mod resolve;
 pub mod spec;
 pub mod wheel;

@@ -237,7 +237,7 @@ pub async fn run(req: AppendRequest) -> Result<Report> {
                 req.compression,
                 req.epoch,
             );
-            tokio::task::spawn_blocking(move || tree_layer(&store, &local, &dest, c, e))
+            tokio::task::spawn_blocking(move || tree_layer(&store, &local, &dest, &[], c, e))
         })
         .collect();
 

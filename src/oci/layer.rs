@@ -282,6 +282,11 @@ pub fn image_path(dest: &str) -> Result<String> {
 /// Lists `local` (a directory or a single file) as entries under `dest`, sorted, parents first,
 /// including `dest`'s ancestors. Symlinks are listed, never followed; special files are errors.
 pub fn walk(local: &Path, dest: &str) -> Result<Vec<TreeEntry>> {
+    walk_skipping(local, dest, &[])
+}
+
+/// [`walk`], leaving out the named entries at the top of `local` (e.g. `.git`).
+pub fn walk_skipping(local: &Path, dest: &str, skip: &[&str]) -> Result<Vec<TreeEntry>> {
     let dest = image_path(dest)?;
     let meta = std::fs::symlink_metadata(local)
         .map_err(|e| bad_input(format!("{}: {e}", local.display())))?;
@@ -297,7 +302,7 @@ pub fn walk(local: &Path, dest: &str) -> Result<Vec<TreeEntry>> {
         });
     }
     if meta.is_dir() {
-        walk_dir(local, &dest, &mut out)?;
+        walk_dir(local, &dest, skip, &mut out)?;
     } else {
         if dest.is_empty() {
             return Err(bad_input(format!(
@@ -353,7 +358,7 @@ fn entry(path: &Path, rel: String, meta: &std::fs::Metadata) -> Result<TreeEntry
     })
 }
 
-fn walk_dir(dir: &Path, rel: &str, out: &mut Vec<TreeEntry>) -> Result<()> {
+fn walk_dir(dir: &Path, rel: &str, skip: &[&str], out: &mut Vec<TreeEntry>) -> Result<()> {
     let meta =
         std::fs::symlink_metadata(dir).with_context(|| format!("reading {}", dir.display()))?;
     if !rel.is_empty() {
@@ -365,6 +370,7 @@ fn walk_dir(dir: &Path, rel: &str, out: &mut Vec<TreeEntry>) -> Result<()> {
         .collect::<io::Result<_>>()
         .with_context(|| format!("reading directory {}", dir.display()))?;
     names.sort();
+    names.retain(|n| !skip.iter().any(|s| n == *s));
     for name in names {
         let path = dir.join(&name);
         let Some(name) = name.to_str() else {
@@ -381,7 +387,7 @@ fn walk_dir(dir: &Path, rel: &str, out: &mut Vec<TreeEntry>) -> Result<()> {
         let m = std::fs::symlink_metadata(&path)
             .with_context(|| format!("reading {}", path.display()))?;
         if m.is_dir() {
-            walk_dir(&path, &child, out)?;
+            walk_dir(&path, &child, &[], out)?;
         } else {
             out.push(entry(&path, child, &m)?);
         }
@@ -429,10 +435,11 @@ pub fn tree_layer(
     store: &BlobStore,
     local: &Path,
     dest: &str,
+    skip: &[&str],
     compression: Compression,
     mtime: u64,
 ) -> Result<(Layer, bool)> {
-    let entries = walk(local, dest)?;
+    let entries = walk_skipping(local, dest, skip)?;
     let key = tree_cache_key(&entries, compression, mtime);
     let record = store.root().join("layers").join(format!("{key}.json"));
     if let Ok(bytes) = std::fs::read(&record) {

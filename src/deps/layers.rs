@@ -1,0 +1,231 @@
+//! Dependency layers, designed for sharing: the largest wheels get a layer each (same wheel,
+//! platform and prefix ⇒ byte-identical layer ⇒ same digest in every image that uses it), the
+//! rest share one layer, within a budget (`--max-dep-layers`).
+//!
+//! Each layer's descriptor carries its cache key (wheel sha256s + platform + prefix + layer
+//! format) and diff_id as annotations, so a builder with an empty disk can find reusable layers
+//! in the manifests already in the target repository, without downloading anything.
+
+use crate::deps::install::{install, Prefix};
+use crate::deps::pylock::Selected;
+use crate::oci::blobstore::BlobStore;
+use crate::oci::image::{is_index, Descriptor, Index, Manifest};
+use crate::oci::layer::{Compression, Layer, LayerWriter, LAYER_FORMAT_VERSION};
+use crate::oci::registry::Registry;
+use anyhow::Result;
+use sha2::{Digest as _, Sha256};
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+pub const KEY_ANNOTATION: &str = "io.oakestra.flops.deps.key";
+pub const DIFF_ID_ANNOTATION: &str = "io.oakestra.flops.deps.diff-id";
+pub const PACKAGES_ANNOTATION: &str = "io.oakestra.flops.deps.packages";
+/// Previous tags read when looking for reusable layers (bounds the work on big repositories).
+pub const MAX_TAGS_SCANNED: usize = 50;
+
+#[derive(Debug, Clone)]
+pub struct DepLayer {
+    pub wheels: Vec<Selected>,
+    pub key: String,
+}
+
+impl DepLayer {
+    pub fn packages(&self) -> String {
+        self.wheels
+            .iter()
+            .map(|w| format!("{}=={}", w.name, w.version))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// Splits the selected wheels into at most `max_layers` layers: the largest alone, the rest
+/// together. Deterministic for a given lock.
+pub fn plan(
+    selected: &[Selected],
+    max_layers: usize,
+    platform: &str,
+    prefix: &Prefix,
+    compression: Compression,
+) -> Vec<DepLayer> {
+    let max_layers = max_layers.max(1);
+    let mut order: Vec<&Selected> = selected.iter().collect();
+    order.sort_by(|a, b| {
+        b.wheel
+            .size
+            .unwrap_or(0)
+            .cmp(&a.wheel.size.unwrap_or(0))
+            .then(a.name.cmp(&b.name))
+    });
+    let alone = if order.len() <= max_layers {
+        order.len()
+    } else {
+        max_layers - 1
+    };
+    let mut groups: Vec<Vec<Selected>> =
+        order[..alone].iter().map(|w| vec![(*w).clone()]).collect();
+    groups.sort_by(|a, b| a[0].name.cmp(&b[0].name));
+    if alone < order.len() {
+        let mut rest: Vec<Selected> = order[alone..].iter().map(|w| (*w).clone()).collect();
+        rest.sort_by(|a, b| a.name.cmp(&b.name));
+        groups.push(rest);
+    }
+    groups
+        .into_iter()
+        .map(|wheels| {
+            let mut h = Sha256::new();
+            h.update(format!(
+                "flops-deps v{LAYER_FORMAT_VERSION}\n{platform}\n{}\n{}\n{compression:?}\n",
+                prefix.root, prefix.python
+            ));
+            let mut shas: Vec<&str> = wheels.iter().map(|w| w.sha256.as_str()).collect();
+            shas.sort();
+            h.update(shas.join("\n"));
+            DepLayer {
+                wheels,
+                key: hex::encode(h.finalize()),
+            }
+        })
+        .collect()
+}
+
+/// The descriptor of a built dependency layer, annotated for reuse.
+pub fn descriptor(layer: &Layer, dep: &DepLayer) -> Descriptor {
+    let mut d = Descriptor::new(&layer.media_type, &layer.digest, layer.size);
+    d.annotations.insert(KEY_ANNOTATION.into(), dep.key.clone());
+    d.annotations
+        .insert(DIFF_ID_ANNOTATION.into(), layer.diff_id.clone());
+    d.annotations
+        .insert(PACKAGES_ANNOTATION.into(), dep.packages());
+    d
+}
+
+/// A layer found in the local cache (its blob present) by key.
+pub fn local_cached(store: &BlobStore, key: &str) -> Option<Layer> {
+    let bytes = std::fs::read(store.root().join("layers").join(format!("deps-{key}.json"))).ok()?;
+    let layer: Layer = serde_json::from_slice(&bytes).ok()?;
+    store.has(&layer.digest, layer.size).then_some(layer)
+}
+
+/// Installs the wheels (paths in the same order as `dep.wheels`) into a new layer; mtime 0 so
+/// the layer is the same whichever repo uses it.
+pub fn build(
+    store: &BlobStore,
+    dep: &DepLayer,
+    paths: &[PathBuf],
+    prefix: &Prefix,
+    compression: Compression,
+) -> Result<Layer> {
+    let mut w = LayerWriter::new(store, compression, 0)?;
+    install(&mut w, prefix, paths)?;
+    let layer = w.finish(store)?;
+    let record = store
+        .root()
+        .join("layers")
+        .join(format!("deps-{}.json", dep.key));
+    let tmp = record.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec(&layer)?)
+        .and_then(|_| std::fs::rename(&tmp, &record))
+        .ok();
+    Ok(layer)
+}
+
+/// Annotated dependency layers in the manifests already in `repo` (its previous tags):
+/// key → layer. Best effort: a registry that refuses listing just yields nothing.
+pub async fn registry_cache(reg: &Registry, repo: &str) -> HashMap<String, Layer> {
+    let mut found = HashMap::new();
+    let tags = match reg.list_tags(repo).await {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::debug!("no layer reuse from {repo}: {e:#}");
+            return found;
+        }
+    };
+    for tag in tags.iter().rev().take(MAX_TAGS_SCANNED) {
+        let Ok((bytes, mt, _)) = reg.get_manifest(repo, tag).await else {
+            continue;
+        };
+        let manifests: Vec<Vec<u8>> = if is_index(&mt) {
+            let Ok(idx) = serde_json::from_slice::<Index>(&bytes) else {
+                continue;
+            };
+            let mut v = Vec::new();
+            for m in idx.manifests {
+                if let Ok((b, _, _)) = reg.get_manifest(repo, &m.digest).await {
+                    v.push(b);
+                }
+            }
+            v
+        } else {
+            vec![bytes]
+        };
+        for m in manifests
+            .iter()
+            .filter_map(|b| serde_json::from_slice::<Manifest>(b).ok())
+        {
+            for l in m.layers {
+                if let (Some(key), Some(diff_id)) = (
+                    l.annotations.get(KEY_ANNOTATION),
+                    l.annotations.get(DIFF_ID_ANNOTATION),
+                ) {
+                    found.entry(key.clone()).or_insert(Layer {
+                        digest: l.digest.clone(),
+                        diff_id: diff_id.clone(),
+                        size: l.size,
+                        media_type: l.media_type.clone(),
+                    });
+                }
+            }
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deps::pylock::Wheel;
+
+    fn sel(name: &str, size: u64) -> Selected {
+        Selected {
+            name: name.into(),
+            version: "1".into(),
+            file: format!("{name}-1-py3-none-any.whl"),
+            wheel: Wheel {
+                name: None,
+                url: None,
+                path: None,
+                size: Some(size),
+                hashes: Default::default(),
+            },
+            sha256: format!("{name}-sha"),
+        }
+    }
+
+    #[test]
+    fn largest_alone_rest_grouped_and_keys_stable() {
+        let p = Prefix::new("/opt/flops", "/usr/bin/python3");
+        let wheels = vec![
+            sel("a", 10),
+            sel("big", 1000),
+            sel("mid", 500),
+            sel("b", 20),
+        ];
+        let plan3 = plan(&wheels, 3, "linux/amd64", &p, Compression::Gzip(6));
+        let names: Vec<String> = plan3.iter().map(|l| l.packages()).collect();
+        assert_eq!(names, ["big==1", "mid==1", "a==1,b==1"]);
+        let one = plan(&wheels, 1, "linux/amd64", &p, Compression::Gzip(6));
+        assert_eq!(one.len(), 1);
+        // The numpy layer of one repo is the numpy layer of another: same key.
+        let other = plan(
+            &[sel("big", 1000), sel("zzz", 1)],
+            12,
+            "linux/amd64",
+            &p,
+            Compression::Gzip(6),
+        );
+        assert_eq!(other[0].key, plan3[0].key);
+        let arm = plan(&wheels, 3, "linux/arm64", &p, Compression::Gzip(6));
+        assert_ne!(arm[0].key, plan3[0].key);
+    }
+}
