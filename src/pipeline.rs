@@ -161,6 +161,8 @@ pub struct BuildReport {
     pub doctor: Vec<Fired>,
     pub warnings: Vec<String>,
     pub dependency_layers: Vec<DepLayerReport>,
+    /// The lock the image was built from (kept in the cache, by content).
+    pub lock: std::path::PathBuf,
 }
 
 fn scheme_of(registry: &str) -> &'static str {
@@ -223,6 +225,12 @@ pub async fn build(req: BuildRequest) -> Result<BuildReport> {
         tokio::task::spawn_blocking(move || resolve::resolve(&input, &mm, &opts)).await??
     };
     let lock = pylock::parse(&lock_text)?;
+    let lock_path = store.root().join("locks").join(format!(
+        "pylock.{}.toml",
+        crate::oci::short(&crate::oci::sha256_digest(lock_text.as_bytes()))
+    ));
+    std::fs::create_dir_all(lock_path.parent().expect("parent"))?;
+    std::fs::write(&lock_path, &lock_text)?;
     phases.done("resolve", t);
 
     // Plan every platform's dependency layers, then find what already exists.
@@ -419,5 +427,6 @@ pub async fn build(req: BuildRequest) -> Result<BuildReport> {
         doctor: check.doctor,
         warnings: check.warnings,
         dependency_layers: dep_reports,
+        lock: lock_path,
     })
 }

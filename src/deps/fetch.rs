@@ -116,7 +116,8 @@ async fn fetch_one(
     tokio::fs::create_dir_all(dir)
         .await
         .with_context(|| format!("creating {}", dir.display()))?;
-    let part = dir.join(format!("{}.part", w.file));
+    // Unique per process: builds sharing a cache never write the same partial file.
+    let part = dir.join(format!("{}.part.{}", w.file, std::process::id()));
     match (&w.wheel.url, &w.wheel.path) {
         (Some(url), _) => download(http, url, &part, &what).await?,
         (None, Some(p)) => {

@@ -224,3 +224,44 @@ pub fn bare(repo: &Path, root: &Path, name: &str) {
         root.display()
     ));
 }
+
+/// A rootfs with the host's /dev bound in (a runtime would mount one), unmounted on drop.
+pub struct DevMount(PathBuf);
+
+impl DevMount {
+    pub fn new(rootfs: &Path) -> Self {
+        let dev = rootfs.join("dev");
+        std::fs::create_dir_all(&dev).unwrap();
+        sh(&format!("mount --bind /dev {}", dev.display()));
+        DevMount(dev)
+    }
+}
+
+impl Drop for DevMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Fails when uv (the resolver `build` runs) is missing, saying how to get it.
+pub fn require_uv() {
+    let ok = Command::new("uv")
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(ok, "uv is not installed: run `sudo scripts/rig.sh install`");
+}
+
+/// `python3 tests/support/make_wheel.py` → (path, sha256).
+pub fn make_wheel(name: &str, version: &str, out: &Path, evil: bool) -> (PathBuf, String) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/make_wheel.py");
+    let line = sh(&format!(
+        "python3 {} {name} {version} {} {}",
+        script.display(),
+        out.display(),
+        if evil { "evil" } else { "" }
+    ));
+    let (p, sha) = line.trim().split_once(' ').unwrap();
+    (PathBuf::from(p), sha.to_string())
+}

@@ -1,0 +1,289 @@
+//! `build`: the learner image with its dependency layers, pushed to the real registry,
+//! checked with skopeo/umoci/chroot and against `uv pip install --target`.
+mod common;
+use common::*;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+/// Wheels and layers shared by the tests of this file (downloads happen once per machine).
+fn shared_cache() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("build-cache")
+}
+
+fn build(repo: &Path, cache: &Path, extra: &[&str]) -> Run {
+    let mut args = vec![
+        "build",
+        repo.to_str().unwrap(),
+        "--registry",
+        "http://127.0.0.1:5000",
+        "--cache-dir",
+        cache.to_str().unwrap(),
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
+fn image_name(report: &Value) -> String {
+    let r = report["image"]["reference"].as_str().unwrap();
+    r.split('@').next().unwrap().to_string()
+}
+
+/// Python run inside the image: every RECORD row with a hash matches the installed file.
+const CHECK_RECORDS: &str = r#"
+import base64, csv, glob, hashlib, os, sys
+site = "/opt/flops/site-packages"
+n = 0
+for rec in glob.glob(site + "/*.dist-info/RECORD"):
+    for row in csv.reader(open(rec)):
+        if not row[1]:
+            continue
+        data = open(os.path.normpath(os.path.join(site, row[0])), "rb").read()
+        want = "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        assert want == row[1] and len(data) == int(row[2]), rec + ": " + row[0]
+        n += 1
+print(n)
+"#;
+
+fn site_files(root: &Path) -> Vec<String> {
+    let out = sh(&format!(
+        "cd {} && find . -type f ! -path './bin/*' ! -path '*__pycache__*' ! -name INSTALLER ! -name RECORD ! -name REQUESTED ! -name direct_url.json ! -name uv_cache.json ! -path ./.lock | sort",
+        root.display()
+    ));
+    out.lines().map(str::to_string).collect()
+}
+
+#[test]
+fn multi_platform_learner_image_with_dependency_layers() {
+    require_rig();
+    require_uv();
+    let d = tempfile::tempdir().unwrap();
+    let owner = unique("b").replace('/', "-");
+    let repo = git_repo("sklearn-conda", &d.path().join(&owner), "sklearn-conda");
+    let cache = shared_cache();
+    let r = build(&repo, &cache, &["--platform", "linux/amd64,linux/arm64"])
+        .ok()
+        .json();
+    let name = image_name(&r);
+    assert!(
+        name.ends_with(&format!(
+            "/sklearn-conda/learner:{}",
+            r["commit"].as_str().unwrap()
+        )),
+        "{name}"
+    );
+    let idx = skopeo_raw(&name, "");
+    let archs: Vec<&str> = idx["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["platform"]["architecture"].as_str().unwrap())
+        .collect();
+    assert_eq!(archs, ["amd64", "arm64"]);
+    // The doctor dropped mlflow; numpy and scikit-learn are in their own layers.
+    let layers: Vec<String> = r["dependency_layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["packages"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        layers.iter().any(|l| l == "numpy==1.26.4")
+            && layers.iter().any(|l| l == "scikit-learn==1.4.2")
+    );
+    assert!(!layers.iter().any(|l| l.contains("mlflow")), "{layers:?}");
+
+    // amd64: the code and its dependencies import; a console script of a dependency runs;
+    // every RECORD hash matches.
+    let work = tempfile::tempdir().unwrap();
+    let rootfs = unpack(&name, work.path(), "--override-arch amd64");
+    {
+        let _dev = DevMount::new(&rootfs);
+        let chroot = format!(
+            "chroot {} env PYTHONPATH=/opt/flops/site-packages PATH=/opt/flops/bin:/usr/bin:/bin",
+            rootfs.display()
+        );
+        let out = sh(&format!("{chroot} sh -c 'cd /app && python3 -c \"import sklearn, flwr, flops_utils, model_manager; print(sklearn.__version__)\"'"));
+        assert_eq!(out.trim(), "1.4.2");
+        assert_eq!(sh(&format!("{chroot} f2py -v")).trim(), "1.26.4");
+        std::fs::write(rootfs.join("tmp/check_records.py"), CHECK_RECORDS).unwrap();
+        let n: usize = sh(&format!("{chroot} python3 /tmp/check_records.py"))
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(n > 1000, "only {n} RECORD rows checked");
+    }
+    assert!(!rootfs.join("app/.git").exists(), "no .git in the image");
+    // Same files and RECORD rows as uv installing the same lock for the same platform.
+    let uv_target = work.path().join("uv");
+    sh(&format!(
+        "uv pip install -q --target {} --python-platform x86_64-manylinux_2_28 --python-version 3.11 --no-deps --no-compile -r {}",
+        uv_target.display(),
+        r["lock"].as_str().unwrap()
+    ));
+    let (ours, uv) = (
+        site_files(&rootfs.join("opt/flops/site-packages")),
+        site_files(&uv_target),
+    );
+    let only_ours: Vec<&String> = ours.iter().filter(|f| !uv.contains(f)).collect();
+    let only_uv: Vec<&String> = uv.iter().filter(|f| !ours.contains(f)).collect();
+    assert!(
+        only_ours.is_empty() && only_uv.is_empty() && ours.len() > 1000,
+        "only ours: {only_ours:?}; only uv: {only_uv:?}"
+    );
+
+    // arm64: every shared object is an aarch64 ELF (e_machine 183).
+    let work_arm = tempfile::tempdir().unwrap();
+    let arm = unpack(&name, work_arm.path(), "--override-arch arm64");
+    let sos = sh(&format!(
+        "find {}/opt/flops/site-packages -type f \\( -name '*.so' -o -name '*.so.[0-9]*' \\)",
+        arm.display()
+    ));
+    assert!(sos.lines().count() > 20);
+    for so in sos.lines() {
+        let bytes = std::fs::read(so).unwrap();
+        assert_eq!(&bytes[..4], b"\x7fELF", "{so}");
+        assert_eq!(
+            u16::from_le_bytes([bytes[18], bytes[19]]),
+            183,
+            "{so} is not aarch64"
+        );
+    }
+
+    // Same commit again: same digest, nothing uploaded.
+    let again = build(&repo, &cache, &["--platform", "linux/amd64,linux/arm64"])
+        .ok()
+        .json();
+    assert_eq!(again["image"]["digest"], r["image"]["digest"]);
+    assert_eq!(again["image"]["bytes_uploaded"], 0);
+
+    // A code-only change on a fresh node (empty local cache): every dependency layer is found
+    // in the registry; only the code layer, configs and manifests go up.
+    write(
+        &repo.join("model_manager.py"),
+        &(std::fs::read_to_string(repo.join("model_manager.py")).unwrap() + "\n# tuned\n"),
+    );
+    commit_all(&repo, "tune");
+    let empty = tempfile::tempdir().unwrap();
+    let code_only = build(
+        &repo,
+        empty.path(),
+        &["--platform", "linux/amd64,linux/arm64"],
+    )
+    .ok()
+    .json();
+    assert!(
+        code_only["dependency_layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["source"] == "registry"),
+        "{}",
+        code_only["dependency_layers"]
+    );
+    let up = code_only["image"]["bytes_uploaded"].as_u64().unwrap();
+    assert!(up > 0 && up < 1_000_000, "uploaded {up} bytes");
+    assert!(
+        !empty.path().join("wheels").exists(),
+        "a code-only rebuild downloaded wheels"
+    );
+}
+
+/// A repo whose dependencies are a pylock.toml (used as-is: no resolver, no network).
+fn locked_repo(parent: &Path, name: &str, lock: &str) -> PathBuf {
+    let repo = git_repo("requirements-repo", parent, name);
+    std::fs::write(repo.join("pylock.toml"), lock).unwrap();
+    commit_all(&repo, "lock");
+    repo
+}
+
+fn wheel_lock(name: &str, file: &str, sha: &str) -> String {
+    format!("lock-version = \"1.0\"\ncreated-by = \"test\"\n[[packages]]\nname = \"{name}\"\nversion = \"1.0\"\nwheels = [{{ path = \"wheels/{file}\", hashes = {{ sha256 = \"{sha}\" }} }}]\n")
+}
+
+fn expect_failure(r: &Run, needle: &str) {
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    let errs: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("error:"))
+        .collect();
+    assert_eq!(errs.len(), 1, "{}", r.stderr);
+    assert!(
+        errs[0].contains(needle),
+        "expected {needle:?} in {:?}",
+        errs[0]
+    );
+    assert!(r.stdout.is_empty());
+}
+
+fn tagged(parent_owner: &str, name: &str) -> bool {
+    let (ok, out) = sh_status(&format!(
+        "skopeo list-tags --tls-verify=false docker://{PLAIN}/{parent_owner}/{name}/learner"
+    ));
+    ok && out.contains("\"Tags\": [\n        \"")
+}
+
+#[test]
+fn bad_dependencies_fail_clearly_and_tag_nothing() {
+    require_rig();
+    let d = tempfile::tempdir().unwrap();
+    let owner = unique("bad").replace('/', "-");
+    let parent = d.path().join(&owner);
+    let cache = tempfile::tempdir().unwrap();
+
+    let sdist_only = "lock-version = \"1.0\"\ncreated-by = \"test\"\n[[packages]]\nname = \"legacy\"\nversion = \"0.1\"\nsdist = { url = \"https://files.example/legacy-0.1.tar.gz\", hashes = { sha256 = \"ff\" } }\n";
+    let repo = locked_repo(&parent, "sdist", sdist_only);
+    expect_failure(&build(&repo, cache.path(), &[]), "no wheel of legacy 0.1 for linux/amd64 (CPython 3.11): it has only an sdist, and sdists are not built");
+    assert!(!tagged(&owner, "sdist"));
+
+    let wheels = d.path().join("w");
+    let (evil, evil_sha) = make_wheel("evil", "1.0", &wheels, true);
+    let repo = locked_repo(
+        &parent,
+        "zipslip",
+        &wheel_lock("evil", "evil-1.0-py3-none-any.whl", &evil_sha),
+    );
+    std::fs::create_dir_all(repo.join("wheels")).unwrap();
+    std::fs::copy(&evil, repo.join("wheels/evil-1.0-py3-none-any.whl")).unwrap();
+    commit_all(&repo, "evil wheel");
+    expect_failure(
+        &build(&repo, cache.path(), &[]),
+        "unsafe path \"../../../tmp/evil\"",
+    );
+    assert!(!tagged(&owner, "zipslip"));
+
+    // A good local wheel builds; then the cached copy is tampered with.
+    let (good, good_sha) = make_wheel("goodpkg", "1.0", &wheels, false);
+    let lock = wheel_lock("goodpkg", "goodpkg-1.0-py3-none-any.whl", &good_sha);
+    let repo = locked_repo(&parent, "good", &lock);
+    std::fs::create_dir_all(repo.join("wheels")).unwrap();
+    std::fs::copy(&good, repo.join("wheels/goodpkg-1.0-py3-none-any.whl")).unwrap();
+    commit_all(&repo, "good wheel");
+    let r = build(&repo, cache.path(), &[]).ok().json();
+    assert_eq!(r["dependency_layers"][0]["packages"], "goodpkg==1.0");
+    let cached = cache
+        .path()
+        .join("wheels")
+        .join(&good_sha)
+        .join("goodpkg-1.0-py3-none-any.whl");
+    let mut bytes = std::fs::read(&cached).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&cached, bytes).unwrap();
+    sh(&format!(
+        "rm -f {}/layers/deps-*.json",
+        cache.path().display()
+    ));
+    let other = git_repo("requirements-repo", &parent, "tampered");
+    std::fs::create_dir_all(other.join("wheels")).unwrap();
+    std::fs::copy(&good, other.join("wheels/goodpkg-1.0-py3-none-any.whl")).unwrap();
+    std::fs::write(other.join("pylock.toml"), &lock).unwrap();
+    commit_all(&other, "same lock, new repo");
+    expect_failure(
+        &build(&other, cache.path(), &[]),
+        &format!("goodpkg 1.0: goodpkg-1.0-py3-none-any.whl has sha256"),
+    );
+    assert!(!cached.exists(), "the tampered wheel was not deleted");
+    assert!(!tagged(&owner, "tampered"));
+}
