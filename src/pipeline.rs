@@ -148,7 +148,8 @@ pub struct DepLayerReport {
     pub packages: String,
     pub digest: String,
     pub size: u64,
-    /// `built`, `cache` (local) or `registry` (found in the target repository).
+    /// `built`, `cache` (local), `registry` (an earlier image of this repository) or `pool`
+    /// (the registry's shared dependency-layer pool).
     pub source: &'static str,
 }
 
@@ -203,7 +204,13 @@ pub async fn build(req: BuildRequest) -> Result<BuildReport> {
     let base = Reference::parse(&base_ref)?;
 
     let t = Instant::now();
-    let (base_reg, target_reg) = append::connect(&base, Some(&target), &req.registry_opts).await?;
+    let (base_reg, target_reg) = append::connect(
+        &base,
+        Some(&target),
+        &[layers::POOL_REPO],
+        &req.registry_opts,
+    )
+    .await?;
     let target_reg = target_reg.expect("registry output");
     let bases = assemble::resolve_base(&base_reg, &base, &req.platforms).await?;
     // The base image's Python decides: PYTHON_VERSION from its config, else the spec's pin.
@@ -256,7 +263,20 @@ pub async fn build(req: BuildRequest) -> Result<BuildReport> {
         ));
     }
     let t = Instant::now();
+    // Reuse, cheapest first: this repository's earlier images, the shared layer pool (mounted),
+    // the local cache; only what none of them has is fetched and built.
     let remote = layers::registry_cache(&target_reg, &target.repository).await;
+    let missing: Vec<String> = plans
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|d| d.key.clone()))
+        .filter(|k| !remote.contains_key(k))
+        .collect();
+    let pooled = layers::pool_lookup(&target_reg, layers::POOL_REPO, &missing).await;
+    let pool_src = push::BaseSource {
+        registry: target_reg.clone(),
+        repository: layers::POOL_REPO.to_string(),
+    };
+    let mut mount_from: HashMap<String, push::BaseSource> = HashMap::new();
     let mut ready: HashMap<String, (layer::Layer, &'static str)> = HashMap::new();
     let mut to_build: Vec<layers::DepLayer> = Vec::new();
     for (_, plan) in &plans {
@@ -266,6 +286,9 @@ pub async fn build(req: BuildRequest) -> Result<BuildReport> {
             }
             if let Some(l) = remote.get(&dep.key) {
                 ready.insert(dep.key.clone(), (l.clone(), "registry"));
+            } else if let Some(l) = pooled.get(&dep.key) {
+                mount_from.insert(l.digest.clone(), pool_src.clone());
+                ready.insert(dep.key.clone(), (l.clone(), "pool"));
             } else if let Some(l) = layers::local_cached(&store, &dep.key) {
                 ready.insert(dep.key.clone(), (l, "cache"));
             } else {
@@ -406,8 +429,23 @@ pub async fn build(req: BuildRequest) -> Result<BuildReport> {
         &base_src,
         &assembled,
         &store,
+        &mount_from,
     )
     .await?;
+    let new_in_pool: Vec<(layers::DepLayer, layer::Layer)> = plans
+        .iter()
+        .flat_map(|(_, p)| p.iter())
+        .filter(|d| !pooled.contains_key(&d.key))
+        .map(|d| (d.clone(), ready[&d.key].0.clone()))
+        .collect();
+    layers::pool_publish(
+        &target_reg,
+        layers::POOL_REPO,
+        &target.repository,
+        &store,
+        &new_in_pool,
+    )
+    .await;
     phases.done("push", t);
     phases.done("total", total);
     let name = format!("{}/{}:{}", target.registry, target.repository, tags[0]);

@@ -262,27 +262,27 @@ fn bad_dependencies_fail_clearly_and_tag_nothing() {
     commit_all(&repo, "good wheel");
     let r = build(&repo, cache.path(), &[]).ok().json();
     assert_eq!(r["dependency_layers"][0]["packages"], "goodpkg==1.0");
-    let cached = cache
-        .path()
-        .join("wheels")
-        .join(&good_sha)
-        .join("goodpkg-1.0-py3-none-any.whl");
-    let mut bytes = std::fs::read(&cached).unwrap();
+    // A corrupted cache entry (a wheel never built before, so no layer exists anywhere): the
+    // build verifies the cached file, deletes it and fails loudly.
+    let (fresh, fresh_sha) = make_wheel("tamperpkg", "1.0", &wheels, false);
+    let file = "tamperpkg-1.0-py3-none-any.whl";
+    let cached = cache.path().join("wheels").join(&fresh_sha).join(file);
+    std::fs::create_dir_all(cached.parent().unwrap()).unwrap();
+    let mut bytes = std::fs::read(&fresh).unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 0xff;
     std::fs::write(&cached, bytes).unwrap();
-    sh(&format!(
-        "rm -f {}/layers/deps-*.json",
-        cache.path().display()
-    ));
-    let other = git_repo("requirements-repo", &parent, "tampered");
+    let other = locked_repo(
+        &parent,
+        "tampered",
+        &wheel_lock("tamperpkg", file, &fresh_sha),
+    );
     std::fs::create_dir_all(other.join("wheels")).unwrap();
-    std::fs::copy(&good, other.join("wheels/goodpkg-1.0-py3-none-any.whl")).unwrap();
-    std::fs::write(other.join("pylock.toml"), &lock).unwrap();
-    commit_all(&other, "same lock, new repo");
+    std::fs::copy(&fresh, other.join("wheels").join(file)).unwrap();
+    commit_all(&other, "wheel");
     expect_failure(
         &build(&other, cache.path(), &[]),
-        "goodpkg 1.0: goodpkg-1.0-py3-none-any.whl has sha256",
+        "tamperpkg 1.0: tamperpkg-1.0-py3-none-any.whl has sha256",
     );
     assert!(!cached.exists(), "the tampered wheel was not deleted");
     assert!(!tagged(&owner, "tampered"));

@@ -181,6 +181,123 @@ pub async fn registry_cache(reg: &Registry, repo: &str) -> HashMap<String, Layer
     found
 }
 
+/// Repository of the shared dependency-layer pool in the target registry: one small manifest
+/// per layer, tagged `deps-<cache key>`. Any build, on any node, for any ML repo, finds layers
+/// there and mounts them instead of uploading.
+pub const POOL_REPO: &str = "flops-cache/deps";
+const EMPTY_CONFIG: &[u8] = b"{}";
+const EMPTY_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
+
+fn pool_tag(key: &str) -> String {
+    format!("deps-{key}")
+}
+
+/// Layers of the pool for the given keys (missing keys are simply absent).
+pub async fn pool_lookup(
+    reg: &std::sync::Arc<Registry>,
+    pool: &str,
+    keys: &[String],
+) -> HashMap<String, Layer> {
+    let mut tasks = tokio::task::JoinSet::new();
+    let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(8));
+    for key in keys {
+        let (reg, pool, key, sem) = (reg.clone(), pool.to_string(), key.clone(), sem.clone());
+        tasks.spawn(async move {
+            let _p = sem.acquire_owned().await.ok()?;
+            let (bytes, _, _) = reg.get_manifest(&pool, &pool_tag(&key)).await.ok()?;
+            let m: Manifest = serde_json::from_slice(&bytes).ok()?;
+            let l = m.layers.first()?;
+            let diff_id = l.annotations.get(DIFF_ID_ANNOTATION)?.clone();
+            (l.annotations.get(KEY_ANNOTATION) == Some(&key)).then(|| {
+                (
+                    key,
+                    Layer {
+                        digest: l.digest.clone(),
+                        diff_id,
+                        size: l.size,
+                        media_type: l.media_type.clone(),
+                    },
+                )
+            })
+        });
+    }
+    let mut found = HashMap::new();
+    while let Some(r) = tasks.join_next().await {
+        if let Ok(Some((k, l))) = r {
+            found.insert(k, l);
+        }
+    }
+    found
+}
+
+/// Adds layers to the pool: blobs mounted from `from_repo` (where they were just pushed), or
+/// uploaded from the local store, then one manifest per layer. Best effort: a registry that
+/// refuses only costs later builds their reuse, so failures are warnings.
+pub async fn pool_publish(
+    reg: &std::sync::Arc<Registry>,
+    pool: &str,
+    from_repo: &str,
+    store: &BlobStore,
+    layers: &[(DepLayer, Layer)],
+) {
+    let result: Result<()> = async {
+        let config_digest = store.put_bytes(EMPTY_CONFIG)?;
+        if !reg.blob_exists(pool, &config_digest).await? {
+            reg.upload_file(
+                pool,
+                &config_digest,
+                &store.path(&config_digest),
+                EMPTY_CONFIG.len() as u64,
+                None,
+            )
+            .await?;
+        }
+        for (dep, layer) in layers {
+            if !reg.blob_exists(pool, &layer.digest).await? {
+                let session = match reg.mount(pool, &layer.digest, from_repo).await {
+                    Ok(None) => None,
+                    Ok(Some(s)) => Some(Some(s)),
+                    Err(_) => Some(None),
+                };
+                if let Some(session) = session {
+                    reg.upload_file(
+                        pool,
+                        &layer.digest,
+                        &store.path(&layer.digest),
+                        layer.size,
+                        session,
+                    )
+                    .await?;
+                }
+            }
+            let manifest = Manifest {
+                schema_version: 2,
+                media_type: Some(crate::oci::image::OCI_MANIFEST.into()),
+                config: Descriptor::new(
+                    EMPTY_MEDIA_TYPE,
+                    &config_digest,
+                    EMPTY_CONFIG.len() as u64,
+                ),
+                layers: vec![descriptor(layer, dep)],
+                annotations: Default::default(),
+            };
+            let bytes = serde_json::to_vec(&manifest)?;
+            reg.put_manifest(
+                pool,
+                &pool_tag(&dep.key),
+                crate::oci::image::OCI_MANIFEST,
+                &bytes,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::warn!("could not add dependency layers to the shared pool {pool}: {e:#}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -107,15 +107,24 @@ fn parse_dir(spec: &str) -> Result<(PathBuf, String)> {
 
 /// Registry clients for the base and the target; one shared client when they are the same
 /// registry (one token covering both repositories, and mounts possible).
+/// `extra` names more repositories of the target registry to push to (the layer pool).
 pub async fn connect(
     base: &Reference,
     target: Option<&Reference>,
+    extra: &[&str],
     opts: &registry::Options,
 ) -> Result<(Arc<Registry>, Option<Arc<Registry>>)> {
     let pull = |r: &Reference| format!("repository:{}:pull", r.repository);
+    let push_scopes = |t: &Reference| {
+        std::iter::once(t.repository.as_str())
+            .chain(extra.iter().copied())
+            .map(|r| format!("repository:{r}:pull,push"))
+            .collect::<Vec<_>>()
+    };
     match target {
         Some(t) if t.registry == base.registry => {
-            let scopes = vec![format!("repository:{}:pull,push", t.repository), pull(base)];
+            let mut scopes = push_scopes(t);
+            scopes.push(pull(base));
             let reg = Registry::connect(
                 &t.registry,
                 t.api_host(),
@@ -140,7 +149,7 @@ pub async fn connect(
                     t.api_host(),
                     t.plain_http,
                     opts,
-                    vec![format!("repository:{}:pull,push", t.repository)]
+                    push_scopes(t)
                 ),
             )?;
             Ok((b, Some(t)))
@@ -243,8 +252,13 @@ pub async fn run(req: AppendRequest) -> Result<Report> {
 
     let t = Instant::now();
     let to_registry = req.output == Output::Registry;
-    let (base_reg, target_reg) =
-        connect(&base_ref, to_registry.then_some(&target), &req.registry).await?;
+    let (base_reg, target_reg) = connect(
+        &base_ref,
+        to_registry.then_some(&target),
+        &[],
+        &req.registry,
+    )
+    .await?;
     let bases = resolve_base(&base_reg, &base_ref, &req.platforms).await?;
     phases.done("resolve", t);
 
@@ -287,7 +301,16 @@ pub async fn run(req: AppendRequest) -> Result<Report> {
     let (statuses, uploaded, default_status) = match (&req.output, target_reg) {
         (Output::Registry, Some(reg)) => {
             let tag = target.tag.clone().into_iter().collect::<Vec<_>>();
-            let pushed = push(&reg, &target.repository, &tag, &base_src, &image, &store).await?;
+            let pushed = push(
+                &reg,
+                &target.repository,
+                &tag,
+                &base_src,
+                &image,
+                &store,
+                &Default::default(),
+            )
+            .await?;
             phases.done("push", t);
             (pushed.statuses, pushed.bytes_uploaded, "skipped")
         }

@@ -28,7 +28,8 @@ pub struct Pushed {
 
 enum Source {
     Local,
-    Base,
+    /// Readable from a repository (the base image's, or the shared dependency-layer pool).
+    Remote(BaseSource),
 }
 
 /// Pushes everything, tags last. Nothing is tagged if any blob or manifest fails.
@@ -39,6 +40,7 @@ pub async fn push(
     base: &BaseSource,
     image: &Assembled,
     store: &BlobStore,
+    remote: &std::collections::HashMap<String, BaseSource>,
 ) -> Result<Pushed> {
     let mut blobs: BTreeMap<String, (Descriptor, Source)> = BTreeMap::new();
     for img in &image.images {
@@ -48,26 +50,24 @@ pub async fn push(
         for l in &img.base_layers {
             blobs
                 .entry(l.digest.clone())
-                .or_insert((l.clone(), Source::Base));
+                .or_insert((l.clone(), Source::Remote(base.clone())));
         }
         for l in &img.new_layers {
-            blobs
-                .entry(l.digest.clone())
-                .or_insert((l.clone(), Source::Local));
+            let source = remote
+                .get(&l.digest)
+                .map_or(Source::Local, |r| Source::Remote(r.clone()));
+            blobs.entry(l.digest.clone()).or_insert((l.clone(), source));
         }
     }
-    let same_registry = base.registry.host == target.host;
     let sem = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
     let mut tasks = tokio::task::JoinSet::new();
     for (digest, (desc, source)) in blobs {
-        let (target, base, sem, repo) =
-            (target.clone(), base.clone(), sem.clone(), repo.to_string());
+        let (target, sem, repo) = (target.clone(), sem.clone(), repo.to_string());
         let path = store.path(&digest);
         tasks.spawn(async move {
             let _permit = sem.acquire_owned().await.expect("semaphore");
             let t0 = Instant::now();
-            let status =
-                push_blob(&target, &repo, &desc, source, &path, &base, same_registry).await?;
+            let status = push_blob(&target, &repo, &desc, source, &path).await?;
             if status != BlobStatus::Skipped {
                 tracing::info!(
                     "blob {} {:?} ({}, {:.1}s)",
@@ -131,8 +131,6 @@ async fn push_blob(
     desc: &Descriptor,
     source: Source,
     path: &std::path::Path,
-    base: &BaseSource,
-    same_registry: bool,
 ) -> Result<BlobStatus> {
     if target.blob_exists(repo, &desc.digest).await? {
         return Ok(BlobStatus::Skipped);
@@ -144,9 +142,9 @@ async fn push_blob(
                 .await?;
             Ok(BlobStatus::Uploaded)
         }
-        Source::Base => {
+        Source::Remote(base) => {
             let mut session = None;
-            if same_registry && base.repository != repo {
+            if base.registry.host == target.host && base.repository != repo {
                 match target.mount(repo, &desc.digest, &base.repository).await {
                     Ok(None) => return Ok(BlobStatus::Mounted),
                     Ok(Some(s)) => session = Some(s),
