@@ -8,7 +8,7 @@
 #   MQTT broker      127.0.0.1:9027          (mosquitto)
 #   base image       127.0.0.1:5000/library/python:3.11-slim  (index: linux/amd64 + linux/arm64)
 #
-# Must run as root on Debian bookworm. Usage: scripts/rig.sh [install|services|base|all]
+# Must run as root on Debian bookworm. Usage: scripts/rig.sh [install|services|base|bench-base|all]
 set -euo pipefail
 
 RIG_STATE=${RIG_STATE:-/var/lib/flops-rig}
@@ -163,11 +163,32 @@ build_base() {
   push_base python 3.11-slim python3,python-is-python3,ca-certificates,libstdc++6,libgomp1
 }
 
+# For bench/ only: the base buildah's Dockerfile pip-installs into (amd64).
+build_bench_base() {
+  local pkgs=python3,python3-pip,python-is-python3,ca-certificates,libstdc++6,libgomp1
+  local stamp="$RIG_STATE/base-python-3.11-pip.pkgs"
+  if [ "$(cat "$stamp" 2>/dev/null)" = "$pkgs" ] && skopeo inspect --raw --tls-verify=false "docker://$PLAIN/library/python:3.11-pip" >/dev/null 2>&1; then
+    return 0
+  fi
+  local tarball layout
+  tarball=$(rootfs amd64 essential "$pkgs")
+  layout=$(mktemp -d)
+  umoci init --layout "$layout/oci" >/dev/null
+  umoci new --image "$layout/oci:pip" >/dev/null
+  umoci raw add-layer --image "$layout/oci:pip" "$tarball" >/dev/null
+  umoci config --image "$layout/oci:pip" --os linux --architecture amd64 \
+    --config.env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin --config.cmd python3 >/dev/null
+  skopeo copy --quiet --dest-tls-verify=false "oci:$layout/oci:pip" "docker://$PLAIN/library/python:3.11-pip"
+  rm -rf "$layout"
+  echo "$pkgs" >"$stamp"
+}
+
 need_root
 case "${1:-all}" in
   install) install_packages; install_uv ;;
   services) start_services ;;
   base) build_base ;;
+  bench-base) start_services; build_bench_base ;;
   all) install_packages; install_uv; start_services; build_base ;;
-  *) echo "usage: $0 [install|services|base|all]" >&2; exit 2 ;;
+  *) echo "usage: $0 [install|services|base|bench-base|all]" >&2; exit 2 ;;
 esac

@@ -11,11 +11,20 @@ use flops_image_builder::repo::clone::CloneOptions;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("FLOPS_GIT_COMMIT"),
+    ")"
+);
+
 #[derive(Parser)]
 #[command(
     name = "flops-image-builder",
-    version,
-    about = "Daemonless OCI image assembler for Oakestra FLOps learner images"
+    version = VERSION,
+    args_override_self = true,
+    about = "Daemonless OCI image assembler for Oakestra FLOps learner images",
+    after_help = "Seed-compatible form (upstream FLOps):\n  flops-image-builder <repo_url> <registry_url> <project_id> <mqtt_ip> <mqtt_port> <observer_ip>"
 )]
 struct Cli {
     /// More log output (-v debug, -vv trace).
@@ -102,6 +111,28 @@ struct BuildArgs {
     /// Refuse repositories larger than this many MB.
     #[arg(long, default_value_t = 500)]
     max_repo_size: u64,
+    /// Resolve the dependencies again even if a lock of the same inputs exists (picks up new
+    /// releases of unpinned packages; the image digest may change).
+    #[arg(long)]
+    refresh_lock: bool,
+    /// FLOps project id, sent in every MQTT message.
+    #[arg(long, default_value = "")]
+    project_id: String,
+    /// MQTT broker of the FLOps manager, HOST[:PORT] (default port 9027).
+    #[arg(long, value_name = "HOST[:PORT]")]
+    mqtt: Option<String>,
+    /// Project observer, HOST[:PORT] (default port 2727): one text message per phase.
+    #[arg(long, value_name = "HOST[:PORT]")]
+    observer: Option<String>,
+    /// MQTT topic prefix: <prefix>/started, /success, /failed.
+    #[arg(long, default_value = flops_image_builder::notify::DEFAULT_TOPIC_PREFIX)]
+    topic_prefix: String,
+    /// Send no MQTT or observer messages.
+    #[arg(long, alias = "deactivate-notifications")]
+    no_notify: bool,
+    /// Seconds to wait for the broker or observer per attempt (3 attempts, then a warning).
+    #[arg(long, default_value_t = 2.0)]
+    notify_timeout: f64,
     /// Print a JSON report on stdout.
     #[arg(long)]
     json: bool,
@@ -243,6 +274,55 @@ async fn run_check(a: CheckArgs) -> anyhow::Result<()> {
 }
 
 async fn run_build(a: BuildArgs) -> anyhow::Result<()> {
+    use flops_image_builder::notify::{
+        Endpoint, Notifier, DEFAULT_MQTT_PORT, DEFAULT_OBSERVER_PORT,
+    };
+    let notifier = if a.no_notify {
+        Notifier::disabled()
+    } else {
+        let mqtt = a
+            .mqtt
+            .as_deref()
+            .map(|m| Endpoint::parse(m, DEFAULT_MQTT_PORT))
+            .transpose()?;
+        let observer = a
+            .observer
+            .as_deref()
+            .map(|o| Endpoint::parse(o, DEFAULT_OBSERVER_PORT))
+            .transpose()?;
+        Notifier::new(
+            &a.project_id,
+            mqtt,
+            observer,
+            &a.topic_prefix,
+            std::time::Duration::from_secs_f64(a.notify_timeout.max(0.1)),
+        )
+    };
+    let source = flops_image_builder::repo::naming::split_credentials(&a.repo).0;
+    notifier.started(&source).await;
+    let json = a.json;
+    match build_with(a, &notifier).await {
+        Ok(report) => {
+            notifier.success(serde_json::to_value(&report)?).await;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{}", report.image.reference);
+            }
+            Ok(())
+        }
+        Err(e) => {
+            // Exactly one failed message per failed build, whatever the phase.
+            notifier.failed(&one_line(&e)).await;
+            Err(e)
+        }
+    }
+}
+
+async fn build_with(
+    a: BuildArgs,
+    notifier: &flops_image_builder::notify::Notifier,
+) -> anyhow::Result<pipeline::BuildReport> {
     let glibc = a
         .glibc
         .split_once('.')
@@ -272,18 +352,41 @@ async fn run_build(a: BuildArgs) -> anyhow::Result<()> {
         glibc,
         python: a.python,
         workdir: a.workdir,
+        refresh_lock: a.refresh_lock,
     };
-    let report = pipeline::build(req).await?;
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        println!("{}", report.image.reference);
+    pipeline::build(req, notifier).await
+}
+
+/// Upstream's positional form, `<repo_url> <registry_url> <project_id> <mqtt_ip> <mqtt_port>
+/// <observer_ip>`, rewritten to `build`. Upstream pushed with TLS verification off, so the
+/// registry host is treated as insecure (self-signed or plain HTTP) here too.
+fn seed_args(args: Vec<String>) -> Vec<String> {
+    let known = ["build", "check", "append", "help"];
+    if args.len() == 7 && !args[1].starts_with('-') && !known.contains(&args[1].as_str()) {
+        let host = flops_image_builder::repo::naming::registry_host(&args[2]);
+        let mut v: Vec<String> = vec![
+            args[0].clone(),
+            "build".into(),
+            args[1].clone(),
+            "--registry".into(),
+            args[2].clone(),
+        ];
+        v.extend([
+            "--project-id".into(),
+            args[3].clone(),
+            "--mqtt".into(),
+            format!("{}:{}", args[4], args[5]),
+            "--observer".into(),
+            args[6].clone(),
+        ]);
+        v.extend(["--insecure-registry".into(), host]);
+        return v;
     }
-    Ok(())
+    args
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(seed_args(std::env::args().collect()));
     let level = match (cli.quiet, cli.verbose) {
         (true, _) => "error",
         (_, 0) => "info",

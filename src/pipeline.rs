@@ -140,6 +140,8 @@ pub struct BuildRequest {
     /// Interpreter for script shebangs inside the image.
     pub python: String,
     pub workdir: String,
+    /// Resolve again even when a lock of the same inputs exists.
+    pub refresh_lock: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -164,6 +166,8 @@ pub struct BuildReport {
     pub dependency_layers: Vec<DepLayerReport>,
     /// The lock the image was built from (kept in the cache, by content).
     pub lock: std::path::PathBuf,
+    /// `repo` (its pylock.toml), `cache`, `registry` (the pool) or `resolved` (uv ran).
+    pub lock_source: &'static str,
 }
 
 fn scheme_of(registry: &str) -> &'static str {
@@ -175,7 +179,7 @@ fn scheme_of(registry: &str) -> &'static str {
 }
 
 /// clone → verify → doctor → resolve → fetch → layers → push, each phase timed.
-pub async fn build(req: BuildRequest) -> Result<BuildReport> {
+pub async fn build(req: BuildRequest, notifier: &crate::notify::Notifier) -> Result<BuildReport> {
     use crate::deps::{fetch, install::Prefix, layers, pylock, resolve, wheel};
     use crate::error::bad_input;
     use crate::oci::{
@@ -190,6 +194,25 @@ pub async fn build(req: BuildRequest) -> Result<BuildReport> {
     let (check, checkout) =
         tokio::task::spawn_blocking(move || check(&source, &clone_opts, Some(&registry))).await??;
     let mut phases = append::Phases(check.phases_ms.clone());
+    notifier
+        .observe(&format!(
+            "image builder: repo cloned and verified: {} at {} ({})",
+            check.source, check.commit, check.spec
+        ))
+        .await;
+    for f in &check.doctor {
+        notifier
+            .observe(&format!(
+                "image builder: dependency doctor [{}]: {}",
+                f.rule, f.detail
+            ))
+            .await;
+    }
+    for w in &check.warnings {
+        notifier
+            .observe(&format!("image builder: warning: {w}"))
+            .await;
+    }
     let target = Reference::parse(&format!("{}{}", scheme_of(&req.registry), check.image))?;
     let spec_python = check.python.clone();
     let base_ref = match &req.base_image {
@@ -224,12 +247,44 @@ pub async fn build(req: BuildRequest) -> Result<BuildReport> {
             return Err(bad_input(format!("{} pins Python {p} but base image {base} has Python {python_full}; pass --base-image with a Python {p} image", check.spec)));
         }
     }
-    let lock_text = if check.spec == "pylock.toml" {
-        crate::repo::read_inside(checkout.root(), std::path::Path::new("pylock.toml"))?
+    // A repo's own lock is used as is; otherwise an earlier lock of the same inputs (local
+    // cache, then the registry's pool), else uv resolves.
+    let (lock_text, lock_source) = if check.spec == "pylock.toml" {
+        (
+            crate::repo::read_inside(checkout.root(), std::path::Path::new("pylock.toml"))?,
+            "repo",
+        )
     } else {
         let input = resolve::lock_input(&check.requirements);
-        let (mm, opts) = (python_mm.clone(), req.resolve.clone());
-        tokio::task::spawn_blocking(move || resolve::resolve(&input, &mm, &opts)).await??
+        let key = resolve::lock_key(&input, &python_mm, &req.resolve);
+        let local = store
+            .root()
+            .join("locks")
+            .join(format!("pylock.{key}.toml"));
+        let cached = if req.refresh_lock {
+            None
+        } else {
+            std::fs::read_to_string(&local).ok()
+        };
+        let pooled = match (&cached, req.refresh_lock) {
+            (None, false) => layers::pool_lock(&target_reg, layers::POOL_REPO, &key).await,
+            _ => None,
+        };
+        let (text, source) = match (cached, pooled) {
+            (Some(t), _) => (t, "cache"),
+            (None, Some(t)) => (t, "registry"),
+            (None, None) => {
+                let (mm, opts) = (python_mm.clone(), req.resolve.clone());
+                let text =
+                    tokio::task::spawn_blocking(move || resolve::resolve(&input, &mm, &opts))
+                        .await??;
+                layers::pool_put_lock(&target_reg, layers::POOL_REPO, &key, &store, &text).await;
+                (text, "resolved")
+            }
+        };
+        std::fs::create_dir_all(local.parent().expect("parent"))?;
+        std::fs::write(&local, &text)?;
+        (text, source)
     };
     let lock = pylock::parse(&lock_text)?;
     let lock_path = store.root().join("locks").join(format!(
@@ -239,6 +294,12 @@ pub async fn build(req: BuildRequest) -> Result<BuildReport> {
     std::fs::create_dir_all(lock_path.parent().expect("parent"))?;
     std::fs::write(&lock_path, &lock_text)?;
     phases.done("resolve", t);
+    notifier
+        .observe(&format!(
+            "image builder: dependencies locked: {} packages for Python {python_full}",
+            lock.packages.len()
+        ))
+        .await;
 
     // Plan every platform's dependency layers, then find what already exists.
     let prefix = Prefix::new(DEPS_PREFIX, &req.python);
@@ -311,15 +372,23 @@ pub async fn build(req: BuildRequest) -> Result<BuildReport> {
     // Layers: dependency layers and the code layer, in parallel on the blocking pool.
     let t = Instant::now();
     let mut builds = Vec::new();
+    // As many layer builds at once as there are cores: more only adds codec buffers (memory).
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(cores));
     for dep in to_build {
         let (store, prefix, c) = (store.clone(), prefix.clone(), req.compression);
+        let slot = slots.clone().acquire_owned();
         let paths: Vec<_> = dep
             .wheels
             .iter()
             .map(|w| by_sha[&w.sha256].clone())
             .collect();
-        builds.push(tokio::task::spawn_blocking(move || {
-            layers::build(&store, &dep, &paths, &prefix, c).map(|l| (dep.key.clone(), l))
+        builds.push(tokio::spawn(async move {
+            let _slot = slot.await.expect("semaphore open");
+            tokio::task::spawn_blocking(move || {
+                layers::build(&store, &dep, &paths, &prefix, c).map(|l| (dep.key.clone(), l))
+            })
+            .await?
         }));
     }
     let epoch = checkout.commit_time.max(0) as u64;
@@ -340,6 +409,8 @@ pub async fn build(req: BuildRequest) -> Result<BuildReport> {
     }
     let (code_layer, _) = code.await??;
     phases.done("layers", t);
+    let built = ready.values().filter(|(_, s)| *s == "built").count();
+    notifier.observe(&format!("image builder: layers ready: {} dependency layers ({built} built, {} reused) and the code layer", ready.len(), ready.len() - built)).await;
 
     let mut env = vec![
         ("FLWR_TELEMETRY_ENABLED".to_string(), "0".to_string()),
@@ -466,5 +537,6 @@ pub async fn build(req: BuildRequest) -> Result<BuildReport> {
         warnings: check.warnings,
         dependency_layers: dep_reports,
         lock: lock_path,
+        lock_source,
     })
 }

@@ -298,6 +298,53 @@ pub async fn pool_publish(
     }
 }
 
+const LOCK_MEDIA_TYPE: &str = "application/vnd.oakestra.flops.pylock.v1+toml";
+
+/// A lock stored in the pool under its input key (`lock-<key>`), if any.
+pub async fn pool_lock(reg: &Registry, pool: &str, key: &str) -> Option<String> {
+    let (bytes, _, _) = reg.get_manifest(pool, &format!("lock-{key}")).await.ok()?;
+    let m: Manifest = serde_json::from_slice(&bytes).ok()?;
+    let l = m
+        .layers
+        .first()
+        .filter(|l| l.media_type == LOCK_MEDIA_TYPE)?;
+    String::from_utf8(reg.get_blob_bytes(pool, &l.digest).await.ok()?).ok()
+}
+
+/// Stores a lock in the pool under its input key. Best effort, like [`pool_publish`].
+pub async fn pool_put_lock(reg: &Registry, pool: &str, key: &str, store: &BlobStore, lock: &str) {
+    let result: Result<()> = async {
+        let config = store.put_bytes(EMPTY_CONFIG)?;
+        let blob = store.put_bytes(lock.as_bytes())?;
+        for (d, size) in [
+            (&config, EMPTY_CONFIG.len() as u64),
+            (&blob, lock.len() as u64),
+        ] {
+            if !reg.blob_exists(pool, d).await? {
+                reg.upload_file(pool, d, &store.path(d), size, None).await?;
+            }
+        }
+        let manifest = Manifest {
+            schema_version: 2,
+            media_type: Some(crate::oci::image::OCI_MANIFEST.into()),
+            config: Descriptor::new(EMPTY_MEDIA_TYPE, &config, EMPTY_CONFIG.len() as u64),
+            layers: vec![Descriptor::new(LOCK_MEDIA_TYPE, &blob, lock.len() as u64)],
+            annotations: Default::default(),
+        };
+        reg.put_manifest(
+            pool,
+            &format!("lock-{key}"),
+            crate::oci::image::OCI_MANIFEST,
+            &serde_json::to_vec(&manifest)?,
+        )
+        .await
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::warn!("could not store the lock in the shared pool {pool}: {e:#}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -66,6 +66,18 @@ pub fn lock_input(requirements: &[String]) -> String {
     s
 }
 
+/// Key of a lock: everything the resolution depends on that we control. The same repo
+/// requirements give the same lock on any node and any day (so the same commit gives the same
+/// image), until the inputs change or `--refresh-lock` asks for a new resolution.
+pub fn lock_key(input: &str, python: &str, opts: &ResolveOptions) -> String {
+    let material = format!(
+        "lock v1\n{python}\n{}\n{}\n{input}",
+        opts.index_url.as_deref().unwrap_or(""),
+        UV_VERSION.trim()
+    );
+    hex::encode(<sha2::Sha256 as sha2::Digest>::digest(material.as_bytes()))
+}
+
 /// uv's resolver explanation on one line (its tree drawing and line breaks removed).
 fn one_line(stderr: &str) -> String {
     let text: String = stderr
@@ -100,7 +112,11 @@ pub fn resolve(input: &str, python: &str, opts: &ResolveOptions) -> Result<Strin
     .arg(&req)
     .arg("-o")
     .arg(&out);
-    if let Some(i) = &opts.index_url {
+    // uv reads UV_INDEX_URL itself; pip's PIP_INDEX_URL is honoured here for pip users.
+    let pip_index = std::env::var("PIP_INDEX_URL").ok().filter(|_| {
+        std::env::var_os("UV_INDEX_URL").is_none() && std::env::var_os("UV_DEFAULT_INDEX").is_none()
+    });
+    if let Some(i) = opts.index_url.as_ref().or(pip_index.as_ref()) {
         cmd.args(["--index-url", i]);
     }
     tracing::info!(

@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Benchmark (not a test) for `build`: the MLflow-style fixture (numpy, scikit-learn, mlflow
+# dropped) plus the FL runtime dependencies, built and pushed by this builder vs
+# `buildah build` of the upstream-style Dockerfile (FROM base-with-pip; COPY . /app;
+# RUN pip install -r requirements.txt) + `buildah push`, in one run on the same machine.
+# Every run pushes to a fresh, empty registry started for this benchmark, so "cold" is cold.
+# Prints ratios and peak RSS; writes bench/out/build-<date>.md. Run as root.
+#   BENCH_TORCH=1 adds a torch-sized (>= 2 GB) dependency set, to show peak RSS stays flat.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/rig.sh all >&2
+scripts/rig.sh bench-base >&2
+command -v buildah >/dev/null && [ -x /usr/bin/time ] || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq buildah time >/dev/null; }
+[ -n "${SKIP_BUILD:-}" ] || cargo build --release --locked -q
+BIN=$PWD/target/release/flops-image-builder
+PORT=5100
+REG=127.0.0.1:$PORT
+T=$(mktemp -d)
+REGPID=
+cleanup() { [ -n "$REGPID" ] && kill "$REGPID" 2>/dev/null; rm -rf "$T"; }
+trap cleanup EXIT
+
+# A fresh registry, holding only the two base images.
+printf 'version: 0.1\nlog: { level: error }\nstorage: { filesystem: { rootdirectory: %s/registry } }\nhttp: { addr: %s }\n' "$T" "$REG" >"$T/registry.yml"
+docker-registry serve "$T/registry.yml" >"$T/registry.log" 2>&1 &
+REGPID=$!
+for _ in $(seq 1 50); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.1; done
+skopeo copy -q --all --src-tls-verify=false --dest-tls-verify=false docker://127.0.0.1:5000/library/python:3.11-slim "docker://$REG/library/python:3.11-slim"
+skopeo copy -q --src-tls-verify=false --dest-tls-verify=false docker://127.0.0.1:5000/library/python:3.11-pip "docker://$REG/library/python:3.11-pip"
+
+repo() { # fixture name → a git repo at $T/repos/bench/<name>
+  local dir="$T/repos/bench/$1"
+  mkdir -p "$dir"; cp -a "fixtures/$2/." "$dir/"
+  (cd "$dir" && git init -q -b main && git add -A && git -c user.name=b -c user.email=b@b commit -qm init)
+  echo "$dir"
+}
+touch_code() { (cd "$1" && echo "# tuned $(date +%s%N)" >>model_manager.py && git -c user.name=b -c user.email=b@b commit -qam tune); }
+
+run() { local n=$1; shift; /usr/bin/time -f '%e %M' -o "$T/$n.time" "$@" >"$T/$n.out" 2>"$T/$n.err" || { cat "$T/$n.err" >&2; exit 1; }; }
+secs() { cut -d' ' -f1 "$T/$1.time"; }
+rss() { awk '{printf "%.0f", $2/1024}' "$T/$1.time"; }
+up() { jq -r '.image.bytes_uploaded' "$T/$1.out" | awk '{ if ($1 < 1e6) printf "%.1f kB", $1/1e3; else printf "%.1f MB", $1/1e6 }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.1f×", a/b}'; }
+phase() { jq -r ".image.phases_ms.$2 // 0" "$T/$1.out"; }
+ours() { local n=$1 dir=$2; shift 2; run "$n" "$BIN" -q build "$dir" --registry "http://$REG" --cache-dir "$T/cache-$n" --json "$@"; }
+
+A=$(repo sklearn-a sklearn-conda)
+B=$(repo sklearn-b requirements-repo)
+Z=$(repo sklearn-z sklearn-conda)
+
+echo "== ours: cold gzip, cold zstd, code-only on an empty cache, a second repo sharing the deps" >&2
+ours cold "$A"
+ours zstd "$Z" --compression zstd
+touch_code "$A"
+ours code "$A"
+ours second "$B"
+
+echo "== buildah: cold build + push, then a one-file code change" >&2
+CTX=$T/ctx
+mkdir -p "$CTX/ca"
+cp -a "$A/." "$CTX/"; rm -rf "$CTX/.git"
+cp /usr/local/share/ca-certificates/* "$CTX/ca/" 2>/dev/null || true
+# The same requirements the builder locks: the doctored spec plus the FL runtime's.
+"$BIN" -q check "$A" --json | jq -r '.requirements[]' >"$CTX/requirements.txt"
+grep -v '^#' base-layers/fl-learner/requirements.txt >>"$CTX/requirements.txt"
+cat >"$CTX/Dockerfile" <<EOF
+FROM $REG/library/python:3.11-pip
+COPY ca/ /usr/local/share/ca-certificates/
+RUN update-ca-certificates
+COPY . /app
+WORKDIR /app
+RUN pip install --no-cache-dir --break-system-packages -r requirements.txt
+EOF
+B_="buildah --storage-driver vfs"
+$B_ rm --all >/dev/null 2>&1 || true
+$B_ rmi --all --force >/dev/null 2>&1 || true
+run bbuild $B_ build -q --isolation chroot --tls-verify=false -t bench:cold "$CTX"
+run bpush $B_ push -q --tls-verify=false bench:cold "docker://$REG/bench/buildah:cold"
+echo "# tuned" >>"$CTX/model_manager.py"
+run bbuild2 $B_ build -q --isolation chroot --tls-verify=false -t bench:code "$CTX"
+run bpush2 $B_ push -q --tls-verify=false bench:code "docker://$REG/bench/buildah:code"
+BC=$(awk '{s+=$1} END{print s}' "$T/bbuild.time" "$T/bpush.time")
+BK=$(awk '{s+=$1} END{print s}' "$T/bbuild2.time" "$T/bpush2.time")
+BRSS=$(awk '{if ($2>m) m=$2} END{printf "%.0f", m/1024}' "$T"/bbuild*.time "$T"/bpush*.time)
+$B_ rmi --all --force >/dev/null 2>&1 || true
+
+TORCH_ROW=""
+if [ -n "${BENCH_TORCH:-}" ]; then
+  echo "== ours: torch-sized dependency set" >&2
+  TDIR=$(repo torch sklearn-conda)
+  (cd "$TDIR" && sed -i 's/  - scikit-learn==1.4.2/  - scikit-learn==1.4.2\n  - torch==2.5.1/' conda.yaml && git -c user.name=b -c user.email=b@b commit -qam torch)
+  ours torch "$TDIR"
+  TSIZE=$(du -sm "$T/cache-torch/wheels" | cut -f1)
+  TORCH_ROW="| ours cold, torch 2.5.1 set ($TSIZE MB of wheels) | ($(secs torch) s) | $(rss torch) MB | $(up torch) |"
+fi
+
+stage_sum() { echo "$(phase "$1" resolve) $(phase "$1" fetch) $(phase "$1" layers) $(phase "$1" push)" | awk '{printf "%.2f", ($1+$2+$3+$4)/1000}'; }
+shared_again=$(jq '[.image.platforms[].layers[] | select(.status=="uploaded")] | length' "$T/second.out")
+dep_from_pool=$(jq '[.dependency_layers[] | select(.source=="pool")] | length' "$T/second.out")
+dep_total=$(jq '.dependency_layers | length' "$T/second.out")
+OUT=bench/out/build-$(date +%F).md
+mkdir -p bench/out
+{
+  echo "# build benchmark — $(date -u +'%F %H:%M UTC')"
+  echo
+  echo "Machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(. /etc/os-release; echo "$PRETTY_NAME"). Workload: fixtures/sklearn-conda (numpy 1.26.4, scikit-learn 1.4.2, cloudpickle; mlflow dropped by the doctor) + the FL runtime (flwr 1.8.0, flops-utils, pydantic, pyarrow, datasets): $(jq '[.dependency_layers[].packages | split(",") | length] | add' "$T/cold.out") packages, linux/amd64, pushed to a fresh local registry. Peer: buildah $(buildah --version | awk '{print $3}') (vfs, chroot isolation) with the upstream-style Dockerfile."
+  echo
+  echo "| run | vs buildah | peak RSS | uploaded |"
+  echo "|---|---|---|---|"
+  echo "| buildah build + push, cold | 1.0× | $BRSS MB | |"
+  echo "| ours cold, gzip -6 (default) | $(ratio "$BC" "$(secs cold)") faster | $(rss cold) MB | $(up cold) |"
+  echo "| ours cold, zstd -3 | $(ratio "$BC" "$(secs zstd)") faster | $(rss zstd) MB | $(up zstd) |"
+  echo "| buildah after a one-file code change | 1.0× | | |"
+  echo "| ours code-only rebuild, EMPTY local cache | $(ratio "$BK" "$(secs code)") faster | $(rss code) MB | $(up code) |"
+  echo "| ours, a second repo sharing the deps, empty cache | $(ratio "$BC" "$(secs second)") faster | $(rss second) MB | $(up second) ($dep_from_pool of $dep_total dependency layers mounted from the pool, $shared_again blobs uploaded) |"
+  [ -n "$TORCH_ROW" ] && echo "$TORCH_ROW"
+  echo
+  echo "Cold gzip run: total $(secs cold) s vs the sum of its stages (resolve + download + install/tar/compress + upload) $(stage_sum cold) s = $(awk -v a="$(secs cold)" -v b="$(stage_sum cold)" 'BEGIN{printf "%.2f×", a/b}')."
+  echo "Absolute seconds (noisy): buildah cold $BC (build $(secs bbuild), push $(secs bpush)), code change $BK; ours cold $(secs cold), zstd $(secs zstd), code-only $(secs code), second repo $(secs second)."
+} | tee "$OUT"
