@@ -10,4 +10,5 @@ pub mod error;
 pub mod notify;
 pub mod oci;
 pub mod pipeline;
+pub mod progress;
 pub mod repo;

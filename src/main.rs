@@ -400,6 +400,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
+    // Bars only for a person at a terminal; logs (containerd, CI) get plain timestamped lines.
+    flops_image_builder::progress::init(
+        !cli.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

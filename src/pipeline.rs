@@ -227,6 +227,7 @@ pub async fn build(req: BuildRequest, notifier: &crate::notify::Notifier) -> Res
     let base = Reference::parse(&base_ref)?;
 
     let t = Instant::now();
+    let spin = crate::progress::Bar::spinner("resolving base image and dependencies");
     let (base_reg, target_reg) = append::connect(
         &base,
         Some(&target),
@@ -294,6 +295,7 @@ pub async fn build(req: BuildRequest, notifier: &crate::notify::Notifier) -> Res
     std::fs::create_dir_all(lock_path.parent().expect("parent"))?;
     std::fs::write(&lock_path, &lock_text)?;
     phases.done("resolve", t);
+    spin.done();
     notifier
         .observe(&format!(
             "image builder: dependencies locked: {} packages for Python {python_full}",
@@ -371,6 +373,7 @@ pub async fn build(req: BuildRequest, notifier: &crate::notify::Notifier) -> Res
 
     // Layers: dependency layers and the code layer, in parallel on the blocking pool.
     let t = Instant::now();
+    let spin = crate::progress::Bar::spinner("installing wheels into layers");
     let mut builds = Vec::new();
     // As many layer builds at once as there are cores: more only adds codec buffers (memory).
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -409,6 +412,7 @@ pub async fn build(req: BuildRequest, notifier: &crate::notify::Notifier) -> Res
     }
     let (code_layer, _) = code.await??;
     phases.done("layers", t);
+    spin.done();
     let built = ready.values().filter(|(_, s)| *s == "built").count();
     notifier.observe(&format!("image builder: layers ready: {} dependency layers ({built} built, {} reused) and the code layer", ready.len(), ready.len() - built)).await;
 

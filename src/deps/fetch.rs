@@ -69,21 +69,27 @@ pub async fn fetch_all(
     lock_dir: Option<&Path>,
     wheels: &[Selected],
 ) -> Result<Vec<PathBuf>> {
+    if wheels.is_empty() {
+        return Ok(Vec::new());
+    }
     let sem = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
     let mut tasks = tokio::task::JoinSet::new();
+    let total = wheels.iter().filter_map(|w| w.wheel.size).sum();
+    let bar = crate::progress::Bar::bytes("downloading wheels", total);
     for (i, w) in wheels.iter().enumerate() {
-        let (http, cache, lock_dir, w, sem) = (
+        let (http, cache, lock_dir, w, sem, bar) = (
             http.clone(),
             cache.to_path_buf(),
             lock_dir.map(Path::to_path_buf),
             w.clone(),
             sem.clone(),
+            bar.clone(),
         );
         tasks.spawn(async move {
             let _permit = sem.acquire_owned().await.expect("semaphore");
-            fetch_one(&http, &cache, lock_dir.as_deref(), &w)
-                .await
-                .map(|p| (i, p))
+            let r = fetch_one(&http, &cache, lock_dir.as_deref(), &w).await;
+            bar.inc(w.wheel.size.unwrap_or(0));
+            r.map(|p| (i, p))
         });
     }
     let mut out = vec![PathBuf::new(); wheels.len()];
@@ -96,6 +102,7 @@ pub async fn fetch_all(
             }
         }
     }
+    bar.done();
     Ok(out)
 }
 

@@ -14,6 +14,7 @@ use crate::oci::credentials::{self, Credentials};
 use crate::oci::image::ACCEPT_MANIFESTS;
 use anyhow::{anyhow, Context, Result};
 use base64::Engine as _;
+use futures_util::StreamExt;
 use reqwest::header::{
     HeaderMap, AUTHORIZATION, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION, RANGE,
     WWW_AUTHENTICATE,
@@ -629,6 +630,7 @@ impl Registry {
     ) -> Result<()> {
         let mut session = session;
         let mut attempt = 0;
+        crate::progress::uploads().grow(size);
         loop {
             let (loc, min) = match session.take() {
                 Some(s) => s,
@@ -672,9 +674,13 @@ impl Registry {
             std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
         std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(offset))?;
         let f = tokio::io::AsyncReadExt::take(tokio::fs::File::from_std(f), len);
-        Ok(reqwest::Body::wrap_stream(
-            tokio_util::io::ReaderStream::with_capacity(f, 256 << 10),
-        ))
+        let bar = crate::progress::uploads();
+        let stream = tokio_util::io::ReaderStream::with_capacity(f, 256 << 10).inspect(move |c| {
+            if let Ok(b) = c {
+                bar.inc(b.len() as u64);
+            }
+        });
+        Ok(reqwest::Body::wrap_stream(stream))
     }
 
     async fn put_file(
@@ -775,6 +781,7 @@ impl Registry {
     ) -> Result<()> {
         let mut session = session;
         let mut attempt = 0;
+        crate::progress::uploads().grow(size);
         loop {
             let r = async {
                 let (loc, _) = match session.take() {
@@ -782,8 +789,13 @@ impl Registry {
                     None => self.start_upload(repo).await?,
                 };
                 let resp = src.get_blob(src_repo, digest).await?;
-                let body =
-                    std::sync::Mutex::new(Some(reqwest::Body::wrap_stream(resp.bytes_stream())));
+                let body = std::sync::Mutex::new(Some(reqwest::Body::wrap_stream(
+                    resp.bytes_stream().inspect(|c| {
+                        if let Ok(b) = c {
+                            crate::progress::uploads().inc(b.len() as u64);
+                        }
+                    }),
+                )));
                 let url = Self::with_digest(&loc, digest);
                 let what = format!("copy of {digest} from {}", src.host);
                 let put = self
