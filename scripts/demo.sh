@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end demo on a fresh Debian machine (as root): starts the local registry and broker,
-# builds the base image, builds the builder, appends a small app onto the base, pushes it to
-# the local registry, verifies it with skopeo/umoci and runs it with chroot.
+# builds the base image, builds the builder, appends a small app onto the base (verified with
+# skopeo/umoci, run with chroot), then builds a FLOps learner image from a fixture ML repo for
+# two platforms and pushes it to the local registry.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "run as root (it installs Debian packages and starts services)" >&2; exit 1; }
@@ -23,11 +24,24 @@ skopeo inspect --tls-verify=false "docker://$REG/demo/hello:latest" | jq '{Diges
 skopeo copy -q --src-tls-verify=false "docker://$REG/demo/hello:latest" "oci:$WORK/oci:hello"
 umoci unpack --image "$WORK/oci:hello" "$WORK/bundle" >/dev/null
 chroot "$WORK/bundle/rootfs" sh -c 'cd /app && python main.py'
+
+# The main job: a FLOps learner image from an ML repo (an MLflow-style fixture, as a git repo).
+mkdir -p "$WORK/repos/demo"
+cp -a fixtures/sklearn-conda "$WORK/repos/demo/sklearn-model"
+git -C "$WORK/repos/demo/sklearn-model" init -q -b main
+git -C "$WORK/repos/demo/sklearn-model" add -A
+git -C "$WORK/repos/demo/sklearn-model" -c user.name=demo -c user.email=demo@example.com commit -qm "demo model"
+LEARNER=$($BIN build "$WORK/repos/demo/sklearn-model" --registry http://$REG --platform linux/amd64,linux/arm64 \
+  --project-id demo --mqtt 127.0.0.1:9027 | tail -1)
+echo "learner image: $LEARNER"
+skopeo inspect --tls-verify=false "docker://${LEARNER%@*}" | jq '{Digest, Labels, Layers: (.Layers | length)}'
 cat <<MSG
 
 Where to look:
   registry      http://$REG/v2/_catalog   (curl it; images under demo/)
   image         skopeo inspect --tls-verify=false docker://$REG/demo/hello:latest
   index         skopeo inspect --raw --tls-verify=false docker://$REG/demo/hello:latest | jq
+  learner       skopeo inspect --tls-verify=false docker://${LEARNER%@*}
+  MQTT          mosquitto_sub -h 127.0.0.1 -p 9027 -t 'flops_manager/#' -v   (then run the build again)
   rig logs      /var/lib/flops-rig/*.log
 MSG

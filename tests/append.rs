@@ -466,22 +466,7 @@ fn bad_inputs_fail_with_one_line_and_nothing_tagged() {
     let dir = format!("{}:/app", app.path().display());
     let cache = tempfile::tempdir().unwrap();
     let c = cache.path().to_str().unwrap();
-    let check = |args: &[&str], code: i32, needle: &str| {
-        let r = run(args);
-        assert_eq!(r.code, code, "{args:?}: {}", r.stderr);
-        let errs: Vec<&str> = r
-            .stderr
-            .lines()
-            .filter(|l| l.starts_with("error:"))
-            .collect();
-        assert_eq!(errs.len(), 1, "{}", r.stderr);
-        assert!(
-            errs[0].contains(needle),
-            "expected {needle:?} in {:?}",
-            errs[0]
-        );
-        assert!(r.stdout.is_empty(), "stdout on failure: {}", r.stdout);
-    };
+    let check = |args: &[&str], code: i32, needle: &str| expect_error(&run(args), code, needle);
     let repo = unique("bad");
     let target = format!("http://{PLAIN}/{repo}:v1");
     check(

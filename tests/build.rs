@@ -202,19 +202,7 @@ fn wheel_lock(name: &str, file: &str, sha: &str) -> String {
 }
 
 fn expect_failure(r: &Run, needle: &str) {
-    assert_eq!(r.code, 3, "{}", r.stderr);
-    let errs: Vec<&str> = r
-        .stderr
-        .lines()
-        .filter(|l| l.starts_with("error:"))
-        .collect();
-    assert_eq!(errs.len(), 1, "{}", r.stderr);
-    assert!(
-        errs[0].contains(needle),
-        "expected {needle:?} in {:?}",
-        errs[0]
-    );
-    assert!(r.stdout.is_empty());
+    expect_error(r, 3, needle);
 }
 
 fn tagged(parent_owner: &str, name: &str) -> bool {

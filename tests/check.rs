@@ -264,19 +264,7 @@ fn bad_repos_fail_with_one_clear_line_and_clean_up() {
         let mut args = vec![source];
         args.extend_from_slice(extra);
         let r = check(&args, tmp.path());
-        assert_eq!(r.code, 3, "{source}: {}", r.stderr);
-        let errs: Vec<&str> = r
-            .stderr
-            .lines()
-            .filter(|l| l.starts_with("error:"))
-            .collect();
-        assert_eq!(errs.len(), 1, "{}", r.stderr);
-        assert!(
-            errs[0].contains(needle),
-            "expected {needle:?} in {:?}",
-            errs[0]
-        );
-        assert!(r.stdout.is_empty());
+        expect_error(&r, 3, needle);
         assert_clean(tmp.path());
     };
     let missing = git_repo("missing-model-manager", d.path(), "missing");

@@ -265,3 +265,25 @@ pub fn make_wheel(name: &str, version: &str, out: &Path, evil: bool) -> (PathBuf
     let (p, sha) = line.trim().split_once(' ').unwrap();
     (PathBuf::from(p), sha.to_string())
 }
+
+/// A failed run: the exit code, exactly one `error:` line on stderr containing `needle`, and
+/// nothing on stdout (scripts read stdout).
+pub fn expect_error(r: &Run, code: i32, needle: &str) {
+    assert_eq!(
+        r.code, code,
+        "expected exit {code} for {needle:?}: {}",
+        r.stderr
+    );
+    let errs: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("error:"))
+        .collect();
+    assert_eq!(errs.len(), 1, "{}", r.stderr);
+    assert!(
+        errs[0].contains(needle),
+        "expected {needle:?} in {:?}",
+        errs[0]
+    );
+    assert!(r.stdout.is_empty(), "stdout on failure: {}", r.stdout);
+}
