@@ -50,7 +50,7 @@ Z=$(repo sklearn-z sklearn-conda)
 
 echo "== ours: cold gzip, cold zstd, code-only on an empty cache, a second repo sharing the deps" >&2
 ours cold "$A"
-ours zstd "$Z" --compression zstd
+ours zstd "$Z" --compression zstd --refresh-lock
 touch_code "$A"
 ours code "$A"
 ours second "$B"

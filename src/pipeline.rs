@@ -359,39 +359,60 @@ pub async fn build(req: BuildRequest, notifier: &crate::notify::Notifier) -> Res
             }
         }
     }
-    let mut wanted: Vec<pylock::Selected> = Vec::new();
-    for w in to_build.iter().flat_map(|d| &d.wheels) {
-        if !wanted.iter().any(|x| x.sha256 == w.sha256) {
-            wanted.push(w.clone());
-        }
-    }
+    // One task per dependency layer: fetch its wheels, build when a core is free, upload the
+    // blob right away. Downloads, installs/compression and uploads of different layers overlap;
+    // downloads and builds are bounded (network slots; one build per core, since more only adds
+    // codec buffers).
     let http = fetch::http_client()?;
-    let paths = fetch::fetch_all(&http, store.root(), Some(checkout.root()), &wanted).await?;
-    let by_sha: HashMap<String, std::path::PathBuf> =
-        wanted.iter().map(|w| w.sha256.clone()).zip(paths).collect();
-    phases.done("fetch", t);
-
-    // Layers: dependency layers and the code layer, in parallel on the blocking pool.
-    let t = Instant::now();
-    let spin = crate::progress::Bar::spinner("installing wheels into layers");
-    let mut builds = Vec::new();
-    // As many layer builds at once as there are cores: more only adds codec buffers (memory).
+    let downloads = std::sync::Arc::new(tokio::sync::Semaphore::new(fetch::CONCURRENCY));
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(cores));
+    let fetched_at = std::sync::Arc::new(std::sync::Mutex::new(t));
+    let spin = crate::progress::Bar::spinner("installing wheels into layers");
+    let mut builds = Vec::new();
     for dep in to_build {
         let (store, prefix, c) = (store.clone(), prefix.clone(), req.compression);
-        let slot = slots.clone().acquire_owned();
-        let paths: Vec<_> = dep
-            .wheels
-            .iter()
-            .map(|w| by_sha[&w.sha256].clone())
-            .collect();
+        let (http, downloads, slots, fetched_at) = (
+            http.clone(),
+            downloads.clone(),
+            slots.clone(),
+            fetched_at.clone(),
+        );
+        let (reg, repo, lock_dir) = (
+            target_reg.clone(),
+            target.repository.clone(),
+            checkout.root().to_path_buf(),
+        );
         builds.push(tokio::spawn(async move {
-            let _slot = slot.await.expect("semaphore open");
-            tokio::task::spawn_blocking(move || {
-                layers::build(&store, &dep, &paths, &prefix, c).map(|l| (dep.key.clone(), l))
-            })
-            .await?
+            let paths = fetch::fetch_all(
+                &http,
+                store.root(),
+                Some(&lock_dir),
+                &dep.wheels,
+                &downloads,
+            )
+            .await?;
+            {
+                let mut at = fetched_at.lock().expect("not poisoned");
+                *at = (*at).max(Instant::now());
+            }
+            let slot = slots.acquire_owned().await.expect("semaphore open");
+            let (s, d) = (store.clone(), dep.clone());
+            let layer =
+                tokio::task::spawn_blocking(move || layers::build(&s, &d, &paths, &prefix, c))
+                    .await??;
+            drop(slot);
+            if !reg.blob_exists(&repo, &layer.digest).await? {
+                reg.upload_file(
+                    &repo,
+                    &layer.digest,
+                    &store.path(&layer.digest),
+                    layer.size,
+                    None,
+                )
+                .await?;
+            }
+            anyhow::Ok((dep.key.clone(), layer))
         }));
     }
     let epoch = checkout.commit_time.max(0) as u64;
@@ -406,11 +427,20 @@ pub async fn build(req: BuildRequest, notifier: &crate::notify::Notifier) -> Res
             layer::tree_layer(&store, &root, &dest, &[".git"], c, epoch)
         })
     };
+    let mut uploaded_early = std::collections::HashSet::new();
     for b in builds {
         let (key, l) = b.await??;
+        uploaded_early.insert(l.digest.clone());
         ready.insert(key, (l, "built"));
     }
     let (code_layer, _) = code.await??;
+    // Phases overlap now: "fetch" ends with the last download, "layers" with the last layer
+    // (its upload included); "push" is what remains.
+    let last_fetch = *fetched_at.lock().expect("not poisoned");
+    phases.0.insert(
+        "fetch".into(),
+        last_fetch.duration_since(t).as_millis() as u64,
+    );
     phases.done("layers", t);
     spin.done();
     let built = ready.values().filter(|(_, s)| *s == "built").count();
@@ -497,7 +527,7 @@ pub async fn build(req: BuildRequest, notifier: &crate::notify::Notifier) -> Res
         registry: base_reg,
         repository: base.repository.clone(),
     };
-    let pushed = push::push(
+    let mut pushed = push::push(
         &target_reg,
         &target.repository,
         &tags,
@@ -513,6 +543,11 @@ pub async fn build(req: BuildRequest, notifier: &crate::notify::Notifier) -> Res
         .filter(|d| !pooled.contains_key(&d.key))
         .map(|d| (d.clone(), ready[&d.key].0.clone()))
         .collect();
+    for d in &uploaded_early {
+        if let Some(st) = pushed.statuses.get_mut(d) {
+            *st = crate::oci::registry::BlobStatus::Uploaded;
+        }
+    }
     layers::pool_publish(
         &target_reg,
         layers::POOL_REPO,

@@ -70,6 +70,13 @@ impl Bar {
     }
 }
 
+/// The download bar shared by every wheel download (grows as downloads are planned).
+static DOWNLOADS: OnceLock<Bar> = OnceLock::new();
+
+pub fn downloads() -> &'static Bar {
+    DOWNLOADS.get_or_init(|| Bar::bytes("downloading wheels", 0))
+}
+
 /// The upload bar shared by every blob of a push (grows as uploads start).
 static UPLOADS: OnceLock<Bar> = OnceLock::new();
 

@@ -68,14 +68,15 @@ pub async fn fetch_all(
     cache: &Path,
     lock_dir: Option<&Path>,
     wheels: &[Selected],
+    slots: &Arc<tokio::sync::Semaphore>,
 ) -> Result<Vec<PathBuf>> {
     if wheels.is_empty() {
         return Ok(Vec::new());
     }
-    let sem = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
+    let sem = slots.clone();
     let mut tasks = tokio::task::JoinSet::new();
-    let total = wheels.iter().filter_map(|w| w.wheel.size).sum();
-    let bar = crate::progress::Bar::bytes("downloading wheels", total);
+    let bar = crate::progress::downloads().clone();
+    bar.grow(wheels.iter().filter_map(|w| w.wheel.size).sum());
     for (i, w) in wheels.iter().enumerate() {
         let (http, cache, lock_dir, w, sem, bar) = (
             http.clone(),
@@ -102,7 +103,6 @@ pub async fn fetch_all(
             }
         }
     }
-    bar.done();
     Ok(out)
 }
 
@@ -123,8 +123,11 @@ async fn fetch_one(
     tokio::fs::create_dir_all(dir)
         .await
         .with_context(|| format!("creating {}", dir.display()))?;
-    // Unique per process: builds sharing a cache never write the same partial file.
-    let part = dir.join(format!("{}.part.{}", w.file, std::process::id()));
+    // Unique per process and task: concurrent downloads of one wheel (a pure wheel in two
+    // platforms' layers, or two builds sharing a cache) never write the same partial file.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let part = dir.join(format!("{}.part.{}.{n}", w.file, std::process::id()));
     match (&w.wheel.url, &w.wheel.path) {
         (Some(url), _) => download(http, url, &part, &what).await?,
         (None, Some(p)) => {

@@ -116,7 +116,8 @@ pub fn build(
     prefix: &Prefix,
     compression: Compression,
 ) -> Result<Layer> {
-    let mut w = LayerWriter::new(store, compression, 0)?;
+    // Dependency layers are built one per core at once: one zstd worker each.
+    let mut w = LayerWriter::with_workers(store, compression, 0, 1)?;
     install(&mut w, prefix, paths)?;
     let layer = w.finish(store)?;
     let record = store

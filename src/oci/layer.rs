@@ -110,7 +110,7 @@ enum Encoder<W: Write> {
 }
 
 impl<W: Write> Encoder<W> {
-    fn new(w: W, c: Compression) -> io::Result<Self> {
+    fn new(w: W, c: Compression, zstd_workers: u32) -> io::Result<Self> {
         Ok(match c {
             // GzBuilder defaults: no file name, mtime 0, so the header is the same on every run.
             Compression::Gzip(level) => {
@@ -118,10 +118,9 @@ impl<W: Write> Encoder<W> {
             }
             Compression::Zstd(level) => {
                 let mut e = zstd::stream::write::Encoder::new(w, level)?;
-                // zstd's multi-threaded output depends on the job size, not the worker count,
-                // so this stays reproducible across machines.
-                let workers = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
-                e.multithread(workers)?;
+                // zstd's multi-threaded output depends on the job size, not the worker count
+                // (as long as it is at least 1), so this stays reproducible across machines.
+                e.multithread(zstd_workers.max(1))?;
                 Encoder::Zstd(e)
             }
         })
@@ -190,8 +189,20 @@ impl<R: Read> Read for Exact<R> {
 
 impl LayerWriter {
     pub fn new(store: &BlobStore, compression: Compression, mtime: u64) -> Result<Self> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+        Self::with_workers(store, compression, mtime, cores)
+    }
+
+    /// As [`LayerWriter::new`], with a zstd worker count: one when several layers are being
+    /// written at once (each on its own core), which also bounds memory. Same bytes either way.
+    pub fn with_workers(
+        store: &BlobStore,
+        compression: Compression,
+        mtime: u64,
+        zstd_workers: u32,
+    ) -> Result<Self> {
         let file = BufWriter::with_capacity(1 << 20, store.temp_file()?);
-        let enc = Encoder::new(Hashing::new(file), compression)?;
+        let enc = Encoder::new(Hashing::new(file), compression, zstd_workers)?;
         let mut tar = tar::Builder::new(Hashing::new(enc));
         tar.mode(tar::HeaderMode::Deterministic);
         Ok(Self {
@@ -552,6 +563,50 @@ mod tests {
             let mode = h.mode().unwrap();
             assert!([0o755, 0o644, 0o777].contains(&mode), "mode {mode:o}");
         }
+    }
+
+    #[test]
+    fn zstd_bytes_do_not_depend_on_the_worker_count() {
+        let d = tempfile::tempdir().unwrap();
+        // Several MB, partly compressible, so zstd really splits it into jobs.
+        let mut data = Vec::new();
+        let mut x: u64 = 7;
+        for i in 0..6_000_000u64 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            data.push(if i % 3 == 0 {
+                (x >> 33) as u8
+            } else {
+                b'a' + (i % 7) as u8
+            });
+        }
+        std::fs::write(d.path().join("blob"), &data).unwrap();
+        let entries = walk(d.path(), "data").unwrap();
+        let digests: Vec<String> = [1u32, 2, 3]
+            .iter()
+            .map(|&w| {
+                let s = tempfile::tempdir().unwrap();
+                let store = BlobStore::open(s.path()).unwrap();
+                let mut lw = LayerWriter::with_workers(&store, Compression::Zstd(3), 0, w).unwrap();
+                for e in &entries {
+                    match &e.kind {
+                        EntryKind::Dir => lw.dir(&e.rel).unwrap(),
+                        EntryKind::File { size, executable } => lw
+                            .file(
+                                &e.rel,
+                                *executable,
+                                *size,
+                                std::fs::File::open(e.source.as_ref().unwrap()).unwrap(),
+                            )
+                            .unwrap(),
+                        EntryKind::Symlink(t) => lw.symlink(&e.rel, t).unwrap(),
+                    }
+                }
+                lw.finish(&store).unwrap().digest
+            })
+            .collect();
+        assert!(digests.windows(2).all(|w| w[0] == w[1]), "{digests:?}");
     }
 
     #[test]
