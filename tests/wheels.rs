@@ -207,7 +207,23 @@ fn bad_wheels_are_refused_with_the_reason() {
         build_layer(&store, &[tab.clone(), clash]).unwrap_err()
     );
     assert!(
-        err.contains("both install /opt/flops/site-packages/tabulate/__init__.py"),
+        err.contains(
+            "both install /opt/flops/site-packages/tabulate/__init__.py with different contents"
+        ),
         "{err}"
     );
+    // The same bytes from two wheels (namespace packages such as nvidia/__init__.py in every
+    // CUDA wheel) are fine: one copy, listed in both RECORDs.
+    let add_shared = "import base64,hashlib\nb=b''\nfiles['shared_ns/__init__.py']=b\nk=[n for n in files if n.endswith('RECORD')][0]\nfiles[k]+=b'shared_ns/__init__.py,sha256='+base64.urlsafe_b64encode(hashlib.sha256(b).digest()).rstrip(b'=')+b',0\\n'";
+    let (s1, s2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let shared = [
+        doctored_wheel(mk, s1.path(), add_shared),
+        doctored_wheel(tab, s2.path(), add_shared),
+    ];
+    let blob = build_layer(&store, &shared).unwrap();
+    let listing = sh(&format!(
+        "tar -tzf {} | grep -c 'shared_ns/__init__.py$'",
+        blob.display()
+    ));
+    assert_eq!(listing.trim(), "1");
 }
