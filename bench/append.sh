@@ -11,7 +11,9 @@ command -v buildah >/dev/null && [ -x /usr/bin/time ] || { apt-get update -qq; D
 [ -n "${SKIP_BUILD:-}" ] || cargo build --release --locked -q
 BIN=$PWD/target/release/flops-image-builder
 BENCH=${BENCH_DIR:-/var/cache/flops-bench}
-REG=127.0.0.1:5000
+# A fresh, empty registry for this run (only the base in it), so "cold" really uploads.
+PORT=5101
+REG=127.0.0.1:$PORT
 BASE=$REG/library/python:3.11-slim-amd64
 ID=$(date +%s)
 
@@ -27,7 +29,14 @@ if [ ! -d "$BENCH/site2x" ]; then mkdir -p "$BENCH/site2x"; cp -al "$BENCH/site"
 SIZE=$(du -sm "$BENCH/site" | cut -f1)
 FILES=$(find "$BENCH/site" -type f | wc -l)
 
-T=$(mktemp -d); trap 'rm -rf "$T"' EXIT
+T=$(mktemp -d)
+REGPID=
+trap '[ -n "$REGPID" ] && kill $REGPID; rm -rf "$T"' EXIT
+printf 'version: 0.1\nlog: { level: error }\nstorage: { filesystem: { rootdirectory: %s/registry } }\nhttp: { addr: %s }\n' "$T" "$REG" >"$T/registry.yml"
+docker-registry serve "$T/registry.yml" >"$T/registry.log" 2>&1 &
+REGPID=$!
+for _ in $(seq 1 50); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.1; done
+skopeo copy -q --src-tls-verify=false --dest-tls-verify=false docker://127.0.0.1:5000/library/python:3.11-slim-amd64 "docker://$BASE"
 # run NAME CMD... → "$T/NAME" holds "seconds max_rss_kb"; stdout of CMD in "$T/NAME.out"
 run() { local n=$1; shift; /usr/bin/time -f '%e %M' -o "$T/$n" "$@" >"$T/$n.out" 2>"$T/$n.err" || { cat "$T/$n.err" >&2; exit 1; }; }
 secs() { cut -d' ' -f1 "$T/$1"; }
@@ -62,7 +71,7 @@ mkdir -p bench/out
 {
   echo "# append benchmark — $(date -u +'%F %H:%M UTC')"
   echo
-  echo "Machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(. /etc/os-release; echo "$PRETTY_NAME"), $(uname -r). Workload: $SIZE MB in $FILES files (numpy, scipy, scikit-learn, pandas unpacked) appended onto the base and pushed to a local registry (127.0.0.1:5000)."
+  echo "Machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(. /etc/os-release; echo "$PRETTY_NAME"), $(uname -r). Workload: $SIZE MB in $FILES files (numpy, scipy, scikit-learn, pandas unpacked) appended onto the base and pushed to a fresh local registry."
   echo
   echo "| run | time vs buildah (build+push) | peak RSS | uploaded |"
   echo "|---|---|---|---|"
