@@ -2,6 +2,23 @@
 mod common;
 use common::*;
 
+/// `append --base B --tag T --dir D --cache-dir C <extra…>`, the shape every test here uses.
+fn append(base: &str, tag: &str, dir: &str, cache: &str, extra: &[&str]) -> Run {
+    let mut args = vec![
+        "append",
+        "--base",
+        base,
+        "--tag",
+        tag,
+        "--dir",
+        dir,
+        "--cache-dir",
+        cache,
+    ];
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
 fn app_dir() -> tempfile::TempDir {
     let d = tempfile::tempdir().unwrap();
     write(
@@ -21,27 +38,24 @@ fn append_push_inspect_unpack_and_run() {
     let repo = unique("append");
     let target = format!("http://{PLAIN}/{repo}:v1");
     let dir = format!("{}:/srv/app", app.path().display());
-    let r = run(&[
-        "append",
-        "--base",
+    let r = append(
         BASE,
-        "--tag",
         &target,
-        "--dir",
         &dir,
-        "--workdir",
-        "/srv/app",
-        "--cmd",
-        "python3",
-        "--cmd",
-        "main.py",
-        "--env",
-        "APP_MODE=test",
-        "--label",
-        "org.example=1",
-        "--cache-dir",
         cache.path().to_str().unwrap(),
-    ])
+        &[
+            "--workdir",
+            "/srv/app",
+            "--cmd",
+            "python3",
+            "--cmd",
+            "main.py",
+            "--env",
+            "APP_MODE=test",
+            "--label",
+            "org.example=1",
+        ],
+    )
     .ok();
     // Last stdout line: the reference with its digest.
     let line = r.last_line();
@@ -101,20 +115,9 @@ fn second_identical_run_is_reproducible_and_uploads_nothing() {
     let target = format!("http://{PLAIN}/{repo}:v1");
     let dir = format!("{}:/app", app.path().display());
     let go = |cache: &std::path::Path| {
-        run(&[
-            "append",
-            "--base",
-            BASE,
-            "--tag",
-            &target,
-            "--dir",
-            &dir,
-            "--json",
-            "--cache-dir",
-            cache.to_str().unwrap(),
-        ])
-        .ok()
-        .json()
+        append(BASE, &target, &dir, cache.to_str().unwrap(), &["--json"])
+            .ok()
+            .json()
     };
     let cache = tempfile::tempdir().unwrap();
     let first = go(cache.path());
@@ -148,19 +151,13 @@ fn multi_platform_append_produces_an_index() {
     let repo = unique("multi");
     let dir = format!("{}:/app", app.path().display());
     let cache = tempfile::tempdir().unwrap();
-    run(&[
-        "append",
-        "--base",
+    append(
         BASE,
-        "--tag",
         &format!("http://{PLAIN}/{repo}:v1"),
-        "--dir",
         &dir,
-        "--platform",
-        "linux/amd64,linux/arm64",
-        "--cache-dir",
         cache.path().to_str().unwrap(),
-    ])
+        &["--platform", "linux/amd64,linux/arm64"],
+    )
     .ok();
     let idx = skopeo_raw(&format!("{PLAIN}/{repo}:v1"), "");
     assert_eq!(idx["mediaType"], "application/vnd.oci.image.index.v1+json");
@@ -207,17 +204,13 @@ fn docker_schema2_base_is_accepted_and_converted_to_oci() {
     let app = app_dir();
     let repo = unique("docker-base");
     let cache = tempfile::tempdir().unwrap();
-    run(&[
-        "append",
-        "--base",
+    append(
         &format!("http://{PLAIN}/library/python:3.11-slim-docker"),
-        "--tag",
         &format!("http://{PLAIN}/{repo}:v1"),
-        "--dir",
         &format!("{}:/app", app.path().display()),
-        "--cache-dir",
         cache.path().to_str().unwrap(),
-    ])
+        &[],
+    )
     .ok();
     let m = skopeo_raw(&format!("{PLAIN}/{repo}:v1"), "");
     assert_eq!(m["mediaType"], "application/vnd.oci.image.manifest.v1+json");
@@ -335,20 +328,17 @@ fn oci_layout_output_is_accepted_by_skopeo() {
     let cache = tempfile::tempdir().unwrap();
     let out = tempfile::tempdir().unwrap();
     let layout = out.path().join("layout");
-    let r = run(&[
-        "append",
-        "--base",
+    let r = append(
         BASE,
-        "--tag",
         "demo/app:v3",
-        "--dir",
         &format!("{}:/app", app.path().display()),
-        "--output",
-        &format!("oci-layout:{}", layout.display()),
-        "--json",
-        "--cache-dir",
         cache.path().to_str().unwrap(),
-    ])
+        &[
+            "--output",
+            &format!("oci-layout:{}", layout.display()),
+            "--json",
+        ],
+    )
     .ok()
     .json();
     let digest = r["digest"].as_str().unwrap();
@@ -387,20 +377,13 @@ fn large_layer_goes_up_in_chunks_and_zstd_works() {
     ));
     let cache = tempfile::tempdir().unwrap();
     let repo = unique("chunked");
-    let r = run(&[
-        "append",
-        "--base",
+    let r = append(
         BASE,
-        "--tag",
         &format!("http://{PLAIN}/{repo}:v1"),
-        "--dir",
         &format!("{}:/data", d.path().display()),
-        "--compression-level",
-        "0",
-        "--json",
-        "--cache-dir",
         cache.path().to_str().unwrap(),
-    ])
+        &["--compression-level", "0", "--json"],
+    )
     .ok()
     .json();
     let layer = r["platforms"][0]["layers"]
@@ -420,20 +403,13 @@ fn large_layer_goes_up_in_chunks_and_zstd_works() {
 
     let small = app_dir();
     let repo = unique("zstd");
-    let r = run(&[
-        "append",
-        "--base",
+    let r = append(
         BASE,
-        "--tag",
         &format!("http://{PLAIN}/{repo}:v1"),
-        "--dir",
         &format!("{}:/app", small.path().display()),
-        "--compression",
-        "zstd",
-        "--json",
-        "--cache-dir",
         cache.path().to_str().unwrap(),
-    ])
+        &["--compression", "zstd", "--json"],
+    )
     .ok()
     .json();
     let layer = r["platforms"][0]["layers"]
