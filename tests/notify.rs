@@ -240,6 +240,48 @@ fn every_failure_publishes_exactly_one_failed_message() {
 }
 
 #[test]
+fn large_payloads_reach_the_broker() {
+    // A two-platform success report is tens of kB (rumqttc's default limit is 10 kB).
+    require_broker();
+    let prefix = format!("test/{}", unique("big").replace('/', "-"));
+    // Exits by itself after one message (-C 1), so its buffered output is complete.
+    let sub = Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            "9027",
+            "-q",
+            "1",
+            "-C",
+            "1",
+            "-W",
+            "20",
+            "-t",
+            &format!("{prefix}/#"),
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("mosquitto_sub (package mosquitto-clients)");
+    std::thread::sleep(Duration::from_millis(400));
+    let payload =
+        serde_json::json!({ "flops_project_id": "p", "blob": "x".repeat(200_000) }).to_string();
+    let ep = flops_image_builder::notify::Endpoint::parse(BROKER, 9027).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(flops_image_builder::notify::mqtt::publish(
+        &ep,
+        &format!("{prefix}/success"),
+        &payload,
+        Duration::from_secs(3),
+        1,
+    ))
+    .unwrap();
+    let out = sub.wait_with_output().unwrap();
+    let got: Value = serde_json::from_slice(&out.stdout).expect("one complete JSON message");
+    assert_eq!(got["blob"].as_str().unwrap().len(), 200_000);
+}
+
+#[test]
 fn a_dead_or_silent_broker_never_fails_or_hangs_the_build() {
     require_rig();
     let d = tempfile::tempdir().unwrap();

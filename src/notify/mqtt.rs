@@ -6,6 +6,9 @@ use anyhow::{anyhow, Result};
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 use std::time::Duration;
 
+/// Largest message we send (mosquitto accepts up to 256 MB by default).
+pub const MAX_PACKET: usize = 1 << 20;
+
 pub async fn publish(
     ep: &Endpoint,
     topic: &str,
@@ -27,6 +30,8 @@ async fn once(ep: &Endpoint, topic: &str, payload: &str, timeout: Duration) -> R
     );
     let mut opts = MqttOptions::new(id, &ep.host, ep.port);
     opts.set_keep_alive(Duration::from_secs(10));
+    // rumqttc's default limit is 10 kB; a success report of a multi-platform image is larger.
+    opts.set_max_packet_size(MAX_PACKET, MAX_PACKET);
     let (client, mut events) = AsyncClient::new(opts, 10);
     client
         .publish(topic, QoS::AtLeastOnce, false, payload.as_bytes().to_vec())
