@@ -100,11 +100,24 @@ pub fn descriptor(layer: &Layer, dep: &DepLayer) -> Descriptor {
     d
 }
 
+/// (cache key, layer) of a descriptor written by [`descriptor`]; None for other layers.
+fn annotated(d: &Descriptor) -> Option<(String, Layer)> {
+    let key = d.annotations.get(KEY_ANNOTATION)?.clone();
+    let diff_id = d.annotations.get(DIFF_ID_ANNOTATION)?.clone();
+    Some((
+        key,
+        Layer {
+            digest: d.digest.clone(),
+            diff_id,
+            size: d.size,
+            media_type: d.media_type.clone(),
+        },
+    ))
+}
+
 /// A layer found in the local cache (its blob present) by key.
 pub fn local_cached(store: &BlobStore, key: &str) -> Option<Layer> {
-    let bytes = std::fs::read(store.root().join("layers").join(format!("deps-{key}.json"))).ok()?;
-    let layer: Layer = serde_json::from_slice(&bytes).ok()?;
-    store.has(&layer.digest, layer.size).then_some(layer)
+    crate::oci::layer::cached_layer(store, &format!("deps-{key}"))
 }
 
 /// Installs the wheels (paths in the same order as `dep.wheels`) into a new layer; mtime 0 so
@@ -120,14 +133,7 @@ pub fn build(
     let mut w = LayerWriter::with_workers(store, compression, 0, 1)?;
     install(&mut w, prefix, paths)?;
     let layer = w.finish(store)?;
-    let record = store
-        .root()
-        .join("layers")
-        .join(format!("deps-{}.json", dep.key));
-    let tmp = record.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_vec(&layer)?)
-        .and_then(|_| std::fs::rename(&tmp, &record))
-        .ok();
+    crate::oci::layer::remember_layer(store, &format!("deps-{}", dep.key), &layer);
     Ok(layer)
 }
 
@@ -164,18 +170,8 @@ pub async fn registry_cache(reg: &Registry, repo: &str) -> HashMap<String, Layer
             .iter()
             .filter_map(|b| serde_json::from_slice::<Manifest>(b).ok())
         {
-            for l in m.layers {
-                if let (Some(key), Some(diff_id)) = (
-                    l.annotations.get(KEY_ANNOTATION),
-                    l.annotations.get(DIFF_ID_ANNOTATION),
-                ) {
-                    found.entry(key.clone()).or_insert(Layer {
-                        digest: l.digest.clone(),
-                        diff_id: diff_id.clone(),
-                        size: l.size,
-                        media_type: l.media_type.clone(),
-                    });
-                }
+            for (key, layer) in m.layers.iter().filter_map(annotated) {
+                found.entry(key).or_insert(layer);
             }
         }
     }
@@ -193,6 +189,46 @@ fn pool_tag(key: &str) -> String {
     format!("deps-{key}")
 }
 
+/// Makes sure the pool has the empty config blob its manifests point at; returns its digest.
+async fn pool_config(reg: &Registry, pool: &str, store: &BlobStore) -> Result<String> {
+    let digest = store.put_bytes(EMPTY_CONFIG)?;
+    if !reg.blob_exists(pool, &digest).await? {
+        reg.upload_file(
+            pool,
+            &digest,
+            &store.path(&digest),
+            EMPTY_CONFIG.len() as u64,
+            None,
+        )
+        .await?;
+    }
+    Ok(digest)
+}
+
+/// PUTs a one-layer pool manifest (empty config) under `tag`.
+async fn put_pool_manifest(
+    reg: &Registry,
+    pool: &str,
+    tag: &str,
+    config: &str,
+    layer: Descriptor,
+) -> Result<()> {
+    let manifest = Manifest {
+        schema_version: 2,
+        media_type: Some(crate::oci::image::OCI_MANIFEST.into()),
+        config: Descriptor::new(EMPTY_MEDIA_TYPE, config, EMPTY_CONFIG.len() as u64),
+        layers: vec![layer],
+        annotations: Default::default(),
+    };
+    reg.put_manifest(
+        pool,
+        tag,
+        crate::oci::image::OCI_MANIFEST,
+        &serde_json::to_vec(&manifest)?,
+    )
+    .await
+}
+
 /// Layers of the pool for the given keys (missing keys are simply absent).
 pub async fn pool_lookup(
     reg: &std::sync::Arc<Registry>,
@@ -207,19 +243,7 @@ pub async fn pool_lookup(
             let _p = sem.acquire_owned().await.ok()?;
             let (bytes, _, _) = reg.get_manifest(&pool, &pool_tag(&key)).await.ok()?;
             let m: Manifest = serde_json::from_slice(&bytes).ok()?;
-            let l = m.layers.first()?;
-            let diff_id = l.annotations.get(DIFF_ID_ANNOTATION)?.clone();
-            (l.annotations.get(KEY_ANNOTATION) == Some(&key)).then(|| {
-                (
-                    key,
-                    Layer {
-                        digest: l.digest.clone(),
-                        diff_id,
-                        size: l.size,
-                        media_type: l.media_type.clone(),
-                    },
-                )
-            })
+            annotated(m.layers.first()?).filter(|(k, _)| *k == key)
         });
     }
     let mut found = HashMap::new();
@@ -242,17 +266,7 @@ pub async fn pool_publish(
     layers: &[(DepLayer, Layer)],
 ) {
     let result: Result<()> = async {
-        let config_digest = store.put_bytes(EMPTY_CONFIG)?;
-        if !reg.blob_exists(pool, &config_digest).await? {
-            reg.upload_file(
-                pool,
-                &config_digest,
-                &store.path(&config_digest),
-                EMPTY_CONFIG.len() as u64,
-                None,
-            )
-            .await?;
-        }
+        let config_digest = pool_config(reg, pool, store).await?;
         for (dep, layer) in layers {
             if !reg.blob_exists(pool, &layer.digest).await? {
                 let session = match reg.mount(pool, &layer.digest, from_repo).await {
@@ -271,23 +285,12 @@ pub async fn pool_publish(
                     .await?;
                 }
             }
-            let manifest = Manifest {
-                schema_version: 2,
-                media_type: Some(crate::oci::image::OCI_MANIFEST.into()),
-                config: Descriptor::new(
-                    EMPTY_MEDIA_TYPE,
-                    &config_digest,
-                    EMPTY_CONFIG.len() as u64,
-                ),
-                layers: vec![descriptor(layer, dep)],
-                annotations: Default::default(),
-            };
-            let bytes = serde_json::to_vec(&manifest)?;
-            reg.put_manifest(
+            put_pool_manifest(
+                reg,
                 pool,
                 &pool_tag(&dep.key),
-                crate::oci::image::OCI_MANIFEST,
-                &bytes,
+                &config_digest,
+                descriptor(layer, dep),
             )
             .await?;
         }
@@ -315,30 +318,14 @@ pub async fn pool_lock(reg: &Registry, pool: &str, key: &str) -> Option<String> 
 /// Stores a lock in the pool under its input key. Best effort, like [`pool_publish`].
 pub async fn pool_put_lock(reg: &Registry, pool: &str, key: &str, store: &BlobStore, lock: &str) {
     let result: Result<()> = async {
-        let config = store.put_bytes(EMPTY_CONFIG)?;
+        let config = pool_config(reg, pool, store).await?;
         let blob = store.put_bytes(lock.as_bytes())?;
-        for (d, size) in [
-            (&config, EMPTY_CONFIG.len() as u64),
-            (&blob, lock.len() as u64),
-        ] {
-            if !reg.blob_exists(pool, d).await? {
-                reg.upload_file(pool, d, &store.path(d), size, None).await?;
-            }
+        if !reg.blob_exists(pool, &blob).await? {
+            reg.upload_file(pool, &blob, &store.path(&blob), lock.len() as u64, None)
+                .await?;
         }
-        let manifest = Manifest {
-            schema_version: 2,
-            media_type: Some(crate::oci::image::OCI_MANIFEST.into()),
-            config: Descriptor::new(EMPTY_MEDIA_TYPE, &config, EMPTY_CONFIG.len() as u64),
-            layers: vec![Descriptor::new(LOCK_MEDIA_TYPE, &blob, lock.len() as u64)],
-            annotations: Default::default(),
-        };
-        reg.put_manifest(
-            pool,
-            &format!("lock-{key}"),
-            crate::oci::image::OCI_MANIFEST,
-            &serde_json::to_vec(&manifest)?,
-        )
-        .await
+        let layer = Descriptor::new(LOCK_MEDIA_TYPE, &blob, lock.len() as u64);
+        put_pool_manifest(reg, pool, &format!("lock-{key}"), &config, layer).await
     }
     .await;
     if let Err(e) = result {

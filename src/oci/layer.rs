@@ -452,20 +452,30 @@ pub fn tree_layer(
 ) -> Result<(Layer, bool)> {
     let entries = walk_skipping(local, dest, skip)?;
     let key = tree_cache_key(&entries, compression, mtime);
-    let record = store.root().join("layers").join(format!("{key}.json"));
-    if let Ok(bytes) = std::fs::read(&record) {
-        if let Ok(layer) = serde_json::from_slice::<Layer>(&bytes) {
-            if store.has(&layer.digest, layer.size) {
-                return Ok((layer, true));
-            }
-        }
+    if let Some(layer) = cached_layer(store, &key) {
+        return Ok((layer, true));
     }
     let layer = write_tree(store, &entries, compression, mtime)?;
-    let tmp = record.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_vec(&layer)?)
-        .and_then(|_| std::fs::rename(&tmp, &record))
-        .ok();
+    remember_layer(store, &key, &layer);
     Ok((layer, false))
+}
+
+/// A layer recorded under `name` in the local cache, if its blob is still there.
+pub fn cached_layer(store: &BlobStore, name: &str) -> Option<Layer> {
+    let bytes = std::fs::read(store.root().join("layers").join(format!("{name}.json"))).ok()?;
+    let layer: Layer = serde_json::from_slice(&bytes).ok()?;
+    store.has(&layer.digest, layer.size).then_some(layer)
+}
+
+/// Records a built layer under `name`. Best effort: a lost record only costs a rebuild.
+pub fn remember_layer(store: &BlobStore, name: &str, layer: &Layer) {
+    let record = store.root().join("layers").join(format!("{name}.json"));
+    let tmp = record.with_extension("tmp");
+    if let Ok(bytes) = serde_json::to_vec(layer) {
+        std::fs::write(&tmp, bytes)
+            .and_then(|_| std::fs::rename(&tmp, &record))
+            .ok();
+    }
 }
 
 /// Checks an unpacked-by-us layer is what it claims (used by tests and `oci-layout` reuse).
