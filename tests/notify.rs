@@ -26,18 +26,17 @@ struct Sub(Child);
 
 impl Sub {
     fn start(prefix: &str) -> Self {
+        Self::with(prefix, &["-v"])
+    }
+
+    /// `mosquitto_sub -q 1 <extra> -t <prefix>/#`, given time to subscribe.
+    fn with(prefix: &str, extra: &[&str]) -> Self {
+        let topic = format!("{prefix}/#");
+        let mut args = vec!["-h", "127.0.0.1", "-p", "9027", "-q", "1"];
+        args.extend_from_slice(extra);
+        args.extend(["-t", topic.as_str()]);
         let child = Command::new("mosquitto_sub")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                "9027",
-                "-q",
-                "1",
-                "-v",
-                "-t",
-                &format!("{prefix}/#"),
-            ])
+            .args(&args)
             .stdout(Stdio::piped())
             .spawn()
             .expect("mosquitto_sub (package mosquitto-clients)");
@@ -245,25 +244,7 @@ fn large_payloads_reach_the_broker() {
     require_broker();
     let prefix = format!("test/{}", unique("big").replace('/', "-"));
     // Exits by itself after one message (-C 1), so its buffered output is complete.
-    let sub = Command::new("mosquitto_sub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            "9027",
-            "-q",
-            "1",
-            "-C",
-            "1",
-            "-W",
-            "20",
-            "-t",
-            &format!("{prefix}/#"),
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("mosquitto_sub (package mosquitto-clients)");
-    std::thread::sleep(Duration::from_millis(400));
+    let sub = Sub::with(&prefix, &["-C", "1", "-W", "20"]);
     let payload =
         serde_json::json!({ "flops_project_id": "p", "blob": "x".repeat(200_000) }).to_string();
     let ep = flops_image_builder::notify::Endpoint::parse(BROKER, 9027).unwrap();
@@ -276,7 +257,7 @@ fn large_payloads_reach_the_broker() {
         1,
     ))
     .unwrap();
-    let out = sub.wait_with_output().unwrap();
+    let out = sub.0.wait_with_output().unwrap();
     let got: Value = serde_json::from_slice(&out.stdout).expect("one complete JSON message");
     assert_eq!(got["blob"].as_str().unwrap().len(), 200_000);
 }
