@@ -6,9 +6,11 @@
 #   plain registry   http://127.0.0.1:5000   (CNCF distribution 2.8, no auth)
 #   TLS registry     https://127.0.0.1:5443  (self-signed cert, htpasswd basic auth rig/rigpass)
 #   MQTT broker      127.0.0.1:9027          (mosquitto)
+#   containerd       /run/flops-rig/containerd.sock (its own instance; tests use namespace flops-test)
+#   Python env       /var/lib/flops-rig/pyenv    (the FL runtime's deps + pytest, for its tests)
 #   base image       127.0.0.1:5000/library/python:3.11-slim  (index: linux/amd64 + linux/arm64)
 #
-# Must run as root on Debian bookworm. Usage: scripts/rig.sh [install|services|base|bench-base|all]
+# Must run as root on Debian bookworm. Usage: scripts/rig.sh [install|services|base|pyenv|bench-base|all]
 set -euo pipefail
 
 RIG_STATE=${RIG_STATE:-/var/lib/flops-rig}
@@ -16,7 +18,7 @@ RIG_CACHE=${RIG_CACHE:-/var/cache/flops-rig}
 PLAIN=127.0.0.1:5000
 TLS=127.0.0.1:5443
 MQTT_PORT=9027
-PACKAGES=(docker-registry mosquitto mosquitto-clients skopeo umoci mmdebstrap apache2-utils openssl curl jq ca-certificates git file zstd libssl-dev pkg-config)
+PACKAGES=(docker-registry mosquitto mosquitto-clients containerd skopeo umoci mmdebstrap apache2-utils openssl curl jq ca-certificates git file zstd libssl-dev pkg-config)
 
 log() { printf '[rig %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 
@@ -95,7 +97,49 @@ auth:
     setsid mosquitto -c "$RIG_STATE/mosquitto.conf" >"$RIG_STATE/mosquitto.log" 2>&1 < /dev/null &
     wait_port $MQTT_PORT
   fi
+  start_containerd
 }
+
+# containerd as an Oakestra worker runs it, on its own socket (never the machine's default one).
+CONTAINERD_SOCK=/run/flops-rig/containerd.sock
+start_containerd() {
+  if ctr -a $CONTAINERD_SOCK version >/dev/null 2>&1; then return 0; fi
+  mkdir -p /run/flops-rig "$RIG_STATE/containerd"
+  cat >"$RIG_STATE/containerd.toml" <<EOF
+version = 2
+root = "$RIG_STATE/containerd/root"
+state = "/run/flops-rig/containerd/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "$CONTAINERD_SOCK"
+[ttrpc]
+  address = "$CONTAINERD_SOCK.ttrpc"
+[debug]
+  address = ""
+[metrics]
+  address = ""
+EOF
+  log "starting containerd on $CONTAINERD_SOCK"
+  setsid containerd --config "$RIG_STATE/containerd.toml" >"$RIG_STATE/containerd.log" 2>&1 < /dev/null &
+  for _ in $(seq 1 100); do ctr -a $CONTAINERD_SOCK version >/dev/null 2>&1 && return 0; sleep 0.1; done
+  echo "containerd did not start; see $RIG_STATE/containerd.log" >&2; return 1
+}
+
+# The FL runtime's own tests (pytest) run in a venv with its requirements, made by uv.
+build_pyenv() {
+  local req stamp
+  req="$(dirname "$0")/../base-layers/fl-learner/requirements.txt"
+  stamp="$(sha256sum "$req" | cut -c1-16) pytest"
+  if [ "$(cat "$RIG_STATE/pyenv.stamp" 2>/dev/null)" = "$stamp" ] && [ -x "$RIG_STATE/pyenv/bin/python" ]; then
+    return 0
+  fi
+  log "creating the runtime's Python env in $RIG_STATE/pyenv"
+  rm -rf "$RIG_STATE/pyenv"
+  uv venv -q "$RIG_STATE/pyenv" --python "$(command -v python3)"
+  uv pip install -q --python "$RIG_STATE/pyenv/bin/python" -r "$req" pytest
+  echo "$stamp" >"$RIG_STATE/pyenv.stamp"
+}
+
 
 # The mirror comes from this machine's own apt sources, never a hard-coded host.
 apt_mirror() {
@@ -188,7 +232,8 @@ case "${1:-all}" in
   install) install_packages; install_uv ;;
   services) start_services ;;
   base) build_base ;;
+  pyenv) install_uv; build_pyenv ;;
   bench-base) start_services; build_bench_base ;;
-  all) install_packages; install_uv; start_services; build_base ;;
-  *) echo "usage: $0 [install|services|base|bench-base|all]" >&2; exit 2 ;;
+  all) install_packages; install_uv; start_services; build_base; build_pyenv ;;
+  *) echo "usage: $0 [install|services|base|pyenv|bench-base|all]" >&2; exit 2 ;;
 esac

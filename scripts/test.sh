@@ -11,3 +11,5 @@ fi
 cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --locked 2>&1
+# The FL learner runtime's own tests: real Flower and Arrow Flight servers and mosquitto.
+/var/lib/flops-rig/pyenv/bin/python -m pytest -q base-layers/fl-learner/tests

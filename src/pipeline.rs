@@ -53,7 +53,13 @@ pub fn check(
         },
     )?;
     phases.done("doctor", t);
-    for w in &v.warnings {
+    let mut warnings = v.warnings;
+    warnings.extend(
+        crate::repo::augment::clashes(co.root())
+            .into_iter()
+            .map(crate::repo::augment::clash_warning),
+    );
+    for w in &warnings {
         tracing::warn!("{w}");
     }
     let report = CheckReport {
@@ -68,7 +74,7 @@ pub fn check(
         python_constraint: d.python_constraint,
         requirements: d.requirements.iter().map(|r| r.to_string()).collect(),
         doctor: d.fired,
-        warnings: v.warnings,
+        warnings,
         phases_ms: phases.0,
     };
     Ok((report, co))
@@ -415,6 +421,8 @@ pub async fn build(req: BuildRequest, notifier: &crate::notify::Notifier) -> Res
         }));
     }
     let epoch = checkout.commit_time.max(0) as u64;
+    // The runtime layer (same bytes for every commit) and the code layer, which leaves out
+    // `.git` and the repo files the runtime replaces.
     let code = {
         let (store, root, dest, c) = (
             store.clone(),
@@ -423,7 +431,11 @@ pub async fn build(req: BuildRequest, notifier: &crate::notify::Notifier) -> Res
             req.compression,
         );
         tokio::task::spawn_blocking(move || {
-            layer::tree_layer(&store, &root, &dest, &[".git"], c, epoch)
+            let runtime = crate::repo::augment::runtime_layer(&store, &dest, c)?;
+            let mut skip = vec![".git"];
+            skip.extend(crate::repo::augment::clashes(&root));
+            let (code, _) = layer::tree_layer(&store, &root, &dest, &skip, c, epoch)?;
+            anyhow::Ok((runtime, code))
         })
     };
     let mut uploaded_early = std::collections::HashSet::new();
@@ -432,7 +444,7 @@ pub async fn build(req: BuildRequest, notifier: &crate::notify::Notifier) -> Res
         uploaded_early.insert(l.digest.clone());
         ready.insert(key, (l, "built"));
     }
-    let (code_layer, _) = code.await??;
+    let (runtime_layer, code_layer) = code.await??;
     // Phases overlap now: "fetch" ends with the last download, "layers" with the last layer
     // (its upload included); "push" is what remains.
     let last_fetch = *fetched_at.lock().expect("not poisoned");
@@ -443,7 +455,7 @@ pub async fn build(req: BuildRequest, notifier: &crate::notify::Notifier) -> Res
     phases.done("layers", t);
     spin.done();
     let built = ready.values().filter(|(_, s)| *s == "built").count();
-    notifier.observe(&format!("image builder: layers ready: {} dependency layers ({built} built, {} reused) and the code layer", ready.len(), ready.len() - built)).await;
+    notifier.observe(&format!("image builder: layers ready: {} dependency layers ({built} built, {} reused), the FL runtime and the code layer", ready.len(), ready.len() - built)).await;
 
     let mut env = vec![
         ("FLWR_TELEMETRY_ENABLED".to_string(), "0".to_string()),
@@ -507,15 +519,25 @@ pub async fn build(req: BuildRequest, notifier: &crate::notify::Notifier) -> Res
                 }
             })
             .collect();
-        v.push(image::AddedLayer {
-            descriptor: image::Descriptor::new(
-                &code_layer.media_type,
-                &code_layer.digest,
-                code_layer.size,
+        for (l, created_by) in [
+            (
+                &runtime_layer,
+                format!(
+                    "flops-image-builder: COPY base-layers/fl-learner {}",
+                    req.workdir
+                ),
             ),
-            diff_id: code_layer.diff_id.clone(),
-            created_by: format!("flops-image-builder: COPY {} {}", check.source, req.workdir),
-        });
+            (
+                &code_layer,
+                format!("flops-image-builder: COPY {} {}", check.source, req.workdir),
+            ),
+        ] {
+            v.push(image::AddedLayer {
+                descriptor: image::Descriptor::new(&l.media_type, &l.digest, l.size),
+                diff_id: l.diff_id.clone(),
+                created_by,
+            });
+        }
         v
     };
     let assembled = assemble::assemble(&store, &bases, added, &changes, req.platforms.len() > 1)?;

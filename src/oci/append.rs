@@ -62,6 +62,7 @@ pub struct LayerReport {
 pub struct PlatformReport {
     pub platform: String,
     pub manifest: String,
+    pub config: LayerReport,
     pub layers: Vec<LayerReport>,
 }
 
@@ -177,12 +178,15 @@ pub fn report(
     bytes_uploaded: u64,
     phases: Phases,
 ) -> Report {
-    let status = |d: &Descriptor| {
-        statuses
+    let blob = |d: &Descriptor| LayerReport {
+        digest: d.digest.clone(),
+        size: d.size,
+        media_type: d.media_type.clone(),
+        status: statuses
             .get(&d.digest)
             .map_or(default_status.to_string(), |s| {
                 format!("{s:?}").to_lowercase()
-            })
+            }),
     };
     Report {
         reference: format!("{target}@{}", image.top.digest),
@@ -203,16 +207,12 @@ pub fn report(
                         .unwrap_or_default()
                 ),
                 manifest: i.manifest.digest.clone(),
+                config: blob(&i.config),
                 layers: i
                     .base_layers
                     .iter()
                     .chain(&i.new_layers)
-                    .map(|d| LayerReport {
-                        digest: d.digest.clone(),
-                        size: d.size,
-                        media_type: d.media_type.clone(),
-                        status: status(d),
-                    })
+                    .map(blob)
                     .collect(),
             })
             .collect(),

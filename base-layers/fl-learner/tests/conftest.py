@@ -1,0 +1,182 @@
+"""Real peers for the runtime's tests: an Arrow Flight data server, a Flower server and the
+rig's mosquitto (scripts/rig.sh services), all on 127.0.0.1."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+RUNTIME = HERE.parent
+sys.path.insert(0, str(RUNTIME))
+sys.path.insert(0, str(HERE))
+
+import flight_server  # noqa: E402
+
+MQTT = ("127.0.0.1", 9027)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def data_server(monkeypatch):
+    port = free_port()
+    server = flight_server.DataServer(f"grpc+tcp://127.0.0.1:{port}", flight_server.default_tables())
+    thread = threading.Thread(target=server.serve, daemon=True)
+    thread.start()
+    monkeypatch.setenv("ML_DATA_SERVER_HOST", "127.0.0.1")
+    monkeypatch.setenv("ML_DATA_SERVER_PORT", str(port))
+    yield server
+    server.shutdown()
+
+
+# A small ML repo as FLOps users write them: numpy logistic regression on (x1, x2) -> label.
+MODEL_MANAGER = textwrap.dedent(
+    '''
+    import numpy as np
+    from flops_utils.ml_repo_building_blocks import load_dataset
+    from flops_utils.ml_repo_templates import ModelManagerTemplate
+
+
+    class ModelManager(ModelManagerTemplate):
+        def __init__(self):
+            self.w, self.b = np.zeros(2), np.zeros(1)
+
+        def set_model_data(self):
+            d = load_dataset().with_format("numpy")
+            x = np.stack([d["x1"], d["x2"]], axis=1)
+            y = d["label"].astype(float)
+            cut = int(len(x) * 0.8)
+            self.train, self.test = (x[:cut], y[:cut]), (x[cut:], y[cut:])
+
+        def get_model(self):
+            return self
+
+        def get_model_parameters(self):
+            return [self.w, self.b]
+
+        def set_model_parameters(self, parameters):
+            self.w, self.b = np.asarray(parameters[0]), np.asarray(parameters[1])
+
+        def _p(self, x):
+            return 1 / (1 + np.exp(-(x @ self.w + self.b)))
+
+        def fit_model(self):
+            x, y = self.train
+            for _ in range(200):
+                g = self._p(x) - y
+                self.w = self.w - 0.5 * x.T @ g / len(x)
+                self.b = self.b - 0.5 * g.mean(keepdims=True)
+            return len(x)
+
+        def evaluate_model(self):
+            x, y = self.test
+            p = np.clip(self._p(x), 1e-9, 1 - 1e-9)
+            loss = float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())
+            return loss, float(((p > 0.5) == y).mean()), len(x)
+    '''
+)
+
+
+@pytest.fixture
+def ml_repo(tmp_path):
+    (tmp_path / "model_manager.py").write_text(MODEL_MANAGER)
+    return tmp_path
+
+
+def learner_env(**extra) -> dict:
+    env = dict(os.environ)
+    env.update({"PYTHONUNBUFFERED": "1", "FLOPS_LEARNER_RETRY_DELAY": "0.5"})
+    env.update(extra)
+    return env
+
+
+def start_learner(repo: Path, args, **env) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(RUNTIME / "main.py"), *args],
+        cwd=repo,
+        env=learner_env(**env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def start_flower(port: int) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(HERE / "flower_server.py"), f"127.0.0.1:{port}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def flower_result(output: str) -> dict:
+    for line in output.splitlines():
+        if line.startswith("FLOWER_RESULT "):
+            return json.loads(line.split(" ", 1)[1])
+    raise AssertionError("the Flower server printed no result:\n" + output)
+
+
+@pytest.fixture
+def mqtt_messages():
+    """Subscribes to the learner's failed topic on the rig's mosquitto; yields the list."""
+    import paho.mqtt.client as mqtt
+
+    try:
+        socket.create_connection(MQTT, timeout=2).close()
+    except OSError:
+        pytest.fail(f"no MQTT broker on {MQTT[0]}:{MQTT[1]}; start it with `scripts/rig.sh services`")
+    got, ready = [], threading.Event()
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    client.on_connect = lambda c, *a: c.subscribe("flops_manager/learner/failed", qos=1)
+    client.on_subscribe = lambda *a: ready.set()
+    client.on_message = lambda c, u, m: got.append(json.loads(m.payload))
+    client.connect(*MQTT)
+    client.loop_start()
+    assert ready.wait(5), "MQTT subscription was not acknowledged"
+    yield got
+    client.disconnect()
+    client.loop_stop()
+
+
+@pytest.fixture
+def observer():
+    """A project observer on a free port: collects one message per connection."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    got = []
+
+    def accept():
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            with conn:
+                got.append(conn.makefile("rb").read().decode())
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield f"127.0.0.1:{srv.getsockname()[1]}", got
+    srv.close()
+
+
+def wait_for(predicate, timeout=10.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()

@@ -1,0 +1,53 @@
+"""A Flower 1.8 server for one round (fit + evaluate) with a single client, for tests.
+
+    python flower_server.py [address] [rounds]
+
+Prints one JSON line `FLOWER_RESULT {"fit": n, "evaluate": n, "loss": x, "accuracy": y}` at
+the end. The integration test runs this file with the flwr inside the learner image.
+"""
+
+import json
+import sys
+
+import flwr
+from flwr.server.strategy import FedAvg
+
+
+class Counting(FedAvg):
+    n_fit = n_evaluate = 0
+    accuracy = None
+
+    def aggregate_fit(self, server_round, results, failures):
+        Counting.n_fit += len(results)
+        if failures:
+            raise SystemExit(f"fit failures: {failures}")
+        return super().aggregate_fit(server_round, results, failures)
+
+    def aggregate_evaluate(self, server_round, results, failures):
+        Counting.n_evaluate += len(results)
+        if failures:
+            raise SystemExit(f"evaluate failures: {failures}")
+        if results:
+            Counting.accuracy = results[0][1].metrics.get("accuracy")
+        return super().aggregate_evaluate(server_round, results, failures)
+
+
+def main() -> None:
+    address = sys.argv[1] if len(sys.argv) > 1 else "0.0.0.0:8080"
+    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 1
+    strategy = Counting(
+        min_fit_clients=1, min_evaluate_clients=1, min_available_clients=1, fraction_evaluate=1.0
+    )
+    history = flwr.server.start_server(
+        server_address=address,
+        config=flwr.server.ServerConfig(num_rounds=rounds, round_timeout=300),
+        strategy=strategy,
+    )
+    loss = history.losses_distributed[-1][1] if history.losses_distributed else None
+    result = {"fit": Counting.n_fit, "evaluate": Counting.n_evaluate, "loss": loss,
+              "accuracy": Counting.accuracy}
+    print("FLOWER_RESULT " + json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,367 @@
+//! The pushed learner image really trains: built from a git server on 127.0.0.1, pulled and run
+//! by containerd as an Oakestra worker runs it (and, independently, from a umoci-unpacked rootfs
+//! under chroot), it joins one Flower round served from the same image. Rebuilds are cheap:
+//! the same commit uploads nothing, a code-only commit only the code layer and config.
+mod common;
+use common::*;
+use serde_json::Value;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const CONTAINERD: &str = "/run/flops-rig/containerd.sock";
+const PYENV: &str = "/var/lib/flops-rig/pyenv/bin/python";
+const NS: &str = "flops-test";
+
+fn runtime_tests() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("base-layers/fl-learner/tests")
+}
+
+fn require_learner_rig() {
+    require_rig();
+    require_uv();
+    assert!(
+        Path::new(CONTAINERD).exists(),
+        "containerd is not running on {CONTAINERD}: start it with `sudo scripts/rig.sh services`"
+    );
+    assert!(
+        Path::new(PYENV).exists(),
+        "the runtime's Python test env is missing: run `sudo scripts/rig.sh pyenv`"
+    );
+    let mqtt = "127.0.0.1:9027".parse().unwrap();
+    assert!(
+        TcpStream::connect_timeout(&mqtt, Duration::from_secs(2)).is_ok(),
+        "mosquitto is not running on 127.0.0.1:9027: start it with `sudo scripts/rig.sh services`"
+    );
+    let agg = "127.0.0.1:8080".parse().unwrap();
+    assert!(
+        TcpStream::connect_timeout(&agg, Duration::from_millis(500)).is_err(),
+        "127.0.0.1:8080 (the aggregator port of the learner contract) is taken by another process"
+    );
+}
+
+/// A background command whose output goes to a log file; killed on drop.
+struct Bg {
+    child: Child,
+    log: PathBuf,
+    name: String,
+}
+
+impl Bg {
+    fn start(name: &str, cmd: &str, dir: &Path) -> Self {
+        let log = dir.join(format!("{name}.log"));
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new("sh")
+            .args(["-c", cmd])
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        Bg {
+            child,
+            log,
+            name: name.into(),
+        }
+    }
+
+    fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn wait_for_output(&mut self, needle: &str, timeout: Duration) {
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            if self.output().contains(needle) {
+                return;
+            }
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!(
+                    "{} exited ({st}) before printing {needle:?}:\n{}",
+                    self.name,
+                    self.output()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "{} did not print {needle:?} within {timeout:?}:\n{}",
+            self.name,
+            self.output()
+        );
+    }
+
+    fn wait(&mut self, timeout: Duration) -> i32 {
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st.code().unwrap_or(-1);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!(
+            "{} still running after {timeout:?}:\n{}",
+            self.name,
+            self.output()
+        );
+    }
+}
+
+impl Drop for Bg {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn flower_result(out: &str) -> Value {
+    let line = out
+        .lines()
+        .find_map(|l| l.strip_prefix("FLOWER_RESULT "))
+        .unwrap_or_else(|| panic!("the Flower server printed no result:\n{out}"));
+    serde_json::from_str(line).unwrap()
+}
+
+fn build(url: &str, cache: &Path) -> Value {
+    let r = run(&[
+        "build",
+        url,
+        "--registry",
+        "http://127.0.0.1:5000",
+        "--cache-dir",
+        cache.to_str().unwrap(),
+        "--model-flavor",
+        "sklearn",
+        "--no-notify",
+        "--json",
+    ])
+    .ok();
+    r.json()
+}
+
+/// Digests whose upload the report says happened (config included), with the bytes reported.
+fn uploaded(report: &Value) -> Vec<String> {
+    let p = &report["image"]["platforms"][0];
+    std::iter::once(&p["config"])
+        .chain(p["layers"].as_array().unwrap())
+        .filter(|b| b["status"] == "uploaded")
+        .map(|b| b["digest"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The manager's exact command line, with the data server reachable on 127.0.0.1.
+fn learner_command(project: &str) -> String {
+    format!("python main.py {project} 127.0.0.1 127.0.0.1 127.0.0.1 synthetic-a,synthetic-b")
+}
+
+/// One round: the learner is started first (and must wait for the aggregator), then the server.
+fn one_round(start_learner: impl FnOnce() -> Bg, start_server: impl FnOnce() -> Bg) {
+    let mut learner = start_learner();
+    learner.wait_for_output("unavailable (attempt 1)", Duration::from_secs(180));
+    let mut server = start_server();
+    let code = server.wait(Duration::from_secs(300));
+    let out = server.output();
+    assert_eq!(code, 0, "Flower server failed:\n{out}");
+    let result = flower_result(&out);
+    assert_eq!(result["fit"], 1, "{result}\n{}", learner.output());
+    assert_eq!(result["evaluate"], 1, "{result}\n{}", learner.output());
+    assert!(
+        result["accuracy"].as_f64().unwrap() > 0.8,
+        "the model did not learn: {result}"
+    );
+    let code = learner.wait(Duration::from_secs(120));
+    assert_eq!(code, 0, "learner failed:\n{}", learner.output());
+    assert!(learner.output().contains("training finished"));
+    eprintln!("--- {} ---\n{}", learner.name, learner.output());
+}
+
+fn ctr(args: &str) -> String {
+    format!("ctr -a {CONTAINERD} -n {NS} {args}")
+}
+
+/// `ctr run` needs a private mount namespace without the hybrid cgroup mount on these machines.
+fn ctr_run(args: &str) -> String {
+    let inner = ctr(&format!("run --rm --net-host {args}"));
+    format!(
+        "exec unshare -m --propagation private sh -c 'umount /sys/fs/cgroup/unified 2>/dev/null; exec {inner}'"
+    )
+}
+
+#[test]
+fn learner_image_trains_one_flower_round_and_rebuilds_cheaply() {
+    require_learner_rig();
+    let d = tempfile::tempdir().unwrap();
+    let work = d.path();
+    let name = unique("learner").replace('/', "-");
+    let repo = git_repo("sklearn-conda", &work.join("src"), "sklearn-conda");
+    let served = work.join("git");
+    std::fs::create_dir_all(&served).unwrap();
+    bare(&repo, &served, &name);
+    let server = GitServer::start(&served, None);
+    let url = server.url(&name);
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("learner-cache");
+
+    let first = build(&url, &cache);
+    let reference = first["image"]["reference"].as_str().unwrap().to_string();
+    let commit = first["commit"].as_str().unwrap();
+    assert!(
+        reference.contains(&format!("/learner:{commit}@sha256:")),
+        "{reference}"
+    );
+    let tagged = reference.split('@').next().unwrap().to_string();
+
+    // The data the learner trains on, from a real Arrow Flight server on 127.0.0.1.
+    let port = free_port();
+    let mut data = Bg::start(
+        "flight-server",
+        &format!(
+            "exec {PYENV} {}/flight_server.py 127.0.0.1:{port}",
+            runtime_tests().display()
+        ),
+        work,
+    );
+    data.wait_for_output("serving on", Duration::from_secs(60));
+    let env = [
+        ("ML_DATA_SERVER_HOST", "127.0.0.1".to_string()),
+        ("ML_DATA_SERVER_PORT", port.to_string()),
+        ("FLOPS_LEARNER_RETRY_DELAY", "1".to_string()),
+    ];
+
+    // 1. containerd, as an Oakestra worker runs the learner.
+    sh(&ctr(&format!(
+        "images pull --plain-http {tagged} >/dev/null"
+    )));
+    let id = name.replace('.', "-");
+    let ctr_env: String = env.iter().map(|(k, v)| format!("--env {k}={v} ")).collect();
+    one_round(
+        || {
+            Bg::start(
+                "ctr-learner",
+                &ctr_run(&format!(
+                    "{ctr_env}{tagged} {id}-learner {}",
+                    learner_command("proj-ctr")
+                )),
+                work,
+            )
+        },
+        || {
+            Bg::start(
+                "ctr-server",
+                &ctr_run(&format!(
+                    "--mount type=bind,src={},dst=/flops-test,options=rbind:ro {tagged} {id}-server python /flops-test/flower_server.py 0.0.0.0:8080",
+                    runtime_tests().display()
+                )),
+                work,
+            )
+        },
+    );
+    sh(&ctr(&format!("images rm {tagged} >/dev/null")));
+
+    // 2. The same, from skopeo copy + umoci unpack + chroot: no containerd quirk can hide a defect.
+    std::fs::create_dir_all(work.join("unpacked")).unwrap();
+    let rootfs = unpack(&tagged, &work.join("unpacked"), "");
+    let config: Value = serde_json::from_str(
+        &std::fs::read_to_string(rootfs.parent().unwrap().join("config.json")).unwrap(),
+    )
+    .unwrap();
+    let cwd = config["process"]["cwd"].as_str().unwrap().to_string();
+    assert_eq!(cwd, "/app");
+    let mut image_env: Vec<String> = config["process"]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    for want in [
+        "FLWR_TELEMETRY_ENABLED=0",
+        "ML_MODEL_FLAVOR=sklearn",
+        "PYTHONPATH=/opt/flops/site-packages",
+    ] {
+        assert!(image_env.iter().any(|e| e == want), "{want}: {image_env:?}");
+    }
+    image_env.extend(env.iter().map(|(k, v)| format!("{k}={v}")));
+    assert!(rootfs.join("app/main.py").exists() && rootfs.join("app/data_loading.py").exists());
+    assert!(rootfs.join("app/model_manager.py").exists());
+    assert!(!rootfs.join("app/.git").exists());
+    std::fs::copy(
+        runtime_tests().join("flower_server.py"),
+        rootfs.join("tmp/flower_server.py"),
+    )
+    .unwrap();
+    let _dev = DevMount::new(&rootfs);
+    let chroot = |cmd: &str| {
+        format!(
+            "exec chroot {} /usr/bin/env -i {} sh -c 'cd {cwd} && exec {cmd}'",
+            rootfs.display(),
+            image_env.join(" ")
+        )
+    };
+    one_round(
+        || {
+            Bg::start(
+                "chroot-learner",
+                &chroot(&learner_command("proj-chroot")),
+                work,
+            )
+        },
+        || {
+            Bg::start(
+                "chroot-server",
+                &chroot("python /tmp/flower_server.py 127.0.0.1:8080"),
+                work,
+            )
+        },
+    );
+    drop(data);
+
+    // 3. The same commit again: the same manifest digest, and not one blob uploaded.
+    let again = build(&url, &cache);
+    assert_eq!(again["image"]["digest"], first["image"]["digest"]);
+    assert_eq!(uploaded(&again), Vec::<String>::new(), "{again}");
+    assert_eq!(again["image"]["bytes_uploaded"], 0);
+
+    // 4. A commit that only edits model_manager.py: only the code layer and config go up.
+    let mm = repo.join("model_manager.py");
+    let text = std::fs::read_to_string(&mm).unwrap();
+    std::fs::write(&mm, text.replace("max_iter=20", "max_iter=30")).unwrap();
+    commit_all(&repo, "tune");
+    git(
+        &repo,
+        &format!("push -q {}/{name}.git HEAD:main", served.display()),
+    );
+    let code_only = build(&url, &cache);
+    assert_ne!(code_only["commit"], first["commit"]);
+    let p = &code_only["image"]["platforms"][0];
+    let layers = p["layers"].as_array().unwrap();
+    let code_layer = layers.last().unwrap();
+    let mut want = vec![
+        p["config"]["digest"].as_str().unwrap().to_string(),
+        code_layer["digest"].as_str().unwrap().to_string(),
+    ];
+    want.sort();
+    let mut got = uploaded(&code_only);
+    got.sort();
+    assert_eq!(got, want, "{code_only}");
+    let digests = |layers: &[Value]| -> Vec<String> {
+        layers
+            .iter()
+            .map(|l| l["digest"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let old_layers = first["image"]["platforms"][0]["layers"].as_array().unwrap();
+    assert_eq!(
+        digests(&layers[..layers.len() - 1]),
+        digests(&old_layers[..old_layers.len() - 1]),
+        "every layer but the code layer is unchanged"
+    );
+    assert_ne!(code_layer["digest"], old_layers.last().unwrap()["digest"]);
+}
