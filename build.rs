@@ -1,5 +1,11 @@
 //! Records the commit the binary is built from, for `--version`.
 fn main() {
+    // A build without .git (the Dockerfile's) passes the commit in FLOPS_GIT_COMMIT.
+    println!("cargo:rerun-if-env-changed=FLOPS_GIT_COMMIT");
+    if let Ok(c) = std::env::var("FLOPS_GIT_COMMIT") {
+        println!("cargo:rustc-env=FLOPS_GIT_COMMIT={c}");
+        return;
+    }
     let commit = std::process::Command::new("git")
         .args(["rev-parse", "--short=12", "HEAD"])
         .output()

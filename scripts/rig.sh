@@ -9,8 +9,9 @@
 #   containerd       /run/flops-rig/containerd.sock (its own instance; tests use namespace flops-test)
 #   Python env       /var/lib/flops-rig/pyenv    (the FL runtime's deps + pytest, for its tests)
 #   base image       127.0.0.1:5000/library/python:3.11-slim  (index: linux/amd64 + linux/arm64)
+#   builder base     127.0.0.1:5000/library/flops-builder-base:bookworm (for the builder's own image)
 #
-# Must run as root on Debian bookworm. Usage: scripts/rig.sh [install|services|base|pyenv|bench-base|all]
+# Must run as root on Debian bookworm. Usage: scripts/rig.sh [install|services|base|builder-base|pyenv|bench-base|all]
 set -euo pipefail
 
 RIG_STATE=${RIG_STATE:-/var/lib/flops-rig}
@@ -207,6 +208,13 @@ build_base() {
   push_base python 3.11-slim python3,python-is-python3,ca-certificates,libstdc++6,libgomp1
 }
 
+# The builder's own image (scripts/self-package.sh) goes on this, as the Dockerfile's final
+# stage goes on debian:bookworm-slim: CA certificates, and python3-minimal for uv (uv needs an
+# interpreter to resolve, even for another Python version).
+build_builder_base() {
+  push_base flops-builder-base bookworm ca-certificates,python3-minimal
+}
+
 # For bench/ only: the base buildah's Dockerfile pip-installs into (amd64).
 build_bench_base() {
   local pkgs=python3,python3-pip,python-is-python3,ca-certificates,libstdc++6,libgomp1
@@ -233,7 +241,8 @@ case "${1:-all}" in
   services) start_services ;;
   base) build_base ;;
   pyenv) install_uv; build_pyenv ;;
+  builder-base) start_services; build_builder_base ;;
   bench-base) start_services; build_bench_base ;;
-  all) install_packages; install_uv; start_services; build_base; build_pyenv ;;
-  *) echo "usage: $0 [install|services|base|pyenv|bench-base|all]" >&2; exit 2 ;;
+  all) install_packages; install_uv; start_services; build_base; build_builder_base; build_pyenv ;;
+  *) echo "usage: $0 [install|services|base|builder-base|pyenv|bench-base|all]" >&2; exit 2 ;;
 esac

@@ -176,6 +176,12 @@ struct AppendArgs {
     /// Command of the image, one argument per flag (repeatable).
     #[arg(long = "cmd", value_name = "ARG", allow_hyphen_values = true)]
     cmd: Vec<String>,
+    /// Entrypoint of the image, one argument per flag (repeatable).
+    #[arg(long = "entrypoint", value_name = "ARG", allow_hyphen_values = true)]
+    entrypoint: Vec<String>,
+    /// User the image runs as (`UID[:GID]` or a name the base knows).
+    #[arg(long)]
+    user: Option<String>,
     /// Label for the image config (repeatable).
     #[arg(long, value_name = "K=V")]
     label: Vec<String>,
@@ -231,6 +237,8 @@ async fn run_append(a: AppendArgs) -> anyhow::Result<()> {
             env: key_values("--env", &a.env)?,
             workdir: a.workdir,
             cmd: (!a.cmd.is_empty()).then_some(a.cmd),
+            entrypoint: (!a.entrypoint.is_empty()).then_some(a.entrypoint),
+            user: a.user,
             labels: key_values("--label", &a.label)?.into_iter().collect(),
             ..Default::default()
         },

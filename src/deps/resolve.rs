@@ -108,6 +108,9 @@ pub fn resolve(input: &str, python: &str, opts: &ResolveOptions) -> Result<Strin
         "pylock.toml",
         "--python-version",
         python,
+        // The system's root certificates (this network re-signs TLS with a CA only there),
+        // also where SSL_CERT_FILE is not set, as in the builder's own image.
+        "--system-certs",
     ])
     .arg(&req)
     .arg("-o")

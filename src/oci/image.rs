@@ -184,6 +184,10 @@ pub fn derive_config(base: &Value, layers: &[AddedLayer], ch: &ConfigChanges) ->
     }
     if let Some(ep) = &ch.entrypoint {
         c.insert("Entrypoint".into(), json!(ep));
+        // As in a Dockerfile: a new ENTRYPOINT drops the base's CMD (it was the old one's args).
+        if ch.cmd.is_none() {
+            c.remove("Cmd");
+        }
     }
     if let Some(u) = &ch.user {
         c.insert("User".into(), json!(u));
