@@ -23,9 +23,9 @@ RUN touch src/main.rs src/lib.rs && FLOPS_GIT_COMMIT=$FLOPS_GIT_COMMIT cargo bui
     && strip target/release/flops-image-builder
 
 FROM debian:bookworm-slim
-# python3-minimal: uv needs an interpreter to resolve (any version; the target's is passed).
+# python3: uv needs an interpreter (with its stdlib) to resolve, of any version: the target's is passed.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates python3-minimal \
+    && apt-get install -y --no-install-recommends ca-certificates python3 \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/flops-image-builder /usr/local/bin/flops-image-builder
 COPY --from=uv /uv /usr/local/bin/uv

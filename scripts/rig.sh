@@ -209,10 +209,10 @@ build_base() {
 }
 
 # The builder's own image (scripts/self-package.sh) goes on this, as the Dockerfile's final
-# stage goes on debian:bookworm-slim: CA certificates, and python3-minimal for uv (uv needs an
+# stage goes on debian:bookworm-slim: CA certificates, and python3 for uv (uv needs an
 # interpreter to resolve, even for another Python version).
 build_builder_base() {
-  push_base flops-builder-base bookworm ca-certificates,python3-minimal
+  push_base flops-builder-base bookworm ca-certificates,python3
 }
 
 # For bench/ only: the base buildah's Dockerfile pip-installs into (amd64).

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The builder packages itself, without Docker: `append` puts its own binary and the pinned uv
-# onto a Debian base with CA certificates and python3-minimal — the same files, user, env and
+# onto a Debian base with CA certificates and python3 — the same files, user, env and
 # entrypoint as the Dockerfile's final stage (tests/selfpackage.rs compares them).
 #
 #   scripts/self-package.sh [TARGET_REF]

@@ -1,0 +1,218 @@
+//! The builder packages itself without Docker (scripts/self-package.sh), the result agrees with
+//! the Dockerfile, and it does its job as an unprivileged containerd task: its own non-root
+//! user, no added capabilities, no privileged flag, a read-only root filesystem with a writable
+//! /tmp. It builds a fixture repo from a git server on 127.0.0.1 and pushes it.
+mod common;
+use common::*;
+use serde_json::Value;
+use std::path::Path;
+
+const CONTAINERD: &str = "/run/flops-rig/containerd.sock";
+const BUILDER_BASE: &str = "127.0.0.1:5000/library/flops-builder-base:bookworm";
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The final stage of the Dockerfile: (instruction, arguments) in order.
+fn final_stage() -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(root().join("Dockerfile")).unwrap();
+    let joined = text.replace("\\\n", " ");
+    let lines: Vec<(String, String)> = joined
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let (i, rest) = l.split_once(' ').unwrap_or((l, ""));
+            (i.to_uppercase(), rest.trim().to_string())
+        })
+        .collect();
+    let start = lines.iter().rposition(|(i, _)| i == "FROM").unwrap();
+    lines[start..].to_vec()
+}
+
+fn instruction(stage: &[(String, String)], name: &str) -> Vec<String> {
+    stage
+        .iter()
+        .filter(|(i, _)| i == name)
+        .map(|(_, a)| a.clone())
+        .collect()
+}
+
+fn ctr(args: &str) -> String {
+    format!("ctr -a {CONTAINERD} -n flops-test {args}")
+}
+
+/// `ctr run` as an Oakestra worker would run the builder: the image's user, no added
+/// capabilities, no --privileged, read-only rootfs, tmpfs /tmp; host network for the rig.
+/// The host's CA store is mounted (read-only) as an operator with a private CA would.
+/// The argv goes through `"$@"`, so no shell quoting can change what the task runs.
+/// Returns (success, stdout, stdout + stderr).
+fn run_task(image: &str, id: &str, cmd: &[&str]) -> (bool, String, String) {
+    let o = std::process::Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c"])
+        .arg("umount /sys/fs/cgroup/unified 2>/dev/null; exec \"$@\"")
+        .args([
+            "sh",
+            "ctr",
+            "-a",
+            CONTAINERD,
+            "-n",
+            "flops-test",
+            "run",
+            "--rm",
+        ])
+        .args(["--net-host", "--read-only"])
+        .args([
+            "--mount",
+            "type=tmpfs,src=tmpfs,dst=/tmp,options=rw:nosuid:nodev:mode=1777",
+            "--mount",
+            "type=bind,src=/etc/ssl/certs,dst=/etc/ssl/certs,options=rbind:ro",
+            image,
+            id,
+        ])
+        .args(cmd)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout).to_string();
+    (
+        o.status.success(),
+        stdout,
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+    )
+}
+
+#[test]
+fn self_packaged_builder_matches_the_dockerfile_and_builds_as_an_unprivileged_task() {
+    require_rig();
+    require_uv();
+    assert!(
+        Path::new(CONTAINERD).exists(),
+        "containerd is not running on {CONTAINERD}: start it with `sudo scripts/rig.sh services`"
+    );
+    let (ok, _) = sh_status(&format!(
+        "skopeo inspect --raw --tls-verify=false docker://{BUILDER_BASE}"
+    ));
+    assert!(
+        ok,
+        "{BUILDER_BASE} is missing: run `sudo scripts/rig.sh builder-base`"
+    );
+
+    // The Dockerfile pins the same uv as the builder uses everywhere else.
+    let uv_version = std::fs::read_to_string(root().join("base-layers/uv-version")).unwrap();
+    let dockerfile = std::fs::read_to_string(root().join("Dockerfile")).unwrap();
+    assert!(
+        dockerfile.contains(&format!("ARG UV_VERSION={}", uv_version.trim())),
+        "Dockerfile's UV_VERSION differs from base-layers/uv-version"
+    );
+
+    let name = unique("builder");
+    let image = format!("{PLAIN}/{name}:self");
+    let out = sh(&format!(
+        "BIN={} {}/scripts/self-package.sh {image} 2>&1",
+        bin(),
+        root().display()
+    ));
+    let reference = out.lines().last().unwrap();
+    assert!(reference.starts_with(&format!("{image}@sha256:")), "{out}");
+
+    // Same user, entrypoint, command and env as the Dockerfile's final stage.
+    let stage = final_stage();
+    let config: Value = serde_json::from_str(&sh(&format!(
+        "skopeo inspect --config --tls-verify=false docker://{image}"
+    )))
+    .unwrap();
+    let c = &config["config"];
+    assert_eq!(c["User"], instruction(&stage, "USER")[0].as_str());
+    let entrypoint: Value = serde_json::from_str(&instruction(&stage, "ENTRYPOINT")[0]).unwrap();
+    assert_eq!(c["Entrypoint"], entrypoint);
+    let cmd: Value = serde_json::from_str(&instruction(&stage, "CMD")[0]).unwrap();
+    assert_eq!(c["Cmd"], cmd);
+    let env: Vec<&str> = c["Env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    for line in instruction(&stage, "ENV") {
+        for kv in line.split_whitespace() {
+            assert!(env.contains(&kv), "{kv} (Dockerfile ENV) not in {env:?}");
+        }
+    }
+    // Same files: every COPY destination of the final stage, root-owned and executable.
+    let work = tempfile::tempdir().unwrap();
+    let rootfs = unpack(&image, work.path(), "");
+    let copies = instruction(&stage, "COPY");
+    assert!(!copies.is_empty());
+    for copy in copies {
+        let dest = copy.split_whitespace().last().unwrap();
+        let meta = std::fs::metadata(rootfs.join(dest.trim_start_matches('/')))
+            .unwrap_or_else(|e| panic!("{dest} (Dockerfile COPY) missing from the image: {e}"));
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        assert_eq!(meta.uid(), 0, "{dest}");
+        assert_eq!(meta.permissions().mode() & 0o111, 0o111, "{dest}");
+    }
+    // And the packages the Dockerfile installs.
+    assert!(rootfs.join("etc/ssl/certs/ca-certificates.crt").exists());
+    assert!(rootfs.join("usr/bin/python3").exists());
+
+    // As a containerd task: the image's non-root user, without any effective capability.
+    sh(&ctr(&format!(
+        "images pull --plain-http {image} >/dev/null"
+    )));
+    let id = name.replace(['/', '.'], "-");
+    let (ok, _, out) = run_task(
+        &image,
+        &format!("{id}-id"),
+        &[
+            "sh",
+            "-c",
+            "id -u; grep CapEff /proc/self/status; touch /usr/x 2>&1; /usr/local/bin/uv --version",
+        ],
+    );
+    assert!(ok, "{out}");
+    assert!(out.starts_with("65532\n"), "{out}");
+    assert!(out.contains("CapEff:\t0000000000000000"), "{out}");
+    assert!(out.contains("Read-only file system"), "{out}");
+    assert!(out.contains(&format!("uv {}", uv_version.trim())), "{out}");
+
+    // The job itself: clone from a git server on 127.0.0.1, resolve with the image's uv
+    // (--refresh-lock makes it run), build and push to the local registry.
+    let src = tempfile::tempdir().unwrap();
+    let repo = git_repo("sklearn-conda", src.path(), "repo");
+    let served = src.path().join("served");
+    std::fs::create_dir_all(&served).unwrap();
+    let repo_name = format!("selfpkg{}", std::process::id());
+    bare(&repo, &served, &repo_name);
+    let git = GitServer::start(&served, None);
+    let (ok, stdout, out) = run_task(
+        &image,
+        &format!("{id}-build"),
+        &[
+            "/usr/local/bin/flops-image-builder",
+            "build",
+            &git.url(&repo_name),
+            "--registry",
+            &format!("http://{PLAIN}"),
+            "--no-notify",
+            "--refresh-lock",
+        ],
+    );
+    assert!(ok, "the builder failed as a containerd task:\n{out}");
+    let pushed = stdout.lines().last().unwrap_or_default();
+    assert!(
+        pushed.contains("/learner:") && pushed.contains("@sha256:"),
+        "{out}"
+    );
+    assert!(out.contains("resolving"), "uv did not run:\n{out}");
+    let manifest = skopeo_raw(pushed.split('@').next().unwrap(), "");
+    assert_eq!(
+        manifest["mediaType"], "application/vnd.oci.image.manifest.v1+json",
+        "{manifest}"
+    );
+    sh(&ctr(&format!("images rm {image} >/dev/null")));
+}
