@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end demo on a fresh Debian machine (as root): starts the local registry and broker,
 # builds the base image, builds the builder, appends a small app onto the base (verified with
-# skopeo/umoci, run with chroot), then builds a FLOps learner image from a fixture ML repo for
-# two platforms and pushes it to the local registry.
+# skopeo/umoci, run with chroot), builds a FLOps learner image from a fixture ML repo for two
+# platforms and pushes it to the local registry, then packages the builder itself as an image.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "run as root (it installs Debian packages and starts services)" >&2; exit 1; }
@@ -35,6 +35,12 @@ LEARNER=$($BIN build "$WORK/repos/demo/sklearn-model" --registry http://$REG --p
   --project-id demo --mqtt 127.0.0.1:9027 | tail -1)
 echo "learner image: $LEARNER"
 skopeo inspect --tls-verify=false "docker://${LEARNER%@*}" | jq '{Digest, Labels, Layers: (.Layers | length)}'
+skopeo inspect --config --tls-verify=false "docker://${LEARNER%@*}" | jq '.config | {WorkingDir, Env}'
+
+# The builder's own image, without Docker: it appends itself onto a Debian base.
+BUILDER=$(BIN=$BIN scripts/self-package.sh $REG/flops/image-builder:demo | tail -1)
+echo "builder image: $BUILDER"
+skopeo inspect --config --tls-verify=false "docker://${BUILDER%@*}" | jq '.config | {User, Entrypoint, Env}'
 cat <<MSG
 
 Where to look:
@@ -42,6 +48,8 @@ Where to look:
   image         skopeo inspect --tls-verify=false docker://$REG/demo/hello:latest
   index         skopeo inspect --raw --tls-verify=false docker://$REG/demo/hello:latest | jq
   learner       skopeo inspect --tls-verify=false docker://${LEARNER%@*}
+  run it        see tests/learner.rs: ctr run --net-host ... python main.py <project> <mqtt> <observer> <aggregator> <tags>
+  builder       skopeo inspect --tls-verify=false docker://${BUILDER%@*}
   MQTT          mosquitto_sub -h 127.0.0.1 -p 9027 -t 'flops_manager/#' -v   (then run the build again)
   rig logs      /var/lib/flops-rig/*.log
 MSG
