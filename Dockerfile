@@ -10,7 +10,7 @@ ARG UV_VERSION=0.13.9
 
 FROM ghcr.io/astral-sh/uv:${UV_VERSION} AS uv
 
-FROM rust:1.85-bookworm AS build
+FROM rust:1.89-bookworm AS build
 ARG FLOPS_GIT_COMMIT=unknown
 WORKDIR /src
 # Dependencies first, so a source change does not rebuild them.

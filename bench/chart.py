@@ -33,7 +33,8 @@ def main(data_path: str, out_path: str) -> None:
     ax.set_xticks(x, labels)
     ax.set_ylabel("wall time, relative to buildah cold")
     ax.set_title(data["title"], fontsize=10)
-    ax.legend()
+    ax.set_ylim(0, 1.3)
+    ax.legend(loc="upper center", ncol=2)
     fig.tight_layout()
     fig.savefig(out_path)
 

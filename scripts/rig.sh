@@ -19,7 +19,7 @@ RIG_CACHE=${RIG_CACHE:-/var/cache/flops-rig}
 PLAIN=127.0.0.1:5000
 TLS=127.0.0.1:5443
 MQTT_PORT=9027
-PACKAGES=(docker-registry mosquitto mosquitto-clients containerd skopeo umoci mmdebstrap apache2-utils openssl curl jq ca-certificates git file zstd libssl-dev pkg-config)
+PACKAGES=(docker-registry mosquitto mosquitto-clients containerd skopeo umoci mmdebstrap apache2-utils openssl curl jq ca-certificates git file zstd binutils libssl-dev pkg-config)
 
 log() { printf '[rig %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 
@@ -152,14 +152,21 @@ apt_mirror() {
 }
 
 # rootfs tarball, cached by its package list. $1=arch $2=variant $3=packages
+# Bumped when the rootfs recipe changes, so cached tarballs and pushed bases are rebuilt.
+# v2: docs, man pages and locales really left out (dpkg's path-exclude takes no braces).
+# v3: merged /usr by mmdebstrap's hook, not the usrmerge package (which pulls in all of perl).
+ROOTFS_VERSION=v3
 rootfs() {
-  local out="$RIG_CACHE/rootfs-$1-$2-$(echo "$3" | tr ',' '_').tar"
+  local out="$RIG_CACHE/rootfs-$ROOTFS_VERSION-$1-$2-$(echo "$3" | tr ',' '_').tar"
   if [ ! -s "$out" ]; then
     mkdir -p "$RIG_CACHE"
     log "mmdebstrap $1 ($2): $3"
     # No device nodes: umoci unpack as root in an unprivileged container cannot mknod.
     mmdebstrap --quiet --format=tar --variant="$2" --architectures="$1" --include="$3" \
-      --dpkgopt='path-exclude=/usr/share/{doc,man,locale,info}/*' --skip=output/dev \
+      --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
+      --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-exclude=/usr/share/info/*' \
+      --dpkgopt='path-include=/usr/share/doc/*/copyright' \
+      --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr --skip=output/dev \
       bookworm "$out.tmp" "$(apt_mirror)" >&2
     mv "$out.tmp" "$out"
   fi
@@ -171,7 +178,7 @@ rootfs() {
 push_base() { # name tag packages
   local name=$1 tag=$2 pkgs=$3
   local stamp="$RIG_STATE/base-$name-$tag.pkgs"
-  if [ "$(cat "$stamp" 2>/dev/null)" = "$pkgs" ] && skopeo inspect --raw --tls-verify=false "docker://$PLAIN/library/$name:$tag" >/dev/null 2>&1; then
+  if [ "$(cat "$stamp" 2>/dev/null)" = "$ROOTFS_VERSION $pkgs" ] && skopeo inspect --raw --tls-verify=false "docker://$PLAIN/library/$name:$tag" >/dev/null 2>&1; then
     log "base $PLAIN/library/$name:$tag already present"; return 0
   fi
   local amd arm layout pyver
@@ -199,7 +206,7 @@ push_base() { # name tag packages
   done
   skopeo copy --quiet --format v2s2 --dest-tls-verify=false "oci:$layout/oci:amd64" "docker://$PLAIN/library/$name:$tag-docker"
   rm -rf "$layout"
-  echo "$pkgs" >"$stamp"
+  echo "$ROOTFS_VERSION $pkgs" >"$stamp"
 }
 
 build_base() {
@@ -219,7 +226,7 @@ build_builder_base() {
 build_bench_base() {
   local pkgs=python3,python3-pip,python-is-python3,ca-certificates,libstdc++6,libgomp1
   local stamp="$RIG_STATE/base-python-3.11-pip.pkgs"
-  if [ "$(cat "$stamp" 2>/dev/null)" = "$pkgs" ] && skopeo inspect --raw --tls-verify=false "docker://$PLAIN/library/python:3.11-pip" >/dev/null 2>&1; then
+  if [ "$(cat "$stamp" 2>/dev/null)" = "$ROOTFS_VERSION $pkgs" ] && skopeo inspect --raw --tls-verify=false "docker://$PLAIN/library/python:3.11-pip" >/dev/null 2>&1; then
     return 0
   fi
   local tarball layout
@@ -232,7 +239,7 @@ build_bench_base() {
     --config.env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin --config.cmd python3 >/dev/null
   skopeo copy --quiet --dest-tls-verify=false "oci:$layout/oci:pip" "docker://$PLAIN/library/python:3.11-pip"
   rm -rf "$layout"
-  echo "$pkgs" >"$stamp"
+  echo "$ROOTFS_VERSION $pkgs" >"$stamp"
 }
 
 need_root

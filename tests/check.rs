@@ -94,6 +94,8 @@ fn code_importing_mlflow_gets_mlflow_skinny() {
         &repo.join("tracking.py"),
         "import mlflow\nmlflow.autolog()\n",
     );
+    // A repo's own main.py gives way to the learner runtime's, with a warning.
+    write(&repo.join("main.py"), "print('my own entry point')\n");
     commit_all(&repo, "use mlflow");
     let tmp = tempfile::tempdir().unwrap();
     let r = check(&[&repo.display().to_string(), "--json"], tmp.path())
@@ -101,6 +103,11 @@ fn code_importing_mlflow_gets_mlflow_skinny() {
         .json();
     assert!(
         strs(&r["requirements"]).contains(&"mlflow-skinny==2.11.1".to_string()),
+        "{r}"
+    );
+    assert_eq!(
+        strs(&r["warnings"]),
+        vec!["the repo's main.py is replaced by the FL learner runtime's main.py"],
         "{r}"
     );
 }

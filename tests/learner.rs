@@ -10,9 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const CONTAINERD: &str = "/run/flops-rig/containerd.sock";
 const PYENV: &str = "/var/lib/flops-rig/pyenv/bin/python";
-const NS: &str = "flops-test";
 
 fn runtime_tests() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("base-layers/fl-learner/tests")
@@ -21,10 +19,7 @@ fn runtime_tests() -> PathBuf {
 fn require_learner_rig() {
     require_rig();
     require_uv();
-    assert!(
-        Path::new(CONTAINERD).exists(),
-        "containerd is not running on {CONTAINERD}: start it with `sudo scripts/rig.sh services`"
-    );
+    require_containerd();
     assert!(
         Path::new(PYENV).exists(),
         "the runtime's Python test env is missing: run `sudo scripts/rig.sh pyenv`"
@@ -49,11 +44,10 @@ struct Bg {
 }
 
 impl Bg {
-    fn start(name: &str, cmd: &str, dir: &Path) -> Self {
+    fn start(name: &str, mut cmd: Command, dir: &Path) -> Self {
         let log = dir.join(format!("{name}.log"));
         let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new("sh")
-            .args(["-c", cmd])
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
@@ -159,8 +153,16 @@ fn uploaded(report: &Value) -> Vec<String> {
 }
 
 /// The manager's exact command line, with the data server reachable on 127.0.0.1.
-fn learner_command(project: &str) -> String {
-    format!("python main.py {project} 127.0.0.1 127.0.0.1 127.0.0.1 synthetic-a,synthetic-b")
+fn learner_command(project: &str) -> Vec<&str> {
+    vec![
+        "python",
+        "main.py",
+        project,
+        "127.0.0.1",
+        "127.0.0.1",
+        "127.0.0.1",
+        "synthetic-a,synthetic-b",
+    ]
 }
 
 /// One round: the learner is started first (and must wait for the aggregator), then the server.
@@ -182,18 +184,6 @@ fn one_round(start_learner: impl FnOnce() -> Bg, start_server: impl FnOnce() -> 
     assert_eq!(code, 0, "learner failed:\n{}", learner.output());
     assert!(learner.output().contains("training finished"));
     eprintln!("--- {} ---\n{}", learner.name, learner.output());
-}
-
-fn ctr(args: &str) -> String {
-    format!("ctr -a {CONTAINERD} -n {NS} {args}")
-}
-
-/// `ctr run` needs a private mount namespace without the hybrid cgroup mount on these machines.
-fn ctr_run(args: &str) -> String {
-    let inner = ctr(&format!("run --rm --net-host {args}"));
-    format!(
-        "exec unshare -m --propagation private sh -c 'umount /sys/fs/cgroup/unified 2>/dev/null; exec {inner}'"
-    )
 }
 
 #[test]
@@ -221,14 +211,11 @@ fn learner_image_trains_one_flower_round_and_rebuilds_cheaply() {
 
     // The data the learner trains on, from a real Arrow Flight server on 127.0.0.1.
     let port = free_port();
-    let mut data = Bg::start(
-        "flight-server",
-        &format!(
-            "exec {PYENV} {}/flight_server.py 127.0.0.1:{port}",
-            runtime_tests().display()
-        ),
-        work,
-    );
+    let mut flight = Command::new(PYENV);
+    flight
+        .arg(runtime_tests().join("flight_server.py"))
+        .arg(format!("127.0.0.1:{port}"));
+    let mut data = Bg::start("flight-server", flight, work);
     data.wait_for_output("serving on", Duration::from_secs(60));
     let env = [
         ("ML_DATA_SERVER_HOST", "127.0.0.1".to_string()),
@@ -241,27 +228,34 @@ fn learner_image_trains_one_flower_round_and_rebuilds_cheaply() {
         "images pull --plain-http {tagged} >/dev/null"
     )));
     let id = name.replace('.', "-");
-    let ctr_env: String = env.iter().map(|(k, v)| format!("--env {k}={v} ")).collect();
+    let ctr_env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let (learner_id, server_id) = (format!("{id}-learner"), format!("{id}-server"));
+    let tests_mount = format!(
+        "type=bind,src={},dst=/flops-test,options=rbind:ro",
+        runtime_tests().display()
+    );
     one_round(
         || {
-            Bg::start(
-                "ctr-learner",
-                &ctr_run(&format!(
-                    "{ctr_env}{tagged} {id}-learner {}",
-                    learner_command("proj-ctr")
-                )),
-                work,
-            )
+            let mut args = vec!["--net-host"];
+            for e in &ctr_env {
+                args.extend(["--env", e.as_str()]);
+            }
+            args.extend([tagged.as_str(), learner_id.as_str()]);
+            args.extend(learner_command("proj-ctr"));
+            Bg::start("ctr-learner", ctr_run(&args), work)
         },
         || {
-            Bg::start(
-                "ctr-server",
-                &ctr_run(&format!(
-                    "--mount type=bind,src={},dst=/flops-test,options=rbind:ro {tagged} {id}-server python /flops-test/flower_server.py 0.0.0.0:8080",
-                    runtime_tests().display()
-                )),
-                work,
-            )
+            let args = [
+                "--net-host",
+                "--mount",
+                &tests_mount,
+                &tagged,
+                &server_id,
+                "python",
+                "/flops-test/flower_server.py",
+                "0.0.0.0:8080",
+            ];
+            Bg::start("ctr-server", ctr_run(&args), work)
         },
     );
     sh(&ctr(&format!("images rm {tagged} >/dev/null")));
@@ -298,25 +292,27 @@ fn learner_image_trains_one_flower_round_and_rebuilds_cheaply() {
     )
     .unwrap();
     let _dev = DevMount::new(&rootfs);
-    let chroot = |cmd: &str| {
-        format!(
-            "exec chroot {} /usr/bin/env -i {} sh -c 'cd {cwd} && exec {cmd}'",
-            rootfs.display(),
-            image_env.join(" ")
-        )
+    let chroot = |argv: &[&str]| {
+        let mut c = Command::new("chroot");
+        c.arg(&rootfs)
+            .args(["/usr/bin/env", "-i"])
+            .args(&image_env)
+            .args(["sh", "-c", &format!("cd {cwd} && exec \"$@\""), "sh"])
+            .args(argv);
+        c
     };
     one_round(
         || {
             Bg::start(
                 "chroot-learner",
-                &chroot(&learner_command("proj-chroot")),
+                chroot(&learner_command("proj-chroot")),
                 work,
             )
         },
         || {
             Bg::start(
                 "chroot-server",
-                &chroot("python /tmp/flower_server.py 127.0.0.1:8080"),
+                chroot(&["python", "/tmp/flower_server.py", "127.0.0.1:8080"]),
                 work,
             )
         },

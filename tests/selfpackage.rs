@@ -7,7 +7,6 @@ use common::*;
 use serde_json::Value;
 use std::path::Path;
 
-const CONTAINERD: &str = "/run/flops-rig/containerd.sock";
 const BUILDER_BASE: &str = "127.0.0.1:5000/library/flops-builder-base:bookworm";
 
 fn root() -> &'static Path {
@@ -39,50 +38,28 @@ fn instruction(stage: &[(String, String)], name: &str) -> Vec<String> {
         .collect()
 }
 
-fn ctr(args: &str) -> String {
-    format!("ctr -a {CONTAINERD} -n flops-test {args}")
-}
-
 /// `ctr run` as an Oakestra worker would run the builder: the image's user, no added
 /// capabilities, no --privileged, read-only rootfs, tmpfs /tmp; host network for the rig.
 /// The host's CA store is mounted (read-only) as an operator with a private CA would.
-/// The argv goes through `"$@"`, so no shell quoting can change what the task runs.
 /// Returns (success, stdout, stdout + stderr).
 fn run_task(image: &str, id: &str, cmd: &[&str]) -> (bool, String, String) {
-    let o = std::process::Command::new("unshare")
-        .args(["-m", "--propagation", "private", "sh", "-c"])
-        .arg("umount /sys/fs/cgroup/unified 2>/dev/null; exec \"$@\"")
-        .args([
-            "sh",
-            "ctr",
-            "-a",
-            CONTAINERD,
-            "-n",
-            "flops-test",
-            "run",
-            "--rm",
-        ])
-        .args(["--net-host", "--read-only"])
-        .args([
-            "--mount",
-            "type=tmpfs,src=tmpfs,dst=/tmp,options=rw:nosuid:nodev:mode=1777",
-            "--mount",
-            "type=bind,src=/etc/ssl/certs,dst=/etc/ssl/certs,options=rbind:ro",
-            image,
-            id,
-        ])
-        .args(cmd)
-        .output()
-        .unwrap();
+    let mut args = vec![
+        "--net-host",
+        "--read-only",
+        "--mount",
+        "type=tmpfs,src=tmpfs,dst=/tmp,options=rw:nosuid:nodev:mode=1777",
+        "--mount",
+        "type=bind,src=/etc/ssl/certs,dst=/etc/ssl/certs,options=rbind:ro",
+        image,
+        id,
+    ];
+    args.extend_from_slice(cmd);
+    let o = ctr_run(&args).output().unwrap();
     let stdout = String::from_utf8_lossy(&o.stdout).to_string();
     (
         o.status.success(),
-        stdout,
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        ),
+        stdout.clone(),
+        format!("{stdout}{}", String::from_utf8_lossy(&o.stderr)),
     )
 }
 
@@ -90,10 +67,7 @@ fn run_task(image: &str, id: &str, cmd: &[&str]) -> (bool, String, String) {
 fn self_packaged_builder_matches_the_dockerfile_and_builds_as_an_unprivileged_task() {
     require_rig();
     require_uv();
-    assert!(
-        Path::new(CONTAINERD).exists(),
-        "containerd is not running on {CONTAINERD}: start it with `sudo scripts/rig.sh services`"
-    );
+    require_containerd();
     let (ok, _) = sh_status(&format!(
         "skopeo inspect --raw --tls-verify=false docker://{BUILDER_BASE}"
     ));

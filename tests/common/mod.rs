@@ -287,3 +287,41 @@ pub fn expect_error(r: &Run, code: i32, needle: &str) {
     );
     assert!(r.stdout.is_empty(), "stdout on failure: {}", r.stdout);
 }
+
+/// The rig's own containerd (scripts/rig.sh services) and the namespace tests use.
+pub const CONTAINERD: &str = "/run/flops-rig/containerd.sock";
+pub const CTR_NAMESPACE: &str = "flops-test";
+
+/// Fails (never skips) without the rig's containerd, saying how to start it.
+pub fn require_containerd() {
+    assert!(
+        Path::new(CONTAINERD).exists(),
+        "containerd is not running on {CONTAINERD}: start it with `sudo scripts/rig.sh services`"
+    );
+}
+
+/// A `ctr` command line for the rig's containerd, for `sh`.
+pub fn ctr(args: &str) -> String {
+    format!("ctr -a {CONTAINERD} -n {CTR_NAMESPACE} {args}")
+}
+
+/// `ctr run --rm <args>` as a Command. On these machines `ctr run` needs a private mount
+/// namespace without the hybrid cgroup mount; the argv goes through `"$@"`, so no shell
+/// quoting can change what the task runs.
+pub fn ctr_run(args: &[&str]) -> Command {
+    let mut c = Command::new("unshare");
+    c.args(["-m", "--propagation", "private", "sh", "-c"])
+        .arg("umount /sys/fs/cgroup/unified 2>/dev/null; exec \"$@\"")
+        .args([
+            "sh",
+            "ctr",
+            "-a",
+            CONTAINERD,
+            "-n",
+            CTR_NAMESPACE,
+            "run",
+            "--rm",
+        ])
+        .args(args);
+    c
+}
