@@ -135,6 +135,8 @@ fn build(url: &str, cache: &Path) -> Value {
         cache.to_str().unwrap(),
         "--model-flavor",
         "sklearn",
+        "--tag",
+        "stable",
         "--no-notify",
         "--json",
     ])
@@ -208,6 +210,17 @@ fn learner_image_trains_one_flower_round_and_rebuilds_cheaply() {
         "{reference}"
     );
     let tagged = reference.split('@').next().unwrap().to_string();
+    // `--tag` adds a tag beside the commit sha, on the same manifest.
+    let stable = format!("{}:stable", tagged.rsplit_once(':').unwrap().0);
+    let digest_of = |r: &str| {
+        sh(&format!(
+            "skopeo inspect --raw --tls-verify=false docker://{r} | sha256sum | cut -d' ' -f1"
+        ))
+    };
+    assert_eq!(
+        format!("sha256:{}", digest_of(&stable).trim()),
+        first["image"]["digest"].as_str().unwrap()
+    );
 
     // The data the learner trains on, from a real Arrow Flight server on 127.0.0.1.
     let port = free_port();
@@ -360,4 +373,9 @@ fn learner_image_trains_one_flower_round_and_rebuilds_cheaply() {
         "every layer but the code layer is unchanged"
     );
     assert_ne!(code_layer["digest"], old_layers.last().unwrap()["digest"]);
+    // The extra tag follows the newest build.
+    assert_eq!(
+        format!("sha256:{}", digest_of(&stable).trim()),
+        code_only["image"]["digest"].as_str().unwrap()
+    );
 }
