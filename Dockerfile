@@ -26,7 +26,7 @@ FROM debian:bookworm-slim
 # python3: uv needs an interpreter (with its stdlib) to resolve, of any version: the target's is passed.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates python3 \
-    && rm -rf /var/lib/apt/lists/*
+    && apt-get clean && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/flops-image-builder /usr/local/bin/flops-image-builder
 COPY --from=uv /uv /usr/local/bin/uv
 ENV FLOPS_CACHE_DIR=/tmp/flops-image-builder HOME=/tmp UV_CACHE_DIR=/tmp/uv-cache UV_PYTHON_DOWNLOADS=never
