@@ -1,4 +1,4 @@
-import time
+import threading
 
 import main
 from conftest import flower_result, free_port, start_flower, start_learner, wait_for
@@ -10,18 +10,23 @@ def test_learner_waits_for_the_aggregator_then_trains_one_round(data_server, ml_
     learner = start_learner(
         ml_repo, ["p1", "127.0.0.1", obs_addr, f"127.0.0.1:{port}", "synthetic-a,synthetic-b"]
     )
+    lines = []
+    reader = threading.Thread(target=lambda: lines.extend(learner.stdout), daemon=True)
+    reader.start()
     try:
-        # The learner starts first and must survive the aggregator's absence.
-        time.sleep(3)
-        assert learner.poll() is None, learner.communicate()[0]
+        # The learner starts first and must be retrying before the aggregator exists.
+        retrying = wait_for(lambda: any("unavailable (attempt 1)" in l for l in lines), 120)
+        assert retrying and learner.poll() is None, "".join(lines)
         server = start_flower(port)
         server_out, _ = server.communicate(timeout=120)
         assert server.returncode == 0, server_out
-        out, _ = learner.communicate(timeout=60)
+        learner.wait(timeout=60)
+        reader.join(timeout=10)
     finally:
         learner.kill()
+    out = "".join(lines)
     assert learner.returncode == 0, out
-    assert "unavailable (attempt 1)" in out, out
+    assert "training finished" in out, out
     result = flower_result(server_out)
     assert result["fit"] == 1 and result["evaluate"] == 1, result
     assert result["accuracy"] > 0.8, result
