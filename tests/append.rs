@@ -1,6 +1,7 @@
 //! `append` against the real rig: push, verify with skopeo/umoci, run with chroot.
 mod common;
 use common::*;
+use serde_json::Value;
 
 /// `append --base B --tag T --dir D --cache-dir C <extra…>`, the shape every test here uses.
 fn append(base: &str, tag: &str, dir: &str, cache: &str, extra: &[&str]) -> Run {
@@ -161,13 +162,7 @@ fn multi_platform_append_produces_an_index() {
     .ok();
     let idx = skopeo_raw(&format!("{PLAIN}/{repo}:v1"), "");
     assert_eq!(idx["mediaType"], "application/vnd.oci.image.index.v1+json");
-    let archs: Vec<&str> = idx["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["platform"]["architecture"].as_str().unwrap())
-        .collect();
-    assert_eq!(archs, ["amd64", "arm64"]);
+    assert_eq!(index_architectures(&idx), ["amd64", "arm64"]);
     // Each platform's manifest sits on that platform's base layers.
     for arch in ["amd64", "arm64"] {
         let base = skopeo_raw(&format!("{PLAIN}/library/python:3.11-slim-{arch}"), "");
@@ -366,6 +361,16 @@ fn oci_layout_output_is_accepted_by_skopeo() {
         .exists());
 }
 
+/// The layer `append` put on top (the last one of the first platform).
+fn added_layer(report: &Value) -> Value {
+    report["platforms"][0]["layers"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone()
+}
+
 #[test]
 fn large_layer_goes_up_in_chunks_and_zstd_works() {
     require_rig();
@@ -386,12 +391,7 @@ fn large_layer_goes_up_in_chunks_and_zstd_works() {
     )
     .ok()
     .json();
-    let layer = r["platforms"][0]["layers"]
-        .as_array()
-        .unwrap()
-        .last()
-        .unwrap()
-        .clone();
+    let layer = added_layer(&r);
     assert!(layer["size"].as_u64().unwrap() > 64 << 20);
     assert_eq!(layer["status"], "uploaded");
     // skopeo verifies every blob digest while copying.
@@ -412,12 +412,7 @@ fn large_layer_goes_up_in_chunks_and_zstd_works() {
     )
     .ok()
     .json();
-    let layer = r["platforms"][0]["layers"]
-        .as_array()
-        .unwrap()
-        .last()
-        .unwrap()
-        .clone();
+    let layer = added_layer(&r);
     assert_eq!(
         layer["media_type"],
         "application/vnd.oci.image.layer.v1.tar+zstd"

@@ -73,13 +73,7 @@ fn multi_platform_learner_image_with_dependency_layers() {
         "{name}"
     );
     let idx = skopeo_raw(&name, "");
-    let archs: Vec<&str> = idx["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["platform"]["architecture"].as_str().unwrap())
-        .collect();
-    assert_eq!(archs, ["amd64", "arm64"]);
+    assert_eq!(index_architectures(&idx), ["amd64", "arm64"]);
     // The doctor dropped mlflow; numpy and scikit-learn are in their own layers.
     let layers: Vec<String> = r["dependency_layers"]
         .as_array()

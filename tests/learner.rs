@@ -20,14 +20,10 @@ fn require_learner_rig() {
     require_rig();
     require_uv();
     require_containerd();
+    require_broker();
     assert!(
         Path::new(PYENV).exists(),
         "the runtime's Python test env is missing: run `sudo scripts/rig.sh pyenv`"
-    );
-    let mqtt = "127.0.0.1:9027".parse().unwrap();
-    assert!(
-        TcpStream::connect_timeout(&mqtt, Duration::from_secs(2)).is_ok(),
-        "mosquitto is not running on 127.0.0.1:9027: start it with `sudo scripts/rig.sh services`"
     );
     let agg = "127.0.0.1:8080".parse().unwrap();
     assert!(
@@ -144,7 +140,7 @@ fn build(url: &str, cache: &Path) -> Value {
     r.json()
 }
 
-/// Digests whose upload the report says happened (config included), with the bytes reported.
+/// Digests of the blobs (config included) the report says were uploaded.
 fn uploaded(report: &Value) -> Vec<String> {
     let p = &report["image"]["platforms"][0];
     std::iter::once(&p["config"])
@@ -185,7 +181,6 @@ fn one_round(start_learner: impl FnOnce() -> Bg, start_server: impl FnOnce() -> 
     let code = learner.wait(Duration::from_secs(120));
     assert_eq!(code, 0, "learner failed:\n{}", learner.output());
     assert!(learner.output().contains("training finished"));
-    eprintln!("--- {} ---\n{}", learner.name, learner.output());
 }
 
 #[test]
@@ -230,10 +225,11 @@ fn learner_image_trains_one_flower_round_and_rebuilds_cheaply() {
         .arg(format!("127.0.0.1:{port}"));
     let mut data = Bg::start("flight-server", flight, work);
     data.wait_for_output("serving on", Duration::from_secs(60));
+    // The learner's environment, as K=V for both `ctr run --env` and `env -i` under chroot.
     let env = [
-        ("ML_DATA_SERVER_HOST", "127.0.0.1".to_string()),
-        ("ML_DATA_SERVER_PORT", port.to_string()),
-        ("FLOPS_LEARNER_RETRY_DELAY", "1".to_string()),
+        "ML_DATA_SERVER_HOST=127.0.0.1".to_string(),
+        format!("ML_DATA_SERVER_PORT={port}"),
+        "FLOPS_LEARNER_RETRY_DELAY=1".to_string(),
     ];
 
     // 1. containerd, as an Oakestra worker runs the learner.
@@ -241,7 +237,6 @@ fn learner_image_trains_one_flower_round_and_rebuilds_cheaply() {
         "images pull --plain-http {tagged} >/dev/null"
     )));
     let id = name.replace('.', "-");
-    let ctr_env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let (learner_id, server_id) = (format!("{id}-learner"), format!("{id}-server"));
     let tests_mount = format!(
         "type=bind,src={},dst=/flops-test,options=rbind:ro",
@@ -250,7 +245,7 @@ fn learner_image_trains_one_flower_round_and_rebuilds_cheaply() {
     one_round(
         || {
             let mut args = vec!["--net-host"];
-            for e in &ctr_env {
+            for e in &env {
                 args.extend(["--env", e.as_str()]);
             }
             args.extend([tagged.as_str(), learner_id.as_str()]);
@@ -274,7 +269,6 @@ fn learner_image_trains_one_flower_round_and_rebuilds_cheaply() {
     sh(&ctr(&format!("images rm {tagged} >/dev/null")));
 
     // 2. The same, from skopeo copy + umoci unpack + chroot: no containerd quirk can hide a defect.
-    std::fs::create_dir_all(work.join("unpacked")).unwrap();
     let rootfs = unpack(&tagged, &work.join("unpacked"), "");
     let config: Value = serde_json::from_str(
         &std::fs::read_to_string(rootfs.parent().unwrap().join("config.json")).unwrap(),
@@ -295,7 +289,7 @@ fn learner_image_trains_one_flower_round_and_rebuilds_cheaply() {
     ] {
         assert!(image_env.iter().any(|e| e == want), "{want}: {image_env:?}");
     }
-    image_env.extend(env.iter().map(|(k, v)| format!("{k}={v}")));
+    image_env.extend(env.iter().cloned());
     assert!(rootfs.join("app/main.py").exists() && rootfs.join("app/data_loading.py").exists());
     assert!(rootfs.join("app/model_manager.py").exists());
     assert!(!rootfs.join("app/.git").exists());

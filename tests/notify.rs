@@ -10,17 +10,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const BROKER: &str = "127.0.0.1:9027";
-
-fn require_broker() {
-    let ok = std::net::TcpStream::connect_timeout(&BROKER.parse().unwrap(), Duration::from_secs(2))
-        .is_ok();
-    assert!(
-        ok,
-        "mosquitto is not running on {BROKER}: start the test rig with `sudo scripts/rig.sh`"
-    );
-}
-
 /// `mosquitto_sub` on `<prefix>/#`, started before the build.
 struct Sub(Child);
 

@@ -122,6 +122,28 @@ pub fn sh_status(cmd: &str) -> (bool, String) {
     )
 }
 
+/// The rig's mosquitto.
+pub const BROKER: &str = "127.0.0.1:9027";
+
+/// Fails (never skips) without the rig's MQTT broker, saying how to start it.
+pub fn require_broker() {
+    let ok = TcpStream::connect_timeout(&BROKER.parse().unwrap(), Duration::from_secs(2)).is_ok();
+    assert!(
+        ok,
+        "mosquitto is not running on {BROKER}: start the test rig with `sudo scripts/rig.sh`"
+    );
+}
+
+/// The architectures of an image index's manifests, in order.
+pub fn index_architectures(index: &serde_json::Value) -> Vec<String> {
+    index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["platform"]["architecture"].as_str().unwrap().to_string())
+        .collect()
+}
+
 pub fn skopeo_raw(reference: &str, extra: &str) -> serde_json::Value {
     serde_json::from_str(&sh(&format!(
         "skopeo inspect --raw --tls-verify=false {extra} docker://{reference}"
@@ -129,8 +151,9 @@ pub fn skopeo_raw(reference: &str, extra: &str) -> serde_json::Value {
     .unwrap()
 }
 
-/// skopeo copy → umoci unpack; returns the rootfs path (inside `work`).
+/// skopeo copy → umoci unpack; returns the rootfs path (inside `work`, created if needed).
 pub fn unpack(reference: &str, work: &Path, extra: &str) -> PathBuf {
+    std::fs::create_dir_all(work).unwrap();
     let layout = work.join("oci");
     let bundle = work.join("bundle");
     sh(&format!(
