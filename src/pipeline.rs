@@ -26,6 +26,10 @@ pub struct CheckReport {
     pub doctor: Vec<Fired>,
     pub warnings: Vec<String>,
     pub phases_ms: std::collections::BTreeMap<String, u64>,
+    /// Top-level repo files the FL runtime replaces (left out of the code layer; each also
+    /// has a warning above).
+    #[serde(skip)]
+    pub replaced_by_runtime: Vec<&'static str>,
 }
 
 /// Clones, verifies and doctors; the checkout (a temp dir) lives as long as the returned value.
@@ -53,11 +57,12 @@ pub fn check(
         },
     )?;
     phases.done("doctor", t);
+    let replaced_by_runtime = crate::repo::augment::clashes(co.root());
     let mut warnings = v.warnings;
     warnings.extend(
-        crate::repo::augment::clashes(co.root())
-            .into_iter()
-            .map(crate::repo::augment::clash_warning),
+        replaced_by_runtime
+            .iter()
+            .map(|name| crate::repo::augment::clash_warning(name)),
     );
     for w in &warnings {
         tracing::warn!("{w}");
@@ -76,6 +81,7 @@ pub fn check(
         doctor: d.fired,
         warnings,
         phases_ms: phases.0,
+        replaced_by_runtime,
     };
     Ok((report, co))
 }
@@ -430,10 +436,10 @@ pub async fn build(req: BuildRequest, notifier: &crate::notify::Notifier) -> Res
             req.workdir.clone(),
             req.compression,
         );
+        let mut skip = vec![".git"];
+        skip.extend(&check.replaced_by_runtime);
         tokio::task::spawn_blocking(move || {
             let runtime = crate::repo::augment::runtime_layer(&store, &dest, c)?;
-            let mut skip = vec![".git"];
-            skip.extend(crate::repo::augment::clashes(&root));
             let (code, _) = layer::tree_layer(&store, &root, &dest, &skip, c, epoch)?;
             anyhow::Ok((runtime, code))
         })
