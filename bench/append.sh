@@ -6,10 +6,8 @@
 # Run as root after scripts/rig.sh. Writes bench/out/append-<date>.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/rig.sh all >&2
-command -v buildah >/dev/null && [ -x /usr/bin/time ] || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq buildah time >/dev/null; }
-[ -n "${SKIP_BUILD:-}" ] || cargo build --release --locked -q
-BIN=$PWD/target/release/flops-image-builder
+. bench/lib.sh
+bench_setup
 BENCH=${BENCH_DIR:-/var/cache/flops-bench}
 # A fresh, empty registry for this run (only the base in it), so "cold" really uploads.
 PORT=5101
@@ -29,19 +27,7 @@ if [ ! -d "$BENCH/site2x" ]; then mkdir -p "$BENCH/site2x"; cp -al "$BENCH/site"
 SIZE=$(du -sm "$BENCH/site" | cut -f1)
 FILES=$(find "$BENCH/site" -type f | wc -l)
 
-T=$(mktemp -d)
-REGPID=
-trap '[ -n "$REGPID" ] && kill $REGPID; rm -rf "$T"' EXIT
-printf 'version: 0.1\nlog: { level: error }\nstorage: { filesystem: { rootdirectory: %s/registry } }\nhttp: { addr: %s }\n' "$T" "$REG" >"$T/registry.yml"
-docker-registry serve "$T/registry.yml" >"$T/registry.log" 2>&1 &
-REGPID=$!
-for _ in $(seq 1 50); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.1; done
-skopeo copy -q --src-tls-verify=false --dest-tls-verify=false docker://127.0.0.1:5000/library/python:3.11-slim-amd64 "docker://$BASE"
-# run NAME CMD... → "$T/NAME" holds "seconds max_rss_kb"; stdout of CMD in "$T/NAME.out"
-run() { local n=$1; shift; /usr/bin/time -f '%e %M' -o "$T/$n" "$@" >"$T/$n.out" 2>"$T/$n.err" || { cat "$T/$n.err" >&2; exit 1; }; }
-secs() { cut -d' ' -f1 "$T/$1"; }
-rss_mb() { awk '{printf "%.0f", $2/1024}' "$T/$1"; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.1f×", a/b}'; }
+fresh_registry "$REG" library/python:3.11-slim-amd64
 uploaded() { jq -r '.bytes_uploaded' "$T/$1.out" | awk '{printf "%.1f MB", $1/1e6}'; }
 
 ours() { # name cache extra-args...
@@ -62,8 +48,8 @@ mkdir -p "$T/ctx"; cp -al "$BENCH/site" "$T/ctx/site"
 printf 'FROM %s\nCOPY site /opt/site\n' "$BASE" >"$T/ctx/Dockerfile"
 run bbuild buildah --storage-driver vfs build -q --isolation chroot --tls-verify=false -t "bench-$ID" "$T/ctx"
 run bpush buildah --storage-driver vfs push -q --tls-verify=false "bench-$ID" "docker://$REG/bench/buildah:$ID"
-BT=$(awk '{s+=$1} END{print s}' "$T/bbuild" "$T/bpush")
-BRSS=$(awk '{if ($2>m) m=$2} END{printf "%.0f", m/1024}' "$T/bbuild" "$T/bpush")
+BT=$(sum_secs bbuild bpush)
+BRSS=$(max_rss bbuild bpush)
 buildah --storage-driver vfs rmi --force "bench-$ID" >/dev/null 2>&1 || true
 
 OUT=bench/out/append-$(date +%F).md
@@ -71,16 +57,16 @@ mkdir -p bench/out
 {
   echo "# append benchmark — $(date -u +'%F %H:%M UTC')"
   echo
-  echo "Machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(. /etc/os-release; echo "$PRETTY_NAME"), $(uname -r). Workload: $SIZE MB in $FILES files (numpy, scipy, scikit-learn, pandas unpacked) appended onto the base and pushed to a fresh local registry."
+  echo "Machine: $(machine). Workload: $SIZE MB in $FILES files (numpy, scipy, scikit-learn, pandas unpacked) appended onto the base and pushed to a fresh local registry."
   echo
   echo "| run | time vs buildah (build+push) | peak RSS | uploaded |"
   echo "|---|---|---|---|"
   echo "| buildah build + push (vfs) | 1.0× | $BRSS MB | |"
-  echo "| ours cold, gzip -6 (default) | $(ratio "$BT" "$(secs cold)") faster | $(rss_mb cold) MB | $(uploaded cold) |"
-  echo "| ours cold, gzip -1 | $(ratio "$BT" "$(secs gz1)") faster | $(rss_mb gz1) MB | $(uploaded gz1) |"
-  echo "| ours cold, zstd -3 | $(ratio "$BT" "$(secs zstd)") faster | $(rss_mb zstd) MB | $(uploaded zstd) |"
-  echo "| ours warm (nothing changed) | $(ratio "$BT" "$(secs warm)") faster ($(secs warm) s) | $(rss_mb warm) MB | $(uploaded warm) |"
-  echo "| ours cold, 2× data in one layer | $(ratio "$BT" "$(secs big)") faster (2× the work) | $(rss_mb big) MB | $(uploaded big) |"
+  echo "| ours cold, gzip -6 (default) | $(ratio "$BT" "$(secs cold)") faster | $(rss cold) MB | $(uploaded cold) |"
+  echo "| ours cold, gzip -1 | $(ratio "$BT" "$(secs gz1)") faster | $(rss gz1) MB | $(uploaded gz1) |"
+  echo "| ours cold, zstd -3 | $(ratio "$BT" "$(secs zstd)") faster | $(rss zstd) MB | $(uploaded zstd) |"
+  echo "| ours warm (nothing changed) | $(ratio "$BT" "$(secs warm)") faster ($(secs warm) s) | $(rss warm) MB | $(uploaded warm) |"
+  echo "| ours cold, 2× data in one layer | $(ratio "$BT" "$(secs big)") faster (2× the work) | $(rss big) MB | $(uploaded big) |"
   echo
   echo "Absolute seconds (noisy, for reference): buildah $BT (build $(secs bbuild), push $(secs bpush)); ours cold $(secs cold), gzip -1 $(secs gz1), zstd $(secs zstd), warm $(secs warm), 2× $(secs big)."
 } | tee "$OUT"

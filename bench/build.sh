@@ -9,32 +9,15 @@
 #   BENCH_TORCH=1 adds a torch-sized (>= 2 GB) dependency set, to show peak RSS stays flat.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/rig.sh all >&2
+. bench/lib.sh
+bench_setup
 scripts/rig.sh bench-base >&2
-command -v buildah >/dev/null && [ -x /usr/bin/time ] || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq buildah time >/dev/null; }
-[ -n "${SKIP_BUILD:-}" ] || cargo build --release --locked -q
-BIN=$PWD/target/release/flops-image-builder
 PORT=5100
 REG=127.0.0.1:$PORT
+# A second fresh registry for the two-platform run, so that it is as cold as the first.
 REG2=127.0.0.1:$((PORT + 2))
-T=$(mktemp -d)
-REGPIDS=()
-cleanup() { for p in "${REGPIDS[@]}"; do kill "$p" 2>/dev/null; done; rm -rf "$T"; }
-trap cleanup EXIT
-
-# A fresh registry, holding only the two base images ($REG2: for the two-platform run, so
-# that it is as cold as the single-platform one).
-fresh_registry() { # host:port
-  local addr=$1 port=${1##*:}
-  printf 'version: 0.1\nlog: { level: error }\nstorage: { filesystem: { rootdirectory: %s/registry-%s } }\nhttp: { addr: %s }\n' "$T" "$port" "$addr" >"$T/registry-$port.yml"
-  docker-registry serve "$T/registry-$port.yml" >"$T/registry-$port.log" 2>&1 &
-  REGPIDS+=($!)
-  for _ in $(seq 1 50); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
-  skopeo copy -q --all --src-tls-verify=false --dest-tls-verify=false docker://127.0.0.1:5000/library/python:3.11-slim "docker://$addr/library/python:3.11-slim"
-  skopeo copy -q --src-tls-verify=false --dest-tls-verify=false docker://127.0.0.1:5000/library/python:3.11-pip "docker://$addr/library/python:3.11-pip"
-}
-fresh_registry "$REG"
-fresh_registry "$REG2"
+fresh_registry "$REG" library/python:3.11-slim library/python:3.11-pip
+fresh_registry "$REG2" library/python:3.11-slim
 
 repo() { # fixture name → a git repo at $T/repos/bench/<name>
   local dir="$T/repos/bench/$1"
@@ -44,18 +27,13 @@ repo() { # fixture name → a git repo at $T/repos/bench/<name>
 }
 touch_code() { (cd "$1" && echo "# tuned $(date +%s%N)" >>model_manager.py && git -c user.name=b -c user.email=b@b commit -qam tune); }
 
-run() { local n=$1; shift; /usr/bin/time -f '%e %M' -o "$T/$n.time" "$@" >"$T/$n.out" 2>"$T/$n.err" || { cat "$T/$n.err" >&2; exit 1; }; }
-secs() { cut -d' ' -f1 "$T/$1.time"; }
-rss() { awk '{printf "%.0f", $2/1024}' "$T/$1.time"; }
 up() { jq -r '.image.bytes_uploaded' "$T/$1.out" | awk '{ if ($1 < 1e6) printf "%.1f kB", $1/1e3; else printf "%.1f MB", $1/1e6 }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.1f×", a/b}'; }
 phase() { jq -r ".image.phases_ms.$2 // 0" "$T/$1.out"; }
 ours() { local n=$1 dir=$2; shift 2; run "$n" "$BIN" -q build "$dir" --registry "http://$REG" --cache-dir "$T/cache-$n" --json "$@"; }
 
 A=$(repo sklearn-a sklearn-conda)
 B=$(repo sklearn-b requirements-repo)
 Z=$(repo sklearn-z sklearn-conda)
-
 M=$(repo sklearn-m sklearn-conda)
 
 echo "== ours: cold gzip, warm, cold zstd, code-only on an empty cache, a second repo sharing the deps, two platforms" >&2
@@ -94,10 +72,10 @@ run bpushw $B_ push -q --tls-verify=false bench:warm "docker://$REG/bench/builda
 echo "# tuned" >>"$CTX/model_manager.py"
 run bbuild2 $B_ build -q --layers --isolation chroot --tls-verify=false -t bench:code "$CTX"
 run bpush2 $B_ push -q --tls-verify=false bench:code "docker://$REG/bench/buildah:code"
-BC=$(awk '{s+=$1} END{print s}' "$T/bbuild.time" "$T/bpush.time")
-BK=$(awk '{s+=$1} END{print s}' "$T/bbuild2.time" "$T/bpush2.time")
-BW=$(awk '{s+=$1} END{print s}' "$T/bbuildw.time" "$T/bpushw.time")
-BRSS=$(awk '{if ($2>m) m=$2} END{printf "%.0f", m/1024}' "$T"/bbuild*.time "$T"/bpush*.time)
+BC=$(sum_secs bbuild bpush)
+BK=$(sum_secs bbuild2 bpush2)
+BW=$(sum_secs bbuildw bpushw)
+BRSS=$(max_rss bbuild bpush bbuildw bpushw bbuild2 bpush2)
 $B_ rmi --all --force >/dev/null 2>&1 || true
 
 TORCH_ROW=""
@@ -119,7 +97,7 @@ mkdir -p bench/out
 {
   echo "# build benchmark — $(date -u +'%F %H:%M UTC')"
   echo
-  echo "Machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(. /etc/os-release; echo "$PRETTY_NAME"). Workload: fixtures/sklearn-conda (numpy 1.26.4, scikit-learn 1.4.2, cloudpickle; mlflow dropped by the doctor) + the FL runtime (flwr 1.8.0, flops-utils, pydantic, pyarrow, datasets): $(jq '[.dependency_layers[].packages | split(",") | length] | add' "$T/cold.out") packages, linux/amd64, pushed to a fresh local registry. Peer: buildah $(buildah --version | awk '{print $3}') (vfs, chroot isolation) with the upstream-style Dockerfile."
+  echo "Machine: $(machine). Workload: fixtures/sklearn-conda (numpy 1.26.4, scikit-learn 1.4.2, cloudpickle; mlflow dropped by the doctor) + the FL runtime (flwr 1.8.0, flops-utils, pydantic, pyarrow, datasets): $(jq '[.dependency_layers[].packages | split(",") | length] | add' "$T/cold.out") packages, linux/amd64, pushed to a fresh local registry. Peer: buildah $(buildah --version | awk '{print $3}') (vfs, chroot isolation) with the upstream-style Dockerfile."
   echo
   echo "| run | vs buildah | peak RSS | uploaded |"
   echo "|---|---|---|---|"

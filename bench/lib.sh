@@ -1,0 +1,38 @@
+# Shared by the benchmark scripts (sourced, from the repository root): setup, fresh
+# registries, timing and report helpers.
+
+# The rig, buildah and /usr/bin/time, the release binary ($BIN), a work dir ($T) that is
+# removed on exit with the registries started here.
+bench_setup() {
+  scripts/rig.sh all >&2
+  command -v buildah >/dev/null && [ -x /usr/bin/time ] || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq buildah time >/dev/null; }
+  [ -n "${SKIP_BUILD:-}" ] || cargo build --release --locked -q
+  BIN=$PWD/target/release/flops-image-builder
+  T=$(mktemp -d)
+  REGPIDS=()
+  trap 'for p in "${REGPIDS[@]}"; do kill "$p" 2>/dev/null; done; rm -rf "$T"' EXIT
+}
+
+# fresh_registry HOST:PORT IMAGE... — a new, empty registry holding only the given images
+# (repository:tag paths of the rig's registry), so "cold" really uploads.
+fresh_registry() {
+  local addr=$1 port=${1##*:} img
+  shift
+  printf 'version: 0.1\nlog: { level: error }\nstorage: { filesystem: { rootdirectory: %s/registry-%s } }\nhttp: { addr: %s }\n' "$T" "$port" "$addr" >"$T/registry-$port.yml"
+  docker-registry serve "$T/registry-$port.yml" >"$T/registry-$port.log" 2>&1 &
+  REGPIDS+=($!)
+  for _ in $(seq 1 50); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+  for img in "$@"; do
+    skopeo copy -q --all --src-tls-verify=false --dest-tls-verify=false "docker://127.0.0.1:5000/$img" "docker://$addr/$img"
+  done
+}
+
+# run NAME CMD... → "$T/NAME.time" holds "seconds max_rss_kb"; CMD's stdout in "$T/NAME.out".
+run() { local n=$1; shift; /usr/bin/time -f '%e %M' -o "$T/$n.time" "$@" >"$T/$n.out" 2>"$T/$n.err" || { cat "$T/$n.err" >&2; exit 1; }; }
+secs() { cut -d' ' -f1 "$T/$1.time"; }
+rss() { awk '{printf "%.0f", $2/1024}' "$T/$1.time"; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.1f×", a/b}'; }
+# sum_secs NAME... — the runs' seconds added up; max_rss NAME... — their largest RSS in MB.
+sum_secs() { local n; for n in "$@"; do cat "$T/$n.time"; done | awk '{s+=$1} END{print s}'; }
+max_rss() { local n; for n in "$@"; do cat "$T/$n.time"; done | awk '{if ($2>m) m=$2} END{printf "%.0f", m/1024}'; }
+machine() { echo "$(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(. /etc/os-release; echo "$PRETTY_NAME"), $(uname -r)"; }
