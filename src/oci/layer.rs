@@ -290,6 +290,12 @@ pub fn image_path(dest: &str) -> Result<String> {
     Ok(parts.join("/"))
 }
 
+/// The directories above an image path, outermost first: `a/b/c` → `a`, `a/b`.
+pub fn parent_dirs(path: &str) -> Vec<String> {
+    let parts: Vec<&str> = path.split('/').collect();
+    (1..parts.len()).map(|i| parts[..i].join("/")).collect()
+}
+
 /// Lists `local` (a directory or a single file) as entries under `dest`, sorted, parents first,
 /// including `dest`'s ancestors. Symlinks are listed, never followed; special files are errors.
 pub fn walk(local: &Path, dest: &str) -> Result<Vec<TreeEntry>> {
@@ -301,17 +307,16 @@ pub fn walk_skipping(local: &Path, dest: &str, skip: &[&str]) -> Result<Vec<Tree
     let dest = image_path(dest)?;
     let meta = std::fs::symlink_metadata(local)
         .map_err(|e| bad_input(format!("{}: {e}", local.display())))?;
-    let mut out = Vec::new();
-    let ancestors: Vec<&str> = dest.split('/').collect();
     // Ancestors only; `dest` itself is the walked directory (or the file).
-    for i in 1..ancestors.len() {
-        out.push(TreeEntry {
-            rel: ancestors[..i].join("/"),
+    let mut out: Vec<TreeEntry> = parent_dirs(&dest)
+        .into_iter()
+        .map(|rel| TreeEntry {
+            rel,
             source: None,
             kind: EntryKind::Dir,
             stamp: (0, 0, 0),
-        });
-    }
+        })
+        .collect();
     if meta.is_dir() {
         walk_dir(local, &dest, skip, &mut out)?;
     } else {
@@ -493,6 +498,13 @@ pub fn verify_file_digest(path: &Path, digest: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parent_dirs_are_the_prefixes() {
+        assert_eq!(parent_dirs("a/b/c"), ["a", "a/b"]);
+        assert_eq!(parent_dirs("app"), Vec::<String>::new());
+        assert_eq!(parent_dirs(""), Vec::<String>::new());
+    }
     use std::os::unix::fs::symlink;
 
     fn tree() -> tempfile::TempDir {

@@ -4,7 +4,7 @@
 //! was tested with and needs no files beside it (the builder image, CI, a laptop alike).
 
 use crate::oci::blobstore::BlobStore;
-use crate::oci::layer::{image_path, Compression, Layer, LayerWriter};
+use crate::oci::layer::{image_path, parent_dirs, Compression, Layer, LayerWriter};
 use anyhow::Result;
 use std::path::Path;
 
@@ -39,18 +39,20 @@ pub fn clash_warning(name: &str) -> String {
 /// commit time, so its bytes change only with the builder and a new commit re-uses the blob.
 pub fn runtime_layer(store: &BlobStore, workdir: &str, compression: Compression) -> Result<Layer> {
     let dest = image_path(workdir)?;
-    let mut w = LayerWriter::with_workers(store, compression, 0, 1)?;
-    let parts: Vec<&str> = dest.split('/').filter(|p| !p.is_empty()).collect();
-    for i in 1..=parts.len() {
-        w.dir(&parts[..i].join("/"))?;
-    }
-    for (name, bytes) in FILES {
-        let path = if dest.is_empty() {
+    let path_of = |name: &str| {
+        if dest.is_empty() {
             name.to_string()
         } else {
             format!("{dest}/{name}")
-        };
-        w.file(&path, false, bytes.len() as u64, *bytes)?;
+        }
+    };
+    let mut w = LayerWriter::with_workers(store, compression, 0, 1)?;
+    // The working directory and its parents: those above any one of the files.
+    for dir in parent_dirs(&path_of(FILES[0].0)) {
+        w.dir(&dir)?;
+    }
+    for (name, bytes) in FILES {
+        w.file(&path_of(name), false, bytes.len() as u64, *bytes)?;
     }
     w.finish(store)
 }
