@@ -18,11 +18,11 @@ eval "$(sed -n '/^apt_mirror()/,/^}/p' scripts/rig.sh)"
 mirror=$(apt_mirror)
 log() { printf '[check-dockerfile %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 
-standin() { # name tarball [env...]
-  local name=$1 tar=$2 c
+standin() { # name "tarball..." [env...]
+  local name=$1 tars=$2 c tar
   shift 2
   c=$($B from scratch)
-  $B add "$c" "$tar" / >/dev/null
+  for tar in $tars; do $B add "$c" "$tar" / >/dev/null; done
   for e in "$@"; do $B config --env "$e" "$c"; done
   $B commit -q "$c" "$name" >/dev/null
   $B rm "$c" >/dev/null
@@ -48,14 +48,10 @@ if ! $B inspect "docker.io/library/rust:$RUST_VERSION-bookworm" >/dev/null 2>&1;
   # This network's TLS is re-signed by a CA only the host trusts; crates.io needs it.
   cp /etc/ssl/certs/ca-certificates.crt "$T/rt/etc/ssl/certs/host-ca.crt"
   tar -C "$T/rt" -cf "$T/rt.tar" .
-  c=$($B from scratch)
-  $B add "$c" "$T/rust.tar" / >/dev/null
-  $B add "$c" "$T/rt.tar" / >/dev/null
-  $B config --env PATH=/usr/local/rust/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-    --env CARGO_HOME=/usr/local/cargo --env SSL_CERT_FILE=/etc/ssl/certs/host-ca.crt \
-    --env CARGO_HTTP_CAINFO=/etc/ssl/certs/host-ca.crt "$c"
-  $B commit -q "$c" "docker.io/library/rust:$RUST_VERSION-bookworm" >/dev/null
-  $B rm "$c" >/dev/null
+  standin "docker.io/library/rust:$RUST_VERSION-bookworm" "$T/rust.tar $T/rt.tar" \
+    PATH=/usr/local/rust/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    CARGO_HOME=/usr/local/cargo SSL_CERT_FILE=/etc/ssl/certs/host-ca.crt \
+    CARGO_HTTP_CAINFO=/etc/ssl/certs/host-ca.crt
 fi
 if ! $B inspect "ghcr.io/astral-sh/uv:$UV_VERSION" >/dev/null 2>&1; then
   log "stand-in ghcr.io/astral-sh/uv:$UV_VERSION (the pinned uv from PyPI)"
