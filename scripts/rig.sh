@@ -4,22 +4,32 @@
 # are left alone and rootfs tarballs are cached in $RIG_CACHE.
 #
 #   plain registry   http://127.0.0.1:5000   (CNCF distribution 2.8, no auth)
+#   docker.io mirror http://127.0.0.1:5001   (plain; library/python:3.11-slim and 3.13-slim)
 #   TLS registry     https://127.0.0.1:5443  (self-signed cert, htpasswd basic auth rig/rigpass)
 #   MQTT broker      127.0.0.1:9027          (mosquitto)
 #   containerd       /run/flops-rig/containerd.sock (its own instance; tests use namespace flops-test)
-#   Python env       /var/lib/flops-rig/pyenv    (the FL runtime's deps + pytest, for its tests)
-#   base image       127.0.0.1:5000/library/python:3.11-slim  (index: linux/amd64 + linux/arm64)
+#   MLflow server    http://127.0.0.1:5080       (sqlite backend, served artifacts; its own venv)
+#   Python envs      /var/lib/flops-rig/pyenv         (the FL runtimes' deps at their newest + pytest)
+#                    /var/lib/flops-rig/pyenv-lowest  (the same at their lowest allowed versions)
+#   base images      127.0.0.1:5000/library/python:3.11-slim, and on the mirror 3.11-slim + 3.13-slim
+#                    (indexes: linux/amd64 + linux/arm64; Debian bookworm and trixie)
 #   builder base     127.0.0.1:5000/library/flops-builder-base:bookworm (for the builder's own image)
 #
 # Must run as root on Debian bookworm. Usage: scripts/rig.sh [install|services|base|builder-base|pyenv|bench-base|all]
+# (pyenv builds every Python env, the MLflow server's included; services needs them.)
 set -euo pipefail
 
 RIG_STATE=${RIG_STATE:-/var/lib/flops-rig}
 RIG_CACHE=${RIG_CACHE:-/var/cache/flops-rig}
 PLAIN=127.0.0.1:5000
+# Plays docker.io for tests (--registry-mirror docker.io=http://127.0.0.1:5001): no Docker Hub here.
+MIRROR=127.0.0.1:5001
 TLS=127.0.0.1:5443
 MQTT_PORT=9027
-PACKAGES=(docker-registry mosquitto mosquitto-clients containerd skopeo umoci mmdebstrap apache2-utils openssl curl jq ca-certificates git file zstd binutils libssl-dev pkg-config)
+MLFLOW_PORT=5080
+# The tracking server the aggregator logs to and the trained-model plan reads from.
+MLFLOW_SERVER=("mlflow==3.1.4" "sqlalchemy<2.1")
+PACKAGES=(docker-registry mosquitto mosquitto-clients containerd skopeo umoci mmdebstrap apache2-utils openssl curl jq ca-certificates git file zstd binutils libssl-dev pkg-config qemu-user-static)
 
 log() { printf '[rig %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 
@@ -76,8 +86,14 @@ start_services() {
   if ! listening 5000; then
     registry_config registry-plain $PLAIN ""
     log "starting plain registry on $PLAIN"
-    setsid docker-registry serve "$RIG_STATE/registry-plain.yml" >"$RIG_STATE/registry-plain.log" 2>&1 < /dev/null &
+    setsid docker-registry serve "$RIG_STATE/registry-plain.yml" >"$RIG_STATE/registry-plain.log" 2>&1 < /dev/null 9>&- &
     wait_port 5000
+  fi
+  if ! listening 5001; then
+    registry_config registry-mirror $MIRROR ""
+    log "starting the docker.io mirror registry on $MIRROR"
+    setsid docker-registry serve "$RIG_STATE/registry-mirror.yml" >"$RIG_STATE/registry-mirror.log" 2>&1 < /dev/null 9>&- &
+    wait_port 5001
   fi
   if ! listening 5443; then
     if [ ! -f "$RIG_STATE/tls.crt" ]; then
@@ -89,15 +105,16 @@ start_services() {
 auth:
   htpasswd: { realm: flops-rig, path: $RIG_STATE/htpasswd }"
     log "starting TLS+basic-auth registry on $TLS"
-    setsid docker-registry serve "$RIG_STATE/registry-tls.yml" >"$RIG_STATE/registry-tls.log" 2>&1 < /dev/null &
+    setsid docker-registry serve "$RIG_STATE/registry-tls.yml" >"$RIG_STATE/registry-tls.log" 2>&1 < /dev/null 9>&- &
     wait_port 5443
   fi
   if ! listening $MQTT_PORT; then
     printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\n' $MQTT_PORT >"$RIG_STATE/mosquitto.conf"
     log "starting mosquitto on 127.0.0.1:$MQTT_PORT"
-    setsid mosquitto -c "$RIG_STATE/mosquitto.conf" >"$RIG_STATE/mosquitto.log" 2>&1 < /dev/null &
+    setsid mosquitto -c "$RIG_STATE/mosquitto.conf" >"$RIG_STATE/mosquitto.log" 2>&1 < /dev/null 9>&- &
     wait_port $MQTT_PORT
   fi
+  start_mlflow
   start_containerd
 }
 
@@ -121,26 +138,53 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
   address = ""
 EOF
   log "starting containerd on $CONTAINERD_SOCK"
-  setsid containerd --config "$RIG_STATE/containerd.toml" >"$RIG_STATE/containerd.log" 2>&1 < /dev/null &
+  setsid containerd --config "$RIG_STATE/containerd.toml" >"$RIG_STATE/containerd.log" 2>&1 < /dev/null 9>&- &
   for _ in $(seq 1 100); do ctr -a $CONTAINERD_SOCK version >/dev/null 2>&1 && return 0; sleep 0.1; done
   echo "containerd did not start; see $RIG_STATE/containerd.log" >&2; return 1
 }
 
-# The FL runtime's own tests (pytest) run in a venv with its requirements, made by uv.
-build_pyenv() {
-  local req stamp
-  req="$(dirname "$0")/../base-layers/fl-learner/requirements.txt"
-  stamp="$(sha256sum "$req" | cut -c1-16) pytest"
-  if [ "$(cat "$RIG_STATE/pyenv.stamp" 2>/dev/null)" = "$stamp" ] && [ -x "$RIG_STATE/pyenv/bin/python" ]; then
-    return 0
-  fi
-  log "creating the runtime's Python env in $RIG_STATE/pyenv"
-  rm -rf "$RIG_STATE/pyenv"
-  uv venv -q "$RIG_STATE/pyenv" --python "$(command -v python3)"
-  uv pip install -q --python "$RIG_STATE/pyenv/bin/python" -r "$req" pytest
-  echo "$stamp" >"$RIG_STATE/pyenv.stamp"
+# A venv made by uv from requirement arguments (`-r FILE` or specifiers), rebuilt only when
+# the arguments or the files they name change. $1=name, then uv pip install arguments.
+make_venv() {
+  local name=$1; shift
+  local dir="$RIG_STATE/$name" stamp arg prev=""
+  stamp=$( { printf '%s\n' "$@"; for arg in "$@"; do [ "$prev" = -r ] && cat "$arg"; prev=$arg; done; } | sha256sum | cut -c1-16)
+  if [ "$(cat "$dir.stamp" 2>/dev/null)" = "$stamp" ] && [ -x "$dir/bin/python" ]; then return 0; fi
+  log "creating the Python env $dir"
+  rm -rf "$dir"
+  uv venv -q "$dir" --python "$(command -v python3)"
+  uv pip install -q --python "$dir/bin/python" "$@"
+  echo "$stamp" >"$dir.stamp"
 }
 
+# The FL runtimes' own tests (pytest) run against their requirements at both ends of the
+# allowed ranges: newest (pyenv) and lowest direct versions (pyenv-lowest).
+build_pyenv() {
+  local here reqs=()
+  here="$(cd "$(dirname "$0")/.." && pwd)"
+  for f in "$here"/base-layers/fl-*/requirements.txt "$here"/base-layers/*/tests/test-requirements.txt; do
+    [ -f "$f" ] && reqs+=(-r "$f")
+  done
+  make_venv pyenv "${reqs[@]}" "pytest>=8"
+  make_venv pyenv-lowest --resolution lowest-direct --no-build "${reqs[@]}" "pytest>=8"
+  make_venv mlflow "${MLFLOW_SERVER[@]}"
+}
+
+start_mlflow() {
+  if curl -fsS "http://127.0.0.1:$MLFLOW_PORT/health" >/dev/null 2>&1; then return 0; fi
+  [ -x "$RIG_STATE/mlflow/bin/mlflow" ] || { echo "the MLflow env is missing: run scripts/rig.sh pyenv" >&2; return 1; }
+  mkdir -p "$RIG_STATE/mlflow-data/artifacts"
+  log "starting the MLflow tracking server on 127.0.0.1:$MLFLOW_PORT"
+  setsid "$RIG_STATE/mlflow/bin/mlflow" server --host 127.0.0.1 --port $MLFLOW_PORT --workers 2 \
+    --backend-store-uri "sqlite:///$RIG_STATE/mlflow-data/mlflow.db" \
+    --artifacts-destination "$RIG_STATE/mlflow-data/artifacts" --serve-artifacts \
+    >"$RIG_STATE/mlflow.log" 2>&1 < /dev/null 9>&- &
+  for _ in $(seq 1 300); do
+    curl -fsS "http://127.0.0.1:$MLFLOW_PORT/health" >/dev/null 2>&1 && return 0
+    sleep 0.2
+  done
+  echo "the MLflow server did not start; see $RIG_STATE/mlflow.log" >&2; return 1
+}
 
 # The mirror comes from this machine's own apt sources, never a hard-coded host.
 apt_mirror() {
@@ -151,39 +195,47 @@ apt_mirror() {
   echo "$m"
 }
 
-# rootfs tarball, cached by its package list. $1=arch $2=variant $3=packages
+# rootfs tarball, cached by its suite and package list. $1=arch $2=variant $3=packages $4=suite
 # Bumped when the rootfs recipe changes, so cached tarballs and pushed bases are rebuilt.
 # v2: docs, man pages and locales really left out (dpkg's path-exclude takes no braces).
 # v3: merged /usr by mmdebstrap's hook, not the usrmerge package (which pulls in all of perl).
-ROOTFS_VERSION=v3
+# v4: the suite is part of the recipe (bookworm and trixie bases).
+ROOTFS_VERSION=v4
 rootfs() {
-  local out="$RIG_CACHE/rootfs-$ROOTFS_VERSION-$1-$2-$(echo "$3" | tr ',' '_').tar"
+  local suite=${4:-bookworm}
+  local out="$RIG_CACHE/rootfs-$ROOTFS_VERSION-$suite-$1-$2-$(echo "$3" | tr ',' '_').tar"
   if [ ! -s "$out" ]; then
     mkdir -p "$RIG_CACHE"
-    log "mmdebstrap $1 ($2): $3"
+    log "mmdebstrap $suite $1 ($2): $3"
     # No device nodes: umoci unpack as root in an unprivileged container cannot mknod.
     mmdebstrap --quiet --format=tar --variant="$2" --architectures="$1" --include="$3" \
       --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
       --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-exclude=/usr/share/info/*' \
       --dpkgopt='path-include=/usr/share/doc/*/copyright' \
       --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr --skip=output/dev \
-      bookworm "$out.tmp" "$(apt_mirror)" >&2
+      "$suite" "$out.tmp" "$(apt_mirror)" >&2
     mv "$out.tmp" "$out"
   fi
   echo "$out"
 }
 
-# Pushes 127.0.0.1:5000/library/<name>:<tag> as an index of linux/amd64 + linux/arm64 (and each
-# platform alone as <tag>-amd64 / <tag>-arm64, plus a Docker v2s2 copy as <tag>-docker).
-push_base() { # name tag packages
-  local name=$1 tag=$2 pkgs=$3
-  local stamp="$RIG_STATE/base-$name-$tag.pkgs"
-  if [ "$(cat "$stamp" 2>/dev/null)" = "$ROOTFS_VERSION $pkgs" ] && skopeo inspect --raw --tls-verify=false "docker://$PLAIN/library/$name:$tag" >/dev/null 2>&1; then
-    log "base $PLAIN/library/$name:$tag already present"; return 0
-  fi
+# Pushes library/<name>:<tag> to each registry of $REGISTRIES (space separated; default the
+# plain one) as an index of linux/amd64 + linux/arm64 (and each platform alone as <tag>-amd64 /
+# <tag>-arm64, plus a Docker v2s2 copy as <tag>-docker), from Debian <suite> packages.
+push_base() { # name tag packages [suite]
+  local name=$1 tag=$2 pkgs=$3 suite=${4:-bookworm} reg todo=()
+  for reg in ${REGISTRIES:-$PLAIN}; do
+    local stamp="$RIG_STATE/base-${reg//[:.]/_}-$name-$tag.pkgs"
+    if [ "$(cat "$stamp" 2>/dev/null)" = "$ROOTFS_VERSION $suite $pkgs" ] && skopeo inspect --raw --tls-verify=false "docker://$reg/library/$name:$tag" >/dev/null 2>&1; then
+      log "base $reg/library/$name:$tag already present"
+    else
+      todo+=("$reg")
+    fi
+  done
+  [ ${#todo[@]} -gt 0 ] || return 0
   local amd arm layout pyver
-  amd=$(rootfs amd64 essential "$pkgs")
-  arm=$(rootfs arm64 extract "$pkgs")
+  amd=$(rootfs amd64 essential "$pkgs" "$suite")
+  arm=$(rootfs arm64 extract "$pkgs" "$suite")
   layout=$(mktemp -d)
   # PYTHON_VERSION as the official python images set it: read from the installed Debian package.
   pyver=$(tar -xOf "$amd" ./var/lib/dpkg/status | awk '/^Package: python3\.[0-9]+-minimal$/{f=1} f&&/^Version:/{print $2; exit}' | cut -d- -f1)
@@ -196,23 +248,30 @@ push_base() { # name tag packages
     umoci config --image "$layout/oci:$arch" --os linux --architecture $arch \
       --config.env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
       --config.env LANG=C.UTF-8 --config.env PYTHON_VERSION="$pyver" \
-      --config.cmd python3 --history.created_by "mmdebstrap bookworm $pkgs" >/dev/null
+      --config.cmd python3 --history.created_by "mmdebstrap $suite $pkgs" >/dev/null
   done
   python3 "$(dirname "$0")/make-index.py" "$layout/oci" "$tag" amd64 arm64
-  log "pushing $PLAIN/library/$name:$tag"
-  skopeo copy --quiet --all --dest-tls-verify=false "oci:$layout/oci:$tag" "docker://$PLAIN/library/$name:$tag"
-  for arch in amd64 arm64; do
-    skopeo copy --quiet --dest-tls-verify=false "oci:$layout/oci:$arch" "docker://$PLAIN/library/$name:$tag-$arch"
+  for reg in "${todo[@]}"; do
+    log "pushing $reg/library/$name:$tag"
+    skopeo copy --quiet --all --dest-tls-verify=false "oci:$layout/oci:$tag" "docker://$reg/library/$name:$tag"
+    for arch in amd64 arm64; do
+      skopeo copy --quiet --dest-tls-verify=false "oci:$layout/oci:$arch" "docker://$reg/library/$name:$tag-$arch"
+    done
+    skopeo copy --quiet --format v2s2 --dest-tls-verify=false "oci:$layout/oci:amd64" "docker://$reg/library/$name:$tag-docker"
+    echo "$ROOTFS_VERSION $suite $pkgs" >"$RIG_STATE/base-${reg//[:.]/_}-$name-$tag.pkgs"
   done
-  skopeo copy --quiet --format v2s2 --dest-tls-verify=false "oci:$layout/oci:amd64" "docker://$PLAIN/library/$name:$tag-docker"
   rm -rf "$layout"
-  echo "$ROOTFS_VERSION $pkgs" >"$stamp"
 }
 
+# What python:X.Y-slim offers wheels: python3 with the standard library the official images
+# have (Debian splits distutils and lib2to3 out of 3.11's), CA certificates, libstdc++ and
+# libgomp (scipy, scikit-learn and pyarrow link against them). The target registry gets 3.11;
+# the docker.io mirror gets 3.11 (bookworm) and 3.13 (trixie), as Docker Hub has them.
+BOOKWORM_PYTHON=python3,python-is-python3,python3-distutils,python3-lib2to3,ca-certificates,libstdc++6,libgomp1
+TRIXIE_PYTHON=python3,python-is-python3,ca-certificates,libstdc++6,libgomp1
 build_base() {
-  # What python:3.11-slim offers wheels: python3, CA certificates, libstdc++ and libgomp
-  # (scipy, scikit-learn and pyarrow link against them).
-  push_base python 3.11-slim python3,python-is-python3,ca-certificates,libstdc++6,libgomp1
+  REGISTRIES="$PLAIN $MIRROR" push_base python 3.11-slim "$BOOKWORM_PYTHON" bookworm
+  REGISTRIES="$MIRROR" push_base python 3.13-slim "$TRIXIE_PYTHON" trixie
 }
 
 # The builder's own image (scripts/self-package.sh) goes on this, as the Dockerfile's final
@@ -243,6 +302,11 @@ build_bench_base() {
 }
 
 need_root
+# One rig run at a time (tests, helpers and CI may start it concurrently; venvs are rebuilt in place).
+mkdir -p /run/flops-rig
+# Services started below close fd 9 (`9>&-`): a daemon holding it would hold the lock forever.
+exec 9>/run/flops-rig/rig.lock
+flock 9
 case "${1:-all}" in
   install) install_packages; install_uv ;;
   services) start_services ;;
@@ -250,6 +314,6 @@ case "${1:-all}" in
   pyenv) install_uv; build_pyenv ;;
   builder-base) start_services; build_builder_base ;;
   bench-base) start_services; build_bench_base ;;
-  all) install_packages; install_uv; start_services; build_base; build_builder_base; build_pyenv ;;
+  all) install_packages; install_uv; build_pyenv; start_services; build_base; build_builder_base ;;
   *) echo "usage: $0 [install|services|base|builder-base|pyenv|bench-base|all]" >&2; exit 2 ;;
 esac

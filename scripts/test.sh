@@ -11,5 +11,12 @@ fi
 cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --locked 2>&1
-# The FL learner runtime's own tests: real Flower and Arrow Flight servers and mosquitto.
-/var/lib/flops-rig/pyenv/bin/python -m pytest -q base-layers/fl-learner/tests
+# The runtimes' own tests (real Flower, Arrow Flight and MLflow servers, mosquitto), at both
+# ends of their requirement ranges.
+# One pytest run per runtime: each puts its own main.py first on sys.path.
+for env in pyenv pyenv-lowest; do
+  for suite in base-layers/*/tests; do
+    echo "== pytest $suite ($env)"
+    /var/lib/flops-rig/$env/bin/python -m pytest -q "$suite"
+  done
+done

@@ -11,6 +11,8 @@ pub enum Kind {
     BadInput,
     /// The registry or network refused or failed — exit 4.
     Registry,
+    /// The command line is wrong (an unknown flavor, a missing argument) — exit 2.
+    Usage,
 }
 
 impl Kind {
@@ -19,6 +21,7 @@ impl Kind {
             Kind::Internal => 1,
             Kind::BadInput => 3,
             Kind::Registry => 4,
+            Kind::Usage => 2,
         }
     }
 }
@@ -54,15 +57,51 @@ pub fn registry(msg: impl Into<String>) -> anyhow::Error {
     .into()
 }
 
+pub fn usage(msg: impl Into<String>) -> anyhow::Error {
+    Classified {
+        kind: Kind::Usage,
+        msg: msg.into(),
+    }
+    .into()
+}
+
+/// `head: item` for one item; `head:` then one indented line per item for several (stderr
+/// keeps the lines, [`one_line`] joins them).
+pub fn listed(head: &str, items: &[String]) -> String {
+    match items {
+        [one] => format!("{head}: {one}"),
+        _ => format!("{head}:\n  {}", items.join("\n  ")),
+    }
+}
+
 /// The class of an error: the outermost [`Classified`] in its chain, else Internal.
 pub fn kind_of(err: &anyhow::Error) -> Kind {
     err.chain()
-        .find_map(|e| e.downcast_ref::<Classified>().map(|c| c.kind))
+        .find_map(|e| {
+            e.downcast_ref::<Classified>().map(|c| c.kind).or_else(|| {
+                // The resolver's explanation of a conflict is about the user's input.
+                e.is::<crate::deps::resolve::Unsatisfiable>()
+                    .then_some(Kind::BadInput)
+            })
+        })
         .unwrap_or(Kind::Internal)
 }
 
-/// One line for the user: the whole context chain joined, disk-full spelled out.
+/// One line for the user (MQTT payloads, observer messages): the whole context chain joined,
+/// a list's lines joined by `; `, disk-full spelled out.
 pub fn one_line(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for line in full(err).lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if !out.is_empty() {
+            out.push_str(if out.ends_with(':') { " " } else { "; " });
+        }
+        out.push_str(line);
+    }
+    out
+}
+
+/// The message for stderr: the context chain joined, a list keeping one line per item.
+pub fn full(err: &anyhow::Error) -> String {
     let mut line = format!("{err:#}");
     let disk_full = err.chain().any(|e| {
         e.downcast_ref::<std::io::Error>()
@@ -73,7 +112,7 @@ pub fn one_line(err: &anyhow::Error) -> String {
             " (disk full: free space in the cache directory or point --cache-dir elsewhere)",
         );
     }
-    line.replace('\n', " ")
+    line
 }
 
 #[cfg(test)]
@@ -89,5 +128,10 @@ mod tests {
         assert_eq!(kind_of(&e), Kind::Registry);
         assert_eq!(one_line(&e), "pushing: registry x: 401");
         assert_eq!(kind_of(&anyhow::anyhow!("plain")), Kind::Internal);
+        let list = bad_input("requirements.txt: 2 entries cannot be installed:\n  line 1: a\n  line 2: b");
+        assert_eq!(
+            one_line(&list),
+            "requirements.txt: 2 entries cannot be installed: line 1: a; line 2: b"
+        );
     }
 }

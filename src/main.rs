@@ -6,6 +6,9 @@ use flops_image_builder::oci::image::ConfigChanges;
 use flops_image_builder::oci::layer::Compression;
 use flops_image_builder::oci::reference::Platform;
 use flops_image_builder::oci::registry;
+use flops_image_builder::notify::{
+    Endpoint, Notifier, DEFAULT_MQTT_PORT, DEFAULT_OBSERVER_PORT, DEFAULT_TOPIC_PREFIX,
+};
 use flops_image_builder::pipeline;
 use flops_image_builder::repo::clone::CloneOptions;
 use std::path::PathBuf;
@@ -56,26 +59,28 @@ enum Command {
     Check(CheckArgs),
 }
 
+/// Flags shared by every command that builds and pushes an image.
 #[derive(Args)]
-struct BuildArgs {
-    /// Git URL (https, http, file://) or local path of the ML repo.
-    repo: String,
+struct ImageArgs {
     /// Registry to push to; `http://` selects plain HTTP.
     #[arg(long)]
     registry: String,
-    /// Branch, tag or commit [default: the default branch].
-    #[arg(long = "ref")]
-    git_ref: Option<String>,
     /// Platforms, comma separated; several give an image index.
     #[arg(long, default_value = "linux/amd64")]
     platform: String,
-    /// Base image [default: <registry>/library/python:<python>-slim].
+    /// Base image [default: python:<python>-slim from the target registry, else Docker Hub
+    /// through the mirrors].
     #[arg(long)]
     base_image: Option<String>,
-    /// ML_MODEL_FLAVOR of the image (sklearn, pytorch, tensorflow, keras).
+    /// Registry mirror for pulling bases, REGISTRY=[http://]HOST[:PORT] (repeatable or comma
+    /// separated); registries.conf mirrors ($CONTAINERS_REGISTRIES_CONF or
+    /// /etc/containers/registries.conf) are used too.
+    #[arg(long = "registry-mirror", env = "FLOPS_REGISTRY_MIRRORS", value_name = "REGISTRY=HOST")]
+    registry_mirror: Vec<String>,
+    /// Fail when no base exists for the spec's Python instead of using the nearest newer one.
     #[arg(long)]
-    model_flavor: Option<String>,
-    /// More tags besides the commit sha (repeatable).
+    strict_python: bool,
+    /// More tags besides the plan's own (repeatable).
     #[arg(long)]
     tag: Vec<String>,
     /// Registry (HOST:PORT) that may use plain HTTP or a self-signed certificate (repeatable).
@@ -99,6 +104,9 @@ struct BuildArgs {
     /// Package index URL (uv also reads UV_INDEX_URL / PIP_INDEX_URL).
     #[arg(long)]
     index_url: Option<String>,
+    /// Never build a package from an sdist (no package code runs; sdist-only packages fail).
+    #[arg(long)]
+    no_build: bool,
     /// glibc version of the base image (bounds manylinux wheels).
     #[arg(long, default_value = "2.28")]
     glibc: String,
@@ -108,13 +116,23 @@ struct BuildArgs {
     /// Working directory of the image (repo code goes here).
     #[arg(long, default_value = "/app")]
     workdir: String,
-    /// Refuse repositories larger than this many MB.
-    #[arg(long, default_value_t = 500)]
-    max_repo_size: u64,
     /// Resolve the dependencies again even if a lock of the same inputs exists (picks up new
     /// releases of unpinned packages; the image digest may change).
     #[arg(long)]
     refresh_lock: bool,
+    /// A package that one platform gets and another does not is an error, not a warning.
+    #[arg(long)]
+    strict_platforms: bool,
+    #[command(flatten)]
+    notify: NotifyArgs,
+    /// Print a JSON report on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Where progress messages go (FLOps manager over MQTT, project observer over TCP).
+#[derive(Args)]
+struct NotifyArgs {
     /// FLOps project id, sent in every MQTT message.
     #[arg(long, default_value = "")]
     project_id: String,
@@ -124,18 +142,41 @@ struct BuildArgs {
     /// Project observer, HOST[:PORT] (default port 2727): one text message per phase.
     #[arg(long, value_name = "HOST[:PORT]")]
     observer: Option<String>,
-    /// MQTT topic prefix: <prefix>/started, /success, /failed.
-    #[arg(long, default_value = flops_image_builder::notify::DEFAULT_TOPIC_PREFIX)]
-    topic_prefix: String,
+    /// MQTT topic prefix: <prefix>/started, /success, /failed [default: the plan's FLOps
+    /// subject, flops_manager/fl_actors_image_builder or .../trained_model_image_builder].
+    #[arg(long)]
+    topic_prefix: Option<String>,
     /// Send no MQTT or observer messages.
     #[arg(long, alias = "deactivate-notifications")]
     no_notify: bool,
     /// Seconds to wait for the broker or observer per attempt (3 attempts, then a warning).
     #[arg(long, default_value_t = 2.0)]
     notify_timeout: f64,
-    /// Print a JSON report on stdout.
+}
+
+#[derive(Args)]
+struct BuildArgs {
+    /// Git URL (https, http, file://) or local path of the ML repo.
+    repo: String,
+    /// Branch, tag or commit [default: the default branch].
+    #[arg(long = "ref")]
+    git_ref: Option<String>,
+    /// Also build the aggregator image (FLOps' `fl_actors` plan): learner and aggregator from
+    /// one lock.
     #[arg(long)]
-    json: bool,
+    aggregator: bool,
+    /// ML_MODEL_FLAVOR of the images: sklearn, pytorch, tensorflow or keras (required with
+    /// --aggregator, which saves the model with it).
+    #[arg(long)]
+    model_flavor: Option<String>,
+    /// Accepted for FLOps' command line and ignored: layer reuse replaces prebuilt bases.
+    #[arg(long, hide = true)]
+    use_devel_base_images: bool,
+    /// Refuse repositories larger than this many MB.
+    #[arg(long, default_value_t = 500)]
+    max_repo_size: u64,
+    #[command(flatten)]
+    image: ImageArgs,
 }
 
 #[derive(Args)]
@@ -151,6 +192,12 @@ struct CheckArgs {
     /// Refuse repositories larger than this many MB.
     #[arg(long, default_value_t = 500)]
     max_repo_size: u64,
+    /// Doctor for the learner and the aggregator image (their runtimes' requirements).
+    #[arg(long)]
+    aggregator: bool,
+    /// Platforms the image would have: packages some of them would lack are reported.
+    #[arg(long, default_value = "linux/amd64")]
+    platform: String,
     /// Print a JSON report on stdout.
     #[arg(long)]
     json: bool,
@@ -270,9 +317,15 @@ async fn run_check(a: CheckArgs) -> anyhow::Result<()> {
         git_ref: a.git_ref,
         max_bytes: a.max_repo_size * 1_000_000,
     };
-    let (report, _checkout) =
-        tokio::task::spawn_blocking(move || pipeline::check(&a.repo, &opts, a.registry.as_deref()))
-            .await??;
+    let platforms = Platform::parse_list(&a.platform)?;
+    let runtime = runtime_requirements(a.aggregator);
+    let (mut report, _checkout) = tokio::task::spawn_blocking(move || {
+        pipeline::check(&a.repo, &opts, a.registry.as_deref(), &runtime)
+    })
+    .await??;
+    report
+        .warnings
+        .extend(pipeline::source::platform_warnings(&report, &platforms)?);
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -281,41 +334,55 @@ async fn run_check(a: CheckArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run_build(a: BuildArgs) -> anyhow::Result<()> {
-    use flops_image_builder::notify::{
-        Endpoint, Notifier, DEFAULT_MQTT_PORT, DEFAULT_OBSERVER_PORT,
-    };
-    let notifier = if a.no_notify {
-        Notifier::disabled()
-    } else {
-        let mqtt = a
-            .mqtt
-            .as_deref()
-            .map(|m| Endpoint::parse(m, DEFAULT_MQTT_PORT))
-            .transpose()?;
-        let observer = a
-            .observer
-            .as_deref()
-            .map(|o| Endpoint::parse(o, DEFAULT_OBSERVER_PORT))
-            .transpose()?;
-        Notifier::new(
-            &a.project_id,
-            mqtt,
-            observer,
-            &a.topic_prefix,
-            std::time::Duration::from_secs_f64(a.notify_timeout.max(0.1)),
-        )
-    };
-    let source = flops_image_builder::repo::naming::split_credentials(&a.repo).0;
-    notifier.started(&source).await;
-    let json = a.json;
-    match build_with(a, &notifier).await {
+/// The requirements the FL runtimes add: the learner's, and the aggregator's with it.
+fn runtime_requirements(aggregator: bool) -> String {
+    use flops_image_builder::repo::augment::{AGGREGATOR, LEARNER};
+    let mut r = LEARNER.requirements.to_string();
+    if aggregator {
+        r.push_str(AGGREGATOR.requirements);
+    }
+    r
+}
+
+fn notifier(n: &NotifyArgs, default_prefix: &str) -> anyhow::Result<Notifier> {
+    if n.no_notify {
+        return Ok(Notifier::disabled());
+    }
+    let mqtt = n
+        .mqtt
+        .as_deref()
+        .map(|m| Endpoint::parse(m, DEFAULT_MQTT_PORT))
+        .transpose()?;
+    let observer = n
+        .observer
+        .as_deref()
+        .map(|o| Endpoint::parse(o, DEFAULT_OBSERVER_PORT))
+        .transpose()?;
+    Ok(Notifier::new(
+        &n.project_id,
+        mqtt,
+        observer,
+        n.topic_prefix.as_deref().unwrap_or(default_prefix),
+        std::time::Duration::from_secs_f64(n.notify_timeout.max(0.1)),
+    ))
+}
+
+/// Runs a plan between `started` and exactly one `success` or `failed` message.
+async fn notified<R: serde::Serialize>(
+    notifier: &Notifier,
+    what: &str,
+    json: bool,
+    reference: impl Fn(&R) -> String,
+    plan: impl std::future::Future<Output = anyhow::Result<R>>,
+) -> anyhow::Result<()> {
+    notifier.started(what).await;
+    match plan.await {
         Ok(report) => {
             notifier.success(serde_json::to_value(&report)?).await;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                println!("{}", report.image.reference);
+                println!("{}", reference(&report));
             }
             Ok(())
         }
@@ -327,42 +394,92 @@ async fn run_build(a: BuildArgs) -> anyhow::Result<()> {
     }
 }
 
-async fn build_with(
-    a: BuildArgs,
-    notifier: &flops_image_builder::notify::Notifier,
-) -> anyhow::Result<pipeline::BuildReport> {
+async fn run_build(a: BuildArgs) -> anyhow::Result<()> {
+    let notifier = notifier(&a.image.notify, DEFAULT_TOPIC_PREFIX)?;
+    if let Err(e) = validate_build(&a) {
+        notifier.failed(&one_line(&e)).await;
+        return Err(e);
+    }
+    if a.use_devel_base_images {
+        tracing::warn!("--use-devel-base-images is ignored: dependency layers are reused from the registry instead of prebuilt development bases");
+    }
+    let source = flops_image_builder::repo::naming::split_credentials(&a.repo).0;
+    let json = a.image.json;
+    let aggregator = a.aggregator;
+    let req = pipeline::fl_actors::BuildRequest {
+        repo: a.repo.clone(),
+        clone: CloneOptions {
+            git_ref: a.git_ref.clone(),
+            max_bytes: a.max_repo_size * 1_000_000,
+        },
+        opts: options(&a.image, a.model_flavor.clone())?,
+    };
+    let reference = |r: &pipeline::fl_actors::FlReport| {
+        if r.images.is_empty() {
+            r.image.reference.clone()
+        } else {
+            r.images
+                .values()
+                .map(|i| i.reference.clone())
+                .collect::<Vec<_>>()
+                .join("\n")
+        }
+    };
+    if aggregator {
+        notified(&notifier, &source, json, reference, pipeline::fl_actors::build(&req, &notifier)).await
+    } else {
+        notified(&notifier, &source, json, reference, pipeline::learner::build(&req, &notifier)).await
+    }
+}
+
+/// Command-line checks that need no network: the flavor FLOps accepts.
+fn validate_build(a: &BuildArgs) -> anyhow::Result<()> {
+    match &a.model_flavor {
+        Some(f) => pipeline::check_flavor(f),
+        None if a.aggregator => Err(flops_image_builder::error::usage(format!(
+            "--aggregator needs --model-flavor (one of {}): the aggregator saves the model with it",
+            pipeline::MODEL_FLAVORS.join(", ")
+        ))),
+        None => Ok(()),
+    }
+}
+
+fn options(a: &ImageArgs, model_flavor: Option<String>) -> anyhow::Result<pipeline::Options> {
     let glibc = a
         .glibc
         .split_once('.')
         .and_then(|(x, y)| Some((x.parse().ok()?, y.parse().ok()?)))
         .ok_or_else(|| bad_input(format!("invalid --glibc {:?}: use MAJOR.MINOR", a.glibc)))?;
-    let req = pipeline::BuildRequest {
-        repo: a.repo,
-        clone: CloneOptions {
-            git_ref: a.git_ref,
-            max_bytes: a.max_repo_size * 1_000_000,
-        },
-        registry: a.registry,
+    let conf = flops_image_builder::oci::mirrors::Mirrors::default_conf();
+    Ok(pipeline::Options {
+        registry: a.registry.clone(),
         platforms: Platform::parse_list(&a.platform)?,
-        base_image: a.base_image,
-        model_flavor: a.model_flavor,
-        extra_tags: a.tag,
+        base_image: a.base_image.clone(),
+        model_flavor,
+        extra_tags: a.tag.clone(),
         registry_opts: registry::Options {
-            insecure: a.insecure_registry,
+            insecure: a.insecure_registry.clone(),
         },
         compression: Compression::parse(&a.compression, a.compression_level)?,
-        cache_dir: a.cache_dir.unwrap_or_else(default_cache_dir),
+        cache_dir: a.cache_dir.clone().unwrap_or_else(default_cache_dir),
         max_dep_layers: a.max_dep_layers,
         resolve: flops_image_builder::deps::resolve::ResolveOptions {
-            uv: a.uv,
-            index_url: a.index_url,
+            uv: a.uv.clone(),
+            index_url: a.index_url.clone(),
+            extra_index_urls: Vec::new(),
+            no_build: a.no_build,
         },
         glibc,
-        python: a.python,
-        workdir: a.workdir,
+        python: a.python.clone(),
+        workdir: a.workdir.clone(),
         refresh_lock: a.refresh_lock,
-    };
-    pipeline::build(req, notifier).await
+        strict_platforms: a.strict_platforms,
+        strict_python: a.strict_python,
+        mirrors: flops_image_builder::oci::mirrors::Mirrors::load(
+            &a.registry_mirror,
+            conf.as_deref(),
+        )?,
+    })
 }
 
 /// Upstream's positional form, `<repo_url> <registry_url> <project_id> <mqtt_ip> <mqtt_port>
@@ -393,8 +510,103 @@ fn seed_args(args: Vec<String>) -> Vec<String> {
     args
 }
 
+/// Today's FLOps manager form, rewritten to the named commands:
+/// `<registry_url> <flops_project_id> <mqtt_ip> <project_observer_ip>
+/// [--supported_platforms=P1[,P2]] [--deactivate-notifications] <plan> <plan args...>` with
+/// plan `fl_actors <repo_url> <ml_model_flavor> [--use-devel-base-images]` (→ `build
+/// --aggregator`) or `trained_model <customer_id> <tracking_server_uri> <run_id>` (→ `model`).
+/// As upstream pushed with TLS verification off, the registry host is `--insecure-registry`.
+/// `Err` is a usage message for a form that names a plan but lacks its arguments.
+fn manager_args(args: &[String]) -> Option<Result<Vec<String>, String>> {
+    let plan_at = args.iter().position(|a| a == "fl_actors" || a == "trained_model")?;
+    let mut positional = Vec::new();
+    let mut platforms = None;
+    let mut quiet = false;
+    let mut extra = Vec::new();
+    let mut i = 1;
+    while i < args.len() {
+        let a = &args[i];
+        if let Some(p) = a.strip_prefix("--supported_platforms=") {
+            platforms = Some(p.to_string());
+        } else if a == "--supported_platforms" {
+            i += 1;
+            platforms = args.get(i).cloned();
+        } else if a == "--deactivate-notifications" {
+            quiet = true;
+        } else if a == "--use-devel-base-images" {
+            extra.push(a.clone());
+        } else if i != plan_at {
+            positional.push(a.clone());
+        }
+        i += 1;
+    }
+    let plan = args[plan_at].as_str();
+    let want = if plan == "fl_actors" { 6 } else { 7 };
+    if positional.len() != want {
+        return Some(Err(format!(
+            "usage: <registry_url> <flops_project_id> <mqtt_ip> <project_observer_ip> [--supported_platforms=P1[,P2]] [--deactivate-notifications] {}",
+            if plan == "fl_actors" {
+                "fl_actors <repo_url> <ml_model_flavor> [--use-devel-base-images]"
+            } else {
+                "trained_model <customer_id> <tracking_server_uri> <run_id>"
+            }
+        )));
+    }
+    let [reg, project, mqtt, observer] = [0, 1, 2, 3].map(|k| positional[k].clone());
+    let host = flops_image_builder::repo::naming::registry_host(&reg);
+    let mut v: Vec<String> = vec![args[0].clone()];
+    if plan == "fl_actors" {
+        v.extend([
+            "build".into(),
+            "--aggregator".into(),
+            positional[4].clone(),
+            "--model-flavor".into(),
+            positional[5].clone(),
+        ]);
+    } else {
+        v.extend([
+            "model".into(),
+            "--customer-id".into(),
+            positional[4].clone(),
+            "--tracking-uri".into(),
+            positional[5].clone(),
+            "--run-id".into(),
+            positional[6].clone(),
+        ]);
+    }
+    v.extend([
+        "--registry".into(),
+        reg,
+        "--insecure-registry".into(),
+        host,
+        "--project-id".into(),
+        project,
+        "--mqtt".into(),
+        mqtt,
+        "--observer".into(),
+        observer,
+    ]);
+    if let Some(p) = platforms {
+        v.extend(["--platform".into(), p]);
+    }
+    if quiet {
+        v.push("--no-notify".into());
+    }
+    v.extend(extra);
+    Some(Ok(v))
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse_from(seed_args(std::env::args().collect()));
+    let args: Vec<String> = std::env::args().collect();
+    let args = match manager_args(&args) {
+        Some(Ok(v)) => v,
+        Some(Err(usage)) => {
+            eprintln!("error: {usage}");
+            return ExitCode::from(2);
+        }
+        None => seed_args(args),
+    };
+    let cli = Cli::parse_from(args);
     let level = match (cli.quiet, cli.verbose) {
         (true, _) => "error",
         (_, 0) => "info",
@@ -426,7 +638,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", one_line(&e));
+            eprintln!("error: {}", flops_image_builder::error::full(&e));
             ExitCode::from(kind_of(&e).exit_code() as u8)
         }
     }

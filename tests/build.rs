@@ -45,9 +45,11 @@ for rec in glob.glob(site + "/*.dist-info/RECORD"):
 print(n)
 "#;
 
+/// Files installed in a site-packages, without the ones installers differ on (and our site
+/// hook, which is not a package's).
 fn site_files(root: &Path) -> Vec<String> {
     let out = sh(&format!(
-        "cd {} && find . -type f ! -path './bin/*' ! -path '*__pycache__*' ! -name INSTALLER ! -name RECORD ! -name REQUESTED ! -name direct_url.json ! -name uv_cache.json ! -path ./.lock | sort",
+        "cd {} && find . -type f ! -path './bin/*' ! -path '*__pycache__*' ! -name INSTALLER ! -name RECORD ! -name REQUESTED ! -name direct_url.json ! -name uv_cache.json ! -path ./.lock ! -path ./sitecustomize.py | sort",
         root.display()
     ));
     out.lines().map(str::to_string).collect()
@@ -216,7 +218,10 @@ fn bad_dependencies_fail_clearly_and_tag_nothing() {
 
     let sdist_only = "lock-version = \"1.0\"\ncreated-by = \"test\"\n[[packages]]\nname = \"legacy\"\nversion = \"0.1\"\nsdist = { url = \"https://files.example/legacy-0.1.tar.gz\", hashes = { sha256 = \"ff\" } }\n";
     let repo = locked_repo(&parent, "sdist", sdist_only);
-    expect_failure(&build(&repo, cache.path(), &[]), "no wheel of legacy 0.1 for linux/amd64 (CPython 3.11): it has only an sdist, and sdists are not built");
+    expect_failure(
+        &build(&repo, cache.path(), &["--no-build"]),
+        "--no-build: these packages ship only an sdist for linux/amd64, and building them is turned off: legacy 0.1 (only an sdist: legacy-0.1.tar.gz)",
+    );
     assert!(!tagged(&owner, "sdist"));
 
     let wheels = d.path().join("w");

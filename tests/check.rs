@@ -48,7 +48,7 @@ fn mlflow_style_repo_over_file_url_and_local_path() {
         assert_eq!(r["python"], "3.11");
         assert_eq!(
             strs(&r["requirements"]),
-            ["cloudpickle==3.0.0", "numpy==1.26.4", "scikit-learn==1.4.2"]
+            ["cloudpickle==3.0.0", "numpy==1.26.4", "scikit-learn==1.4.2", "setuptools<82"]
         );
         let rules: Vec<&str> = r["doctor"]
             .as_array()
@@ -62,7 +62,8 @@ fn mlflow_style_repo_over_file_url_and_local_path() {
                 "conda-env-name",
                 "python-patch-pin",
                 "drop-pip-pin",
-                "mlflow"
+                "mlflow",
+                "implicit-setuptools"
             ]
         );
         assert!(r["doctor"][3]["detail"]
@@ -107,7 +108,7 @@ fn code_importing_mlflow_gets_mlflow_skinny() {
     );
     assert_eq!(
         strs(&r["warnings"]),
-        vec!["the repo's main.py is replaced by the FL learner runtime's main.py"],
+        vec!["the repo's main.py is replaced by the FL runtime's main.py"],
         "{r}"
     );
 }
@@ -126,7 +127,8 @@ fn requirements_and_pyproject_repos_and_precedence() {
         [
             "numpy>=1.26,<2",
             "cloudpickle==3.0.0",
-            "scikit-learn~=1.4.2 ; python_full_version >= '3.9'"
+            "scikit-learn~=1.4.2 ; python_full_version >= '3.9'",
+            "setuptools<82"
         ]
     );
 
@@ -138,7 +140,7 @@ fn requirements_and_pyproject_repos_and_precedence() {
     assert_eq!(r["python_constraint"], ">=3.10");
     assert_eq!(
         strs(&r["requirements"]),
-        ["numpy>=1.26,<2", "scikit-learn==1.4.2"]
+        ["numpy>=1.26,<2", "scikit-learn==1.4.2", "setuptools<82"]
     );
 
     // A ready lock beats everything and is used as written: no doctor rule touches it.

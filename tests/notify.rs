@@ -3,76 +3,9 @@
 mod common;
 use common::*;
 use serde_json::Value;
-use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// `mosquitto_sub` on `<prefix>/#`, started before the build.
-struct Sub(Child);
-
-impl Sub {
-    fn start(prefix: &str) -> Self {
-        Self::with(prefix, &["-v"])
-    }
-
-    /// `mosquitto_sub -q 1 <extra> -t <prefix>/#`, given time to subscribe.
-    fn with(prefix: &str, extra: &[&str]) -> Self {
-        let topic = format!("{prefix}/#");
-        let mut args = vec!["-h", "127.0.0.1", "-p", "9027", "-q", "1"];
-        args.extend_from_slice(extra);
-        args.extend(["-t", topic.as_str()]);
-        let child = Command::new("mosquitto_sub")
-            .args(&args)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("mosquitto_sub (package mosquitto-clients)");
-        std::thread::sleep(Duration::from_millis(400));
-        Sub(child)
-    }
-
-    /// (event, payload) of every message received so far, in order.
-    fn messages(mut self) -> Vec<(String, Value)> {
-        std::thread::sleep(Duration::from_millis(500));
-        let _ = self.0.kill();
-        let mut out = String::new();
-        self.0
-            .stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut out)
-            .unwrap();
-        let _ = self.0.wait();
-        out.lines()
-            .map(|l| {
-                let (topic, payload) = l.split_once(' ').unwrap();
-                (
-                    topic.rsplit('/').next().unwrap().to_string(),
-                    serde_json::from_str(payload).unwrap(),
-                )
-            })
-            .collect()
-    }
-}
-
-/// A TCP observer on 127.0.0.1 collecting one message per connection.
-fn observer() -> (u16, Arc<Mutex<Vec<String>>>) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    let got = Arc::new(Mutex::new(Vec::new()));
-    let g = got.clone();
-    std::thread::spawn(move || {
-        for s in l.incoming().flatten() {
-            let mut s = s;
-            let mut m = String::new();
-            let _ = s.read_to_string(&mut m);
-            g.lock().unwrap().push(m);
-        }
-    });
-    (port, got)
-}
 
 /// A small repo whose dependency is one local wheel in its pylock.toml (fast, no network).
 fn small_repo(parent: &Path, name: &str) -> PathBuf {
@@ -246,8 +179,8 @@ fn large_payloads_reach_the_broker() {
         1,
     ))
     .unwrap();
-    let out = sub.0.wait_with_output().unwrap();
-    let got: Value = serde_json::from_slice(&out.stdout).expect("one complete JSON message");
+    let out = sub.exited_output();
+    let got: Value = serde_json::from_slice(&out).expect("one complete JSON message");
     assert_eq!(got["blob"].as_str().unwrap().len(), 200_000);
 }
 

@@ -318,19 +318,30 @@ pub async fn pool_lock(reg: &Registry, pool: &str, key: &str) -> Option<String> 
 /// Stores a lock in the pool under its input key. Best effort, like [`pool_publish`].
 pub async fn pool_put_lock(reg: &Registry, pool: &str, key: &str, store: &BlobStore, lock: &str) {
     let result: Result<()> = async {
-        let config = pool_config(reg, pool, store).await?;
         let blob = store.put_bytes(lock.as_bytes())?;
         if !reg.blob_exists(pool, &blob).await? {
             reg.upload_file(pool, &blob, &store.path(&blob), lock.len() as u64, None)
                 .await?;
         }
         let layer = Descriptor::new(LOCK_MEDIA_TYPE, &blob, lock.len() as u64);
-        put_pool_manifest(reg, pool, &format!("lock-{key}"), &config, layer).await
+        put_pool_blob_manifest(reg, pool, &format!("lock-{key}"), store, layer).await
     }
     .await;
     if let Err(e) = result {
         tracing::warn!("could not store the lock in the shared pool {pool}: {e:#}");
     }
+}
+
+/// Tags a one-blob manifest (empty config) in the pool; the blob must already be there.
+pub async fn put_pool_blob_manifest(
+    reg: &Registry,
+    pool: &str,
+    tag: &str,
+    store: &BlobStore,
+    blob: Descriptor,
+) -> Result<()> {
+    let config = pool_config(reg, pool, store).await?;
+    put_pool_manifest(reg, pool, tag, &config, blob).await
 }
 
 #[cfg(test)]
@@ -351,6 +362,7 @@ mod tests {
                 hashes: Default::default(),
             },
             sha256: format!("{name}-sha"),
+            sdist: false,
         }
     }
 

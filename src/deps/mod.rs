@@ -2,9 +2,12 @@
 
 pub mod doctor;
 pub mod fetch;
+pub mod imports;
 pub mod install;
 pub mod layers;
+pub mod poetry;
 pub mod pylock;
 pub mod resolve;
+pub mod sdist;
 pub mod spec;
 pub mod wheel;

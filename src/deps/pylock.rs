@@ -20,6 +20,29 @@ pub struct Lock {
     pub requires_python: Option<String>,
     #[serde(default)]
     pub packages: Vec<Package>,
+    /// PEP 751 tool tables; ours (`flops-image-builder`) names the smaller images' packages.
+    #[serde(default)]
+    pub tool: Option<toml::Table>,
+}
+
+impl Lock {
+    /// Package names of the requirement set `name` (see `deps::resolve`); `None` when the
+    /// lock has no such subset (then the whole lock applies).
+    pub fn subset(&self, name: &str) -> Option<std::collections::BTreeSet<String>> {
+        let list = self
+            .tool
+            .as_ref()?
+            .get("flops-image-builder")?
+            .get("subsets")?
+            .get(name)?
+            .as_array()?;
+        Some(
+            list.iter()
+                .filter_map(|v| v.as_str())
+                .map(crate::deps::imports::normalize)
+                .collect(),
+        )
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -89,6 +112,9 @@ pub struct Selected {
     pub file: String,
     pub wheel: Wheel,
     pub sha256: String,
+    /// No wheel fits: `wheel`, `file` and `sha256` describe the package's sdist, which
+    /// `deps::sdist` turns into a (pure) wheel before anything installs it.
+    pub sdist: bool,
 }
 
 pub fn parse(text: &str) -> Result<Lock> {
@@ -225,10 +251,27 @@ pub fn select(lock: &Lock, target: &Target) -> Result<Vec<Selected>> {
             .best(names.iter().map(|(_, n)| n))
             .map(|i| names[i].0);
         let Some(i) = best else {
-            let why = if p.wheels.is_empty() && p.sdist.is_some() {
-                "it has only an sdist, and sdists are not built"
+            // No wheel fits: the sdist, if the lock has one, is built into a wheel later.
+            let sdist = p
+                .sdist
+                .clone()
+                .and_then(|v| v.try_into::<Wheel>().ok())
+                .filter(|w| w.sha256().is_some());
+            if let Some(sd) = sdist {
+                out.push(Selected {
+                    name: p.name.clone(),
+                    version,
+                    file: sd.file_name().unwrap_or_default(),
+                    sha256: sd.sha256().unwrap_or_default().to_string(),
+                    wheel: sd,
+                    sdist: true,
+                });
+                continue;
+            }
+            let why = if p.wheels.is_empty() {
+                "it has no wheels and no sdist with a sha256 in the lock"
             } else {
-                "none of its wheels fits (sdists are not built)"
+                "none of its wheels fits and the lock has no sdist for it"
             };
             return Err(bad_input(format!("no wheel of {what} for {plat}: {why}; pick a version that ships wheels for this platform")));
         };
@@ -247,6 +290,7 @@ pub fn select(lock: &Lock, target: &Target) -> Result<Vec<Selected>> {
             file: wheel.file_name().unwrap_or_default(),
             wheel,
             sha256,
+            sdist: false,
         });
     }
     Ok(out)
@@ -310,10 +354,13 @@ wheels = [{ url = "https://files.example/only_arm-1-py3-none-any.whl", hashes = 
     #[test]
     fn errors_name_package_version_and_platform() {
         let sdist_only = "lock-version = '1.0'\n[[packages]]\nname = 'legacy'\nversion = '0.1'\nsdist = { url = 'https://x/legacy-0.1.tar.gz', hashes = { sha256 = 'ff' } }\n";
-        let e = select(&parse(sdist_only).unwrap(), &target("arm64"))
+        let picked = select(&parse(sdist_only).unwrap(), &target("arm64")).unwrap();
+        assert!(picked[0].sdist && picked[0].file == "legacy-0.1.tar.gz" && picked[0].sha256 == "ff");
+        let nothing = "lock-version = '1.0'\n[[packages]]\nname = 'legacy'\nversion = '0.1'\n";
+        let e = select(&parse(nothing).unwrap(), &target("arm64"))
             .unwrap_err()
             .to_string();
-        assert_eq!(e, "no wheel of legacy 0.1 for linux/arm64 (CPython 3.11): it has only an sdist, and sdists are not built; pick a version that ships wheels for this platform");
+        assert_eq!(e, "no wheel of legacy 0.1 for linux/arm64 (CPython 3.11): it has no wheels and no sdist with a sha256 in the lock; pick a version that ships wheels for this platform");
         let old_python = "lock-version = '1.0'\nrequires-python = '>=3.12'\n";
         assert!(select(&parse(old_python).unwrap(), &target("amd64"))
             .unwrap_err()

@@ -1,17 +1,32 @@
-//! Resolution: the doctored requirements (plus the FL runtime's) → a PEP 751 pylock.toml,
+//! Resolution: the doctored requirements (plus the FL runtimes') → one PEP 751 pylock.toml,
 //! by running uv (pinned version) as a subprocess. Everything after the lock is Rust.
+//!
+//! uv resolves once per image platform for exactly the image's Python (`--python-version X.Y
+//! --python-platform <arch>-manylinux_<glibc>`), never for Pythons or platforms the image does
+//! not have (a universal resolution also solves `python_full_version >= '3.12'` splits, which
+//! failed specs that are fine on 3.11). The per-platform results are merged into one lock whose
+//! entries carry a `platform_machine` marker where the platforms differ.
+//!
+//! Images of one plan share the lock: requirement *sets* are cumulative (learner ⊂
+//! aggregator); the full set is resolved, and each smaller set again with the full lock's pins
+//! as constraints, so a package has the same version in every image. The smaller sets' package
+//! names go into the lock's `[tool.flops-image-builder.subsets]` table (PEP 751 tool table).
 
 use crate::error::bad_input;
 use anyhow::{Context, Result};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The uv version the builder is tested with (also installed by scripts/rig.sh and the Dockerfile).
 pub const UV_VERSION: &str = include_str!("../../base-layers/uv-version");
 
-/// The FL learner runtime's requirements, added to every lock.
+/// The FL learner runtime's requirements, added to every FL image's lock.
 pub const RUNTIME_REQUIREMENTS: &str =
     include_str!("../../base-layers/fl-learner/requirements.txt");
+
+/// The tool table of the lock holding the smaller sets' package names.
+const TOOL: &str = "flops-image-builder";
 
 #[derive(Debug, Clone, Default)]
 pub struct ResolveOptions {
@@ -19,7 +34,67 @@ pub struct ResolveOptions {
     pub uv: Option<PathBuf>,
     /// `--index-url`; uv also reads UV_INDEX_URL / PIP_INDEX_URL from the environment.
     pub index_url: Option<String>,
+    /// More indexes (a spec's `--extra-index-url`).
+    pub extra_index_urls: Vec<String>,
+    /// Never build an sdist, not even for its metadata (`--no-build`).
+    pub no_build: bool,
 }
+
+impl ResolveOptions {
+    /// The index the builder and uv use: `--index-url`, else UV_INDEX_URL / PIP_INDEX_URL,
+    /// else PyPI.
+    pub fn effective_index(&self) -> String {
+        self.index_url
+            .clone()
+            .or_else(|| std::env::var("UV_INDEX_URL").ok())
+            .or_else(|| std::env::var("UV_DEFAULT_INDEX").ok())
+            .or_else(|| std::env::var("PIP_INDEX_URL").ok())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "https://pypi.org/simple".into())
+    }
+}
+
+/// One image platform to resolve for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolveTarget {
+    /// `linux/amd64` or `linux/arm64`.
+    pub platform: String,
+    /// The wheel architecture: `x86_64` or `aarch64`.
+    pub arch: String,
+    /// glibc bound of the base (manylinux tags up to it).
+    pub glibc: (u32, u32),
+}
+
+impl ResolveTarget {
+    fn uv_platform(&self) -> String {
+        format!("{}-manylinux_{}_{}", self.arch, self.glibc.0, self.glibc.1)
+    }
+
+    /// The PEP 508 marker that holds on this platform only.
+    pub fn marker(&self) -> String {
+        format!("platform_machine == '{}'", self.arch)
+    }
+}
+
+/// uv explained why the requirements cannot be satisfied (the text names both sides).
+#[derive(Debug)]
+pub struct Unsatisfiable {
+    pub python: String,
+    pub platform: String,
+    pub explanation: String,
+}
+
+impl std::fmt::Display for Unsatisfiable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "dependency resolution failed for Python {} on {}: {}",
+            self.python, self.platform, self.explanation
+        )
+    }
+}
+
+impl std::error::Error for Unsatisfiable {}
 
 /// The uv binary to use; a missing uv says how to install it.
 pub fn find_uv(explicit: Option<&Path>) -> Result<PathBuf> {
@@ -59,22 +134,40 @@ pub fn find_uv(explicit: Option<&Path>) -> Result<PathBuf> {
     Ok(candidate)
 }
 
-/// All requirement lines for the lock: the repo's (doctored) then the runtime's.
-pub fn lock_input(requirements: &[String]) -> String {
+/// Requirement lines for the lock: the repo's (doctored) then the runtimes'.
+pub fn lock_input(requirements: &[String], runtimes: &[&str]) -> String {
     let mut s: String = requirements.iter().map(|r| format!("{r}\n")).collect();
-    s.push_str(RUNTIME_REQUIREMENTS);
+    for r in runtimes {
+        s.push_str(r);
+        if !s.ends_with('\n') {
+            s.push('\n');
+        }
+    }
     s
 }
 
 /// Key of a lock: everything the resolution depends on that we control. The same repo
 /// requirements give the same lock on any node and any day (so the same commit gives the same
 /// image), until the inputs change or `--refresh-lock` asks for a new resolution.
-pub fn lock_key(input: &str, python: &str, opts: &ResolveOptions) -> String {
-    let material = format!(
-        "lock v1\n{python}\n{}\n{}\n{input}",
-        opts.index_url.as_deref().unwrap_or(""),
+pub fn lock_key(
+    sets: &[(&str, String)],
+    python: &str,
+    targets: &[ResolveTarget],
+    opts: &ResolveOptions,
+) -> String {
+    let mut material = format!(
+        "lock v2\n{python}\n{}\n{}\n{}\n{}\n",
+        opts.effective_index(),
+        opts.extra_index_urls.join(" "),
+        opts.no_build,
         UV_VERSION.trim()
     );
+    for t in targets {
+        material.push_str(&format!("{} {}\n", t.uv_platform(), t.platform));
+    }
+    for (name, input) in sets {
+        material.push_str(&format!("[{name}]\n{input}\n"));
+    }
     hex::encode(<sha2::Sha256 as sha2::Digest>::digest(material.as_bytes()))
 }
 
@@ -88,33 +181,42 @@ fn one_line(stderr: &str) -> String {
     text.trim_start_matches("×").trim().to_string()
 }
 
-/// Writes requirements to a file and runs `uv pip compile --universal` into pylock.toml text.
-pub fn resolve(input: &str, python: &str, opts: &ResolveOptions) -> Result<String> {
-    let uv = find_uv(opts.uv.as_deref())?;
-    let dir = tempfile::Builder::new()
-        .prefix("flops-resolve-")
-        .tempdir()?;
-    let req = dir.path().join("requirements.in");
-    let out = dir.path().join("pylock.toml");
+/// One `uv pip compile` for one platform; returns the lock as a TOML table.
+fn compile(
+    uv: &Path,
+    dir: &Path,
+    input: &str,
+    constraints: Option<&str>,
+    python: &str,
+    target: &ResolveTarget,
+    opts: &ResolveOptions,
+) -> Result<toml::Table> {
+    let req = dir.join("requirements.in");
+    let out = dir.join("pylock.toml");
     std::fs::write(&req, input)?;
-    let mut cmd = Command::new(&uv);
+    let _ = std::fs::remove_file(&out);
+    let mut cmd = Command::new(uv);
     cmd.args([
         "pip",
         "compile",
-        "--universal",
         "--quiet",
         "--no-header",
         "--format",
         "pylock.toml",
         "--python-version",
         python,
+        "--python-platform",
+        &target.uv_platform(),
         // The system's root certificates (this network re-signs TLS with a CA only there),
         // also where SSL_CERT_FILE is not set, as in the builder's own image.
         "--system-certs",
-    ])
-    .arg(&req)
-    .arg("-o")
-    .arg(&out);
+    ]);
+    if let Some(c) = constraints {
+        let path = dir.join("constraints.txt");
+        std::fs::write(&path, c)?;
+        cmd.arg("-c").arg(path);
+    }
+    cmd.arg(&req).arg("-o").arg(&out);
     // uv reads UV_INDEX_URL itself; pip's PIP_INDEX_URL is honoured here for pip users.
     let pip_index = std::env::var("PIP_INDEX_URL").ok().filter(|_| {
         std::env::var_os("UV_INDEX_URL").is_none() && std::env::var_os("UV_DEFAULT_INDEX").is_none()
@@ -122,23 +224,202 @@ pub fn resolve(input: &str, python: &str, opts: &ResolveOptions) -> Result<Strin
     if let Some(i) = opts.index_url.as_ref().or(pip_index.as_ref()) {
         cmd.args(["--index-url", i]);
     }
-    tracing::info!(
-        "resolving {} requirements with uv for Python {python}",
-        input
-            .lines()
-            .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
-            .count()
-    );
+    for i in &opts.extra_index_urls {
+        cmd.args(["--extra-index-url", i]);
+    }
+    if opts.no_build {
+        cmd.arg("--no-build");
+    }
     let o = cmd
         .output()
         .with_context(|| format!("running {}", uv.display()))?;
     if !o.status.success() {
-        let why = one_line(&String::from_utf8_lossy(&o.stderr));
-        return Err(bad_input(format!(
-            "dependency resolution failed for Python {python}: {why}"
-        )));
+        return Err(Unsatisfiable {
+            python: python.to_string(),
+            platform: target.platform.clone(),
+            explanation: one_line(&String::from_utf8_lossy(&o.stderr)),
+        }
+        .into());
     }
-    std::fs::read_to_string(&out).context("reading uv's pylock.toml")
+    let text = std::fs::read_to_string(&out).context("reading uv's pylock.toml")?;
+    toml::from_str(&text).map_err(|e| anyhow::anyhow!("uv wrote an unreadable pylock.toml: {e}"))
+}
+
+fn packages(lock: &toml::Table) -> impl Iterator<Item = &toml::Table> {
+    lock.get("packages")
+        .and_then(|p| p.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p.as_table())
+}
+
+fn str_of<'a>(t: &'a toml::Table, k: &str) -> &'a str {
+    t.get(k).and_then(|v| v.as_str()).unwrap_or("")
+}
+
+/// Resolves the cumulative requirement `sets` (name, requirement text; the last is the full
+/// set) for `python` (major.minor) on every target; returns the merged pylock.toml text.
+/// An unsatisfiable set fails with [`Unsatisfiable`] in the error chain.
+pub fn resolve(
+    sets: &[(&str, String)],
+    python: &str,
+    targets: &[ResolveTarget],
+    opts: &ResolveOptions,
+) -> Result<String> {
+    let uv = find_uv(opts.uv.as_deref())?;
+    let dir = tempfile::Builder::new()
+        .prefix("flops-resolve-")
+        .tempdir()?;
+    let (full_name, full) = sets.last().expect("at least one requirement set");
+    tracing::info!(
+        "resolving {} requirements with uv for Python {python} on {}",
+        full.lines()
+            .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+            .count(),
+        targets
+            .iter()
+            .map(|t| t.platform.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let mut per_target = Vec::new();
+    let mut subsets: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for t in targets {
+        let lock = compile(&uv, dir.path(), full, None, python, t, opts)?;
+        let pins: String = packages(&lock)
+            .map(|p| format!("{}=={}\n", str_of(p, "name"), str_of(p, "version")))
+            .collect();
+        for (name, input) in &sets[..sets.len() - 1] {
+            let sub = compile(&uv, dir.path(), input, Some(&pins), python, t, opts)?;
+            subsets
+                .entry(name.to_string())
+                .or_default()
+                .extend(packages(&sub).map(|p| str_of(p, "name").to_string()));
+        }
+        per_target.push((t, lock));
+    }
+    let merged = merge(&per_target, python, &subsets, full_name);
+    Ok(toml::to_string(&merged)?)
+}
+
+/// One lock from per-platform locks: a package version present on every platform appears
+/// once without a marker; otherwise its entry holds only on the platforms that have it.
+fn merge(
+    locks: &[(&ResolveTarget, toml::Table)],
+    python: &str,
+    subsets: &BTreeMap<String, BTreeSet<String>>,
+    full_name: &str,
+) -> toml::Table {
+    let mut entries: BTreeMap<(String, String), (toml::Table, Vec<&ResolveTarget>)> =
+        BTreeMap::new();
+    for (t, lock) in locks {
+        for p in packages(lock) {
+            let key = (str_of(p, "name").to_string(), str_of(p, "version").to_string());
+            let slot = entries
+                .entry(key)
+                .or_insert_with(|| (p.clone(), Vec::new()));
+            slot.1.push(t);
+            // Union of wheels (each platform's lock lists only its own).
+            let have: BTreeSet<String> = wheel_ids(&slot.0);
+            let extra: Vec<toml::Value> = p
+                .get("wheels")
+                .and_then(|w| w.as_array())
+                .into_iter()
+                .flatten()
+                .filter(|w| !have.contains(&wheel_id(w)))
+                .cloned()
+                .collect();
+            if let Some(toml::Value::Array(w)) = slot.0.get_mut("wheels") {
+                w.extend(extra);
+            }
+        }
+    }
+    let mut out = toml::Table::new();
+    out.insert("lock-version".into(), "1.0".into());
+    out.insert(
+        "created-by".into(),
+        format!("flops-image-builder (uv {})", UV_VERSION.trim()).into(),
+    );
+    out.insert("requires-python".into(), format!("=={python}.*").into());
+    out.insert(
+        "environments".into(),
+        toml::Value::Array(
+            locks
+                .iter()
+                .map(|(t, _)| format!("sys_platform == 'linux' and {}", t.marker()).into())
+                .collect(),
+        ),
+    );
+    let all = locks.len();
+    let packages: Vec<toml::Value> = entries
+        .into_values()
+        .map(|(mut p, on)| {
+            if on.len() < all {
+                let m = on
+                    .iter()
+                    .map(|t| t.marker())
+                    .collect::<Vec<_>>()
+                    .join(" or ");
+                p.insert("marker".into(), m.into());
+            }
+            toml::Value::Table(p)
+        })
+        .collect();
+    out.insert("packages".into(), toml::Value::Array(packages));
+    if !subsets.is_empty() {
+        let mut table = toml::Table::new();
+        for (name, names) in subsets {
+            table.insert(
+                name.clone(),
+                toml::Value::Array(names.iter().map(|n| n.clone().into()).collect()),
+            );
+        }
+        let mut tool = toml::Table::new();
+        let mut ours = toml::Table::new();
+        ours.insert("subsets".into(), toml::Value::Table(table));
+        ours.insert("full-set".into(), full_name.into());
+        tool.insert(TOOL.into(), toml::Value::Table(ours));
+        out.insert("tool".into(), toml::Value::Table(tool));
+    }
+    out
+}
+
+fn wheel_id(w: &toml::Value) -> String {
+    w.get("url")
+        .or_else(|| w.get("name"))
+        .or_else(|| w.get("path"))
+        .and_then(|v| v.as_str())
+        .unwrap_or("")
+        .to_string()
+}
+
+fn wheel_ids(p: &toml::Table) -> BTreeSet<String> {
+    p.get("wheels")
+        .and_then(|w| w.as_array())
+        .into_iter()
+        .flatten()
+        .map(wheel_id)
+        .collect()
+}
+
+/// Names the package index does not know (PEP 503 simple API: 404 for the project page).
+/// Best effort: an unreachable index reports nothing, and the resolver has the last word.
+pub async fn unknown_to_index(http: &reqwest::Client, index: &str, names: &[String]) -> Vec<String> {
+    let index = index.trim_end_matches('/');
+    let checks = names.iter().map(|n| {
+        let url = format!("{index}/{}/", crate::deps::imports::normalize(n));
+        async move {
+            match http.get(&url).send().await {
+                Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => Some(n.clone()),
+                _ => None,
+            }
+        }
+    });
+    futures_util::future::join_all(checks)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 #[cfg(test)]
@@ -153,8 +434,71 @@ mod tests {
 
     #[test]
     fn runtime_requirements_are_appended() {
-        let s = lock_input(&["numpy==1.26.4".into()]);
-        assert!(s.starts_with("numpy==1.26.4\n") && s.contains("flwr==1.8.0"));
+        let s = lock_input(&["numpy==1.26.4".into()], &[RUNTIME_REQUIREMENTS]);
+        assert!(s.starts_with("numpy==1.26.4\n") && s.contains("flwr"));
         assert_eq!(UV_VERSION.trim().split('.').count(), 3);
+    }
+
+    fn target(arch: &str) -> ResolveTarget {
+        ResolveTarget {
+            platform: if arch == "x86_64" { "linux/amd64" } else { "linux/arm64" }.into(),
+            arch: arch.into(),
+            glibc: (2, 28),
+        }
+    }
+
+    #[test]
+    fn per_platform_locks_merge_with_markers() {
+        let amd: toml::Table = toml::from_str(r#"
+lock-version = "1.0"
+[[packages]]
+name = "numpy"
+version = "1.26.4"
+wheels = [{ url = "https://f/numpy-1.26.4-cp311-cp311-manylinux_2_17_x86_64.whl", hashes = { sha256 = "aa" } }]
+[[packages]]
+name = "tensorflow"
+version = "2.15.0"
+wheels = [{ url = "https://f/tensorflow-2.15.0-cp311-cp311-manylinux_2_17_x86_64.whl", hashes = { sha256 = "bb" } }]
+"#).unwrap();
+        let arm: toml::Table = toml::from_str(r#"
+lock-version = "1.0"
+[[packages]]
+name = "numpy"
+version = "1.26.4"
+wheels = [{ url = "https://f/numpy-1.26.4-cp311-cp311-manylinux_2_17_aarch64.whl", hashes = { sha256 = "cc" } }]
+"#).unwrap();
+        let (a, b) = (target("x86_64"), target("aarch64"));
+        let subsets: BTreeMap<String, BTreeSet<String>> =
+            [("learner".to_string(), ["numpy".to_string()].into())].into();
+        let merged = merge(&[(&a, amd), (&b, arm)], "3.11", &subsets, "aggregator");
+        let text = toml::to_string(&merged).unwrap();
+        let lock = crate::deps::pylock::parse(&text).unwrap();
+        assert_eq!(lock.requires_python.as_deref(), Some("==3.11.*"));
+        assert_eq!(lock.packages.len(), 2);
+        assert_eq!(lock.packages[0].wheels.len(), 2);
+        assert_eq!(lock.packages[0].marker, None);
+        assert_eq!(
+            lock.packages[1].marker.as_deref(),
+            Some("platform_machine == 'x86_64'")
+        );
+        assert_eq!(
+            lock.subset("learner").unwrap().into_iter().collect::<Vec<_>>(),
+            ["numpy"]
+        );
+        assert!(lock.subset("nope").is_none());
+    }
+
+    #[test]
+    fn lock_keys_depend_on_platforms_and_sets() {
+        let sets = [("learner", "numpy\n".to_string())];
+        let o = ResolveOptions::default();
+        let one = lock_key(&sets, "3.11", &[target("x86_64")], &o);
+        assert_ne!(
+            one,
+            lock_key(&sets, "3.11", &[target("x86_64"), target("aarch64")], &o)
+        );
+        assert_ne!(one, lock_key(&sets, "3.13", &[target("x86_64")], &o));
+        let two = [("learner", "numpy\n".to_string()), ("aggregator", "numpy\nmlflow-skinny\n".to_string())];
+        assert_ne!(one, lock_key(&two, "3.11", &[target("x86_64")], &o));
     }
 }

@@ -1,10 +1,13 @@
-//! Dependency specs found in an ML repo: conda.yaml (MLflow's format), requirements.txt,
-//! pyproject.toml `[project]`, or a ready pylock.toml. Requirement strings are parsed with
-//! pep508_rs; every error names the file (and line where there is one).
+//! Dependency specs found in an ML repo, as people write them: conda files (MLflow's
+//! `conda.yaml`, conda's own `environment.yml`, exports with channels and build strings),
+//! `requirements.txt`, `pyproject.toml` (`[project]` or Poetry), or a ready `pylock.toml`.
+//! Requirement strings are parsed with pep508_rs; every error names the file and line, and a
+//! file with several bad lines gets one error listing all of them.
 
 use crate::error::bad_input;
 use crate::repo::read_inside;
 use anyhow::Result;
+use pep508_rs::pep440_rs::Operator;
 use pep508_rs::{Requirement, VersionOrUrl};
 use serde::Serialize;
 use std::path::Path;
@@ -19,26 +22,19 @@ pub enum SpecKind {
     RequirementsTxt,
 }
 
-impl SpecKind {
-    /// In precedence order: the first one present is used.
-    pub const ALL: [SpecKind; 4] = [
-        SpecKind::PylockToml,
-        SpecKind::CondaYaml,
-        SpecKind::PyprojectToml,
-        SpecKind::RequirementsTxt,
-    ];
+/// The spec files read, in precedence order: the first present that declares dependencies
+/// in a form the builder reads is used.
+pub const SPEC_FILES: &[(&str, SpecKind)] = &[
+    ("pylock.toml", SpecKind::PylockToml),
+    ("conda.yaml", SpecKind::CondaYaml),
+    ("conda.yml", SpecKind::CondaYaml),
+    ("environment.yml", SpecKind::CondaYaml),
+    ("environment.yaml", SpecKind::CondaYaml),
+    ("pyproject.toml", SpecKind::PyprojectToml),
+    ("requirements.txt", SpecKind::RequirementsTxt),
+];
 
-    pub fn file_name(self) -> &'static str {
-        match self {
-            SpecKind::PylockToml => "pylock.toml",
-            SpecKind::CondaYaml => "conda.yaml",
-            SpecKind::PyprojectToml => "pyproject.toml",
-            SpecKind::RequirementsTxt => "requirements.txt",
-        }
-    }
-}
-
-/// A conda (non-pip) dependency: `name[ op version[=build]]` as written.
+/// A conda (non-pip) dependency: `name[ op version]` with channel and build string removed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CondaDep {
     pub name: String,
@@ -48,46 +44,87 @@ pub struct CondaDep {
 #[derive(Debug, Clone)]
 pub struct DepSpec {
     pub kind: SpecKind,
+    /// The file it was read from (one of [`SPEC_FILES`]).
+    pub file: &'static str,
     /// Python as the spec states it: `3.10.14` (conda), `>=3.9` (requires-python), …
     pub python: Option<String>,
     pub requirements: Vec<Requirement>,
+    /// Where each requirement was written (`requirements.txt line 3`), same order.
+    pub origins: Vec<String>,
     pub conda: Vec<CondaDep>,
     pub env_name: Option<String>,
-    /// `--index-url` / `--extra-index-url` lines of requirements.txt.
-    pub index_urls: Vec<String>,
+    /// `--index-url` of the spec, if any.
+    pub index_url: Option<String>,
+    /// `--extra-index-url`s of the spec.
+    pub extra_index_urls: Vec<String>,
+    /// `-e .` style entries (the repo itself), dropped: `origin: text`.
+    pub editables: Vec<String>,
+    /// What the reader did that a user should know (groups left out, options ignored).
+    pub notes: Vec<String>,
 }
 
 impl DepSpec {
-    fn new(kind: SpecKind) -> Self {
+    fn new(kind: SpecKind, file: &'static str) -> Self {
         Self {
             kind,
+            file,
             python: None,
             requirements: vec![],
+            origins: vec![],
             conda: vec![],
             env_name: None,
-            index_urls: vec![],
+            index_url: None,
+            extra_index_urls: vec![],
+            editables: vec![],
+            notes: vec![],
         }
     }
+
+    fn push(&mut self, req: Requirement, origin: String) {
+        self.requirements.push(req);
+        self.origins.push(origin);
+    }
+}
+
+/// A spec file read: its dependencies, or why it declares none the builder can read.
+#[derive(Debug)]
+pub enum Loaded {
+    Spec(Box<DepSpec>),
+    Empty(String),
 }
 
 /// The spec files present at the repo root, in precedence order.
-pub fn present(root: &Path) -> Vec<SpecKind> {
-    SpecKind::ALL
-        .into_iter()
-        .filter(|k| root.join(k.file_name()).symlink_metadata().is_ok())
+pub fn present(root: &Path) -> Vec<(&'static str, SpecKind)> {
+    SPEC_FILES
+        .iter()
+        .copied()
+        .filter(|(f, _)| root.join(f).symlink_metadata().is_ok())
         .collect()
 }
 
-pub fn load(root: &Path, kind: SpecKind) -> Result<DepSpec> {
-    let text = read_inside(root, Path::new(kind.file_name()))?;
-    match kind {
-        SpecKind::CondaYaml => parse_conda(&text),
+pub fn load(root: &Path, file: &'static str, kind: SpecKind) -> Result<Loaded> {
+    let text = read_inside(root, Path::new(file))?;
+    Ok(match kind {
+        SpecKind::CondaYaml => Loaded::Spec(Box::new(parse_conda_file(file, &text)?)),
         SpecKind::RequirementsTxt => {
-            parse_requirements(root, Path::new("requirements.txt"), &text, &mut Vec::new())
+            Loaded::Spec(Box::new(parse_requirements_file(root, file, &text)?))
         }
-        SpecKind::PyprojectToml => parse_pyproject(&text),
-        SpecKind::PylockToml => parse_pylock_header(&text),
+        SpecKind::PyprojectToml => parse_pyproject(&text)?,
+        SpecKind::PylockToml => Loaded::Spec(Box::new(parse_pylock_header(&text)?)),
+    })
+}
+
+/// One error for every line that cannot be installed from an index, one line each.
+fn refusals(file: &str, problems: Vec<String>) -> Result<()> {
+    if problems.is_empty() {
+        return Ok(());
     }
+    let n = problems.len();
+    let head = format!(
+        "{file}: {n} {} cannot be installed from a package index",
+        if n == 1 { "entry" } else { "entries" }
+    );
+    Err(bad_input(crate::error::listed(&head, &problems)))
 }
 
 /// Parses one PEP 508 requirement; URL requirements are refused (they would fetch arbitrary
@@ -103,7 +140,110 @@ pub fn requirement(s: &str, origin: &str) -> Result<Requirement> {
     if let Some(VersionOrUrl::Url(u)) = &r.version_or_url {
         return Err(bad_input(format!("{origin}: {} points to a URL ({u}); only index packages can be installed — publish it or vendor it into the repo", r.name)));
     }
+    if let Some(VersionOrUrl::VersionSpecifier(specs)) = &r.version_or_url {
+        if let Some(local) = specs
+            .iter()
+            .find(|s| s.version().is_local())
+            .map(|s| s.version().to_string())
+        {
+            let public = local.split('+').next().unwrap_or(&local);
+            return Err(bad_input(format!("{origin}: {} pins the local version {local}; package indexes do not serve local versions (they come from a vendor's find-links page): pin {}=={public}", r.name, r.name)));
+        }
+    }
     Ok(r)
+}
+
+/// What one requirement-list entry (a requirements.txt line or a conda `pip:` item) is.
+enum Entry {
+    Req(Requirement),
+    /// `-e` of a path inside the repo: the repo itself.
+    Editable(String),
+    Include(String),
+    IndexUrl(String),
+    ExtraIndexUrl(String),
+    Ignored(String),
+    Refused(String),
+}
+
+fn classify(entry: &str, origin: &str, includes_allowed: bool) -> Entry {
+    let (opt, arg) = entry
+        .split_once([' ', '='])
+        .map_or((entry, ""), |(o, a)| (o, a.trim()));
+    match opt {
+        "-r" | "--requirement" | "-c" | "--constraint" if includes_allowed => {
+            Entry::Include(arg.to_string())
+        }
+        "-i" | "--index-url" => Entry::IndexUrl(arg.to_string()),
+        "--extra-index-url" => Entry::ExtraIndexUrl(arg.to_string()),
+        "-e" | "--editable" => {
+            let inside = !arg.contains("://")
+                && !arg.starts_with('/')
+                && crate::repo::lexical_inside(Path::new(arg));
+            if inside {
+                Entry::Editable(arg.to_string())
+            } else {
+                Entry::Refused(format!("{origin}: `{entry}`: an editable install of something outside the repository; list the package by name"))
+            }
+        }
+        "-f" | "--find-links" => Entry::Refused(format!("{origin}: `{entry}`: find-links pages are not read; the builder installs from the package index only (pass --index-url for a mirror)")),
+        "--pre" | "--prefer-binary" | "--only-binary" | "--no-binary" | "--trusted-host" => {
+            Entry::Ignored(opt.to_string())
+        }
+        o if o.starts_with('-') => {
+            Entry::Refused(format!("{origin}: `{entry}`: unsupported option {o}"))
+        }
+        _ => {
+            // Strip per-requirement options pip allows (`--hash=...`).
+            let req = entry.split(" --").next().unwrap_or(entry).trim();
+            let lower = req.to_ascii_lowercase();
+            if lower.starts_with("git+") || lower.contains("@ git+") {
+                return Entry::Refused(format!("{origin}: `{req}`: a git URL of another project; only packages from an index can be installed (publish it, or vendor its code into the repo)"));
+            }
+            if lower.starts_with("file:") || lower.contains("@ file:") {
+                return Entry::Refused(format!("{origin}: `{req}`: a local file URL; only packages from an index can be installed (publish it, or vendor its code into the repo)"));
+            }
+            if req.starts_with('.')
+                || req.starts_with('/')
+                || req.contains("://") && !req.contains(';') && !req.contains('@')
+            {
+                return Entry::Refused(format!(
+                    "{origin}: `{req}`: a path or URL, not a package; list the package by name"
+                ));
+            }
+            match requirement(req, origin) {
+                Ok(r) => Entry::Req(r),
+                Err(e) => Entry::Refused(e.to_string()),
+            }
+        }
+    }
+}
+
+/// Exact pins of one package that disagree (`numpy==1.26.4` and `numpy==1.24.0`, same
+/// markers): pip would refuse them too, so they are reported rather than guessed at.
+fn conflicting_pins(spec: &DepSpec) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, a) in spec.requirements.iter().enumerate() {
+        for (j, b) in spec.requirements.iter().enumerate().skip(i + 1) {
+            let exact = |r: &Requirement| match &r.version_or_url {
+                Some(VersionOrUrl::VersionSpecifier(s)) => s
+                    .iter()
+                    .all(|s| matches!(s.operator(), Operator::Equal | Operator::ExactEqual)),
+                _ => false,
+            };
+            if a.name == b.name
+                && a.marker == b.marker
+                && exact(a)
+                && exact(b)
+                && a.version_or_url != b.version_or_url
+            {
+                out.push(format!(
+                    "{}: `{a}` ({}) and `{b}` ({}) are conflicting pins of the same package",
+                    a.name, spec.origins[i], spec.origins[j]
+                ));
+            }
+        }
+    }
+    out
 }
 
 fn yaml_error(file: &str, e: &serde_yaml_ng::Error) -> anyhow::Error {
@@ -116,34 +256,43 @@ fn yaml_error(file: &str, e: &serde_yaml_ng::Error) -> anyhow::Error {
     bad_input(format!("{file}: invalid YAML{at}: {msg}"))
 }
 
+/// A conda file as MLflow writes it (`conda.yaml`) or conda exports it (`environment.yml`).
 pub fn parse_conda(text: &str) -> Result<DepSpec> {
-    let file = "conda.yaml";
+    parse_conda_file("conda.yaml", text)
+}
+
+fn parse_conda_file(file: &'static str, text: &str) -> Result<DepSpec> {
     let doc: serde_yaml_ng::Value =
         serde_yaml_ng::from_str(text).map_err(|e| yaml_error(file, &e))?;
-    let mut spec = DepSpec::new(SpecKind::CondaYaml);
+    let mut spec = DepSpec::new(SpecKind::CondaYaml, file);
     spec.env_name = doc.get("name").and_then(|n| n.as_str()).map(str::to_string);
     let deps = match doc.get("dependencies") {
         Some(serde_yaml_ng::Value::Sequence(s)) => s.clone(),
         Some(_) => return Err(bad_input(format!("{file}: `dependencies` must be a list"))),
         None => return Err(bad_input(format!("{file}: no `dependencies` list"))),
     };
+    let mut problems = Vec::new();
     for d in deps {
         match d {
             serde_yaml_ng::Value::String(s) => {
-                let dep = conda_dep(&s)
-                    .ok_or_else(|| bad_input(format!("{file}: invalid conda dependency {s:?}")))?;
+                let Some(dep) = conda_dep(&s) else {
+                    problems.push(format!("{file}: `{s}`: not a conda package spec"));
+                    continue;
+                };
                 if dep.name == "python" {
-                    spec.python = dep
-                        .version
-                        .map(|v| v.trim_start_matches(['=', '>', '<', '~', '!']).to_string());
+                    spec.python = dep.version.map(|v| {
+                        v.trim_start_matches(['=', '>', '<', '~', '!'])
+                            .trim()
+                            .to_string()
+                    });
                 } else {
                     spec.conda.push(dep);
                 }
             }
             serde_yaml_ng::Value::Number(n) => {
-                return Err(bad_input(format!(
+                problems.push(format!(
                     "{file}: dependency {n} is a number, not a package name"
-                )))
+                ));
             }
             serde_yaml_ng::Value::Mapping(m) => {
                 for (k, v) in m {
@@ -154,32 +303,44 @@ pub fn parse_conda(text: &str) -> Result<DepSpec> {
                         .as_sequence()
                         .ok_or_else(|| bad_input(format!("{file}: `pip:` must be a list")))?;
                     for item in list {
-                        let s = item.as_str().ok_or_else(|| {
-                            bad_input(format!("{file}: pip entry {item:?} is not a string"))
-                        })?;
-                        if s.trim_start().starts_with('-') {
-                            return Err(bad_input(format!(
-                                "{file}: pip option {s:?} is not supported in conda.yaml"
-                            )));
-                        }
-                        spec.requirements.push(requirement(s, file)?);
+                        let Some(s) = item.as_str() else {
+                            problems.push(format!("{file}: pip entry {item:?} is not a string"));
+                            continue;
+                        };
+                        let origin = format!("{file} pip entry `{}`", s.trim());
+                        add_entry(&mut spec, s.trim(), &origin, &mut problems);
                     }
                 }
             }
-            other => {
-                return Err(bad_input(format!(
-                    "{file}: unexpected dependency entry {other:?}"
-                )))
-            }
+            other => problems.push(format!("{file}: unexpected dependency entry {other:?}")),
         }
     }
+    problems.extend(conflicting_pins(&spec));
+    refusals(file, problems)?;
     Ok(spec)
 }
 
-/// `numpy`, `numpy=1.26`, `numpy==1.26.4`, `numpy>=1.2`, `numpy=1.26.4=py311h…`, `conda-forge::numpy`.
+/// Adds one list entry to the spec, or its problem to `problems`.
+fn add_entry(spec: &mut DepSpec, entry: &str, origin: &str, problems: &mut Vec<String>) {
+    match classify(entry, origin, false) {
+        Entry::Req(r) => spec.push(r, origin.to_string()),
+        Entry::Editable(path) => spec.editables.push(format!("{origin}: -e {path}")),
+        Entry::IndexUrl(u) => spec.index_url = Some(u),
+        Entry::ExtraIndexUrl(u) => spec.extra_index_urls.push(u),
+        Entry::Ignored(opt) => spec.notes.push(format!("{origin}: option {opt} ignored")),
+        Entry::Include(_) => problems.push(format!(
+            "{origin}: `{entry}`: includes are only read in requirements files"
+        )),
+        Entry::Refused(why) => problems.push(why),
+    }
+}
+
+/// `numpy`, `numpy=1.26`, `numpy==1.26.4`, `numpy>=1.2`, `numpy=1.26.4=py311h…`,
+/// `conda-forge::numpy`, `wavio >=0.0.5`, `numpy 1.26.4 py311h…` (space-separated export).
 fn conda_dep(s: &str) -> Option<CondaDep> {
-    let s = s.trim();
+    let s = s.split('#').next().unwrap_or("").trim();
     let s = s.rsplit_once("::").map_or(s, |(_, n)| n);
+    // A channel written as a URL path (`conda-forge/linux-64::x`) is gone with the `::` split.
     let end = s.find(|c: char| "=<>!~ ".contains(c)).unwrap_or(s.len());
     let name = s[..end].trim().to_lowercase();
     if name.is_empty()
@@ -189,22 +350,64 @@ fn conda_dep(s: &str) -> Option<CondaDep> {
     {
         return None;
     }
-    let version = s[end..].trim();
+    let mut version = s[end..].trim().to_string();
+    // `name 1.2.3 build` (conda list --export with spaces): a bare version means `=version`.
+    if version.starts_with(|c: char| c.is_ascii_digit()) {
+        let v = version.split_whitespace().next().unwrap_or("").to_string();
+        version = format!("={v}");
+    }
+    // `>= 1.2` → `>=1.2`: conda allows the space, PEP 440 tooling does not need it.
+    let version: String = version
+        .split(',')
+        .map(|p| p.split_whitespace().collect::<String>())
+        .collect::<Vec<_>>()
+        .join(",");
     Some(CondaDep {
         name,
-        version: (!version.is_empty()).then(|| version.to_string()),
+        version: (!version.is_empty()).then_some(version),
     })
 }
 
+fn parse_requirements_file(root: &Path, file: &'static str, text: &str) -> Result<DepSpec> {
+    let mut spec = DepSpec::new(SpecKind::RequirementsTxt, file);
+    let mut problems = Vec::new();
+    read_requirements(
+        root,
+        Path::new(file),
+        text,
+        &mut Vec::new(),
+        &mut spec,
+        &mut problems,
+    )?;
+    problems.extend(conflicting_pins(&spec));
+    refusals(file, problems)?;
+    Ok(spec)
+}
+
 /// requirements.txt: comments, continuations, `-r` includes (inside the repo), `-c`
-/// constraints (applied as requirements), index options; `-e`, URLs and local paths refused.
+/// constraints (applied as requirements), index options; `-e .` is the repo itself.
 pub fn parse_requirements(
     root: &Path,
     rel: &Path,
     text: &str,
     seen: &mut Vec<std::path::PathBuf>,
 ) -> Result<DepSpec> {
-    let mut spec = DepSpec::new(SpecKind::RequirementsTxt);
+    let mut spec = DepSpec::new(SpecKind::RequirementsTxt, "requirements.txt");
+    let mut problems = Vec::new();
+    read_requirements(root, rel, text, seen, &mut spec, &mut problems)?;
+    problems.extend(conflicting_pins(&spec));
+    refusals(&rel.display().to_string(), problems)?;
+    Ok(spec)
+}
+
+fn read_requirements(
+    root: &Path,
+    rel: &Path,
+    text: &str,
+    seen: &mut Vec<std::path::PathBuf>,
+    spec: &mut DepSpec,
+    problems: &mut Vec<String>,
+) -> Result<()> {
     if seen.iter().any(|p| p == rel) {
         return Err(bad_input(format!(
             "{}: includes itself (-r loop)",
@@ -237,45 +440,26 @@ pub fn parse_requirements(
             continue;
         }
         let origin = format!("{} line {start_line}", rel.display());
-        let (opt, arg) = entry
-            .split_once([' ', '='])
-            .map_or((entry, ""), |(o, a)| (o, a.trim()));
-        match opt {
-            "-r" | "--requirement" | "-c" | "--constraint" => {
+        match classify(entry, &origin, true) {
+            Entry::Include(arg) => {
                 let inc = rel.parent().unwrap_or(Path::new("")).join(arg);
-                let text =
-                    read_inside(root, &inc).map_err(|e| bad_input(format!("{origin}: {e:#}")))?;
-                let sub = parse_requirements(root, &inc, &text, seen)?;
-                spec.requirements.extend(sub.requirements);
-                spec.index_urls.extend(sub.index_urls);
-            }
-            "-i" | "--index-url" | "--extra-index-url" => spec.index_urls.push(arg.to_string()),
-            "-e" | "--editable" => {
-                return Err(bad_input(format!(
-                    "{origin}: editable install {arg:?} is not supported; list the package by name"
-                )))
-            }
-            "--pre" | "--prefer-binary" | "--only-binary" | "--no-binary" | "--trusted-host"
-            | "-f" | "--find-links" => {
-                tracing::warn!("{origin}: option {opt} ignored");
-            }
-            o if o.starts_with('-') => {
-                return Err(bad_input(format!("{origin}: unsupported option {o}")))
-            }
-            _ => {
-                // Strip per-requirement options pip allows (`--hash=...`).
-                let req = entry.split(" --").next().unwrap_or(entry);
-                if req.starts_with('.')
-                    || req.starts_with('/')
-                    || req.contains("://") && !req.contains(';') && !req.contains('@')
-                {
-                    return Err(bad_input(format!("{origin}: {req:?} is a path or URL, not a package; list the package by name")));
+                match read_inside(root, &inc) {
+                    Ok(text) => read_requirements(root, &inc, &text, seen, spec, problems)?,
+                    Err(e) => problems.push(format!("{origin}: {e:#}")),
                 }
-                spec.requirements.push(requirement(req, &origin)?);
             }
+            Entry::Req(r) => spec.push(r, origin),
+            Entry::Editable(path) => spec.editables.push(format!("{origin}: -e {path}")),
+            Entry::IndexUrl(u) => spec.index_url = Some(u),
+            Entry::ExtraIndexUrl(u) => spec.extra_index_urls.push(u),
+            Entry::Ignored(opt) => {
+                tracing::warn!("{origin}: option {opt} ignored");
+                spec.notes.push(format!("{origin}: option {opt} ignored"));
+            }
+            Entry::Refused(why) => problems.push(why),
         }
     }
-    Ok(spec)
+    Ok(())
 }
 
 fn toml_error(file: &str, text: &str, e: &toml::de::Error) -> anyhow::Error {
@@ -291,37 +475,64 @@ fn toml_error(file: &str, text: &str, e: &toml::de::Error) -> anyhow::Error {
     bad_input(format!("{file}: invalid TOML{at}: {}", e.message()))
 }
 
-pub fn parse_pyproject(text: &str) -> Result<DepSpec> {
+/// `pyproject.toml`: PEP 621 `[project].dependencies`, else Poetry's
+/// `[tool.poetry.dependencies]`; neither (only tool settings, or dynamic dependencies) is
+/// [`Loaded::Empty`] so the next spec file is read.
+pub fn parse_pyproject(text: &str) -> Result<Loaded> {
     let file = "pyproject.toml";
     let doc: toml::Table = toml::from_str(text).map_err(|e| toml_error(file, text, &e))?;
-    let project = doc
-        .get("project")
-        .and_then(|p| p.as_table())
-        .ok_or_else(|| bad_input(format!("{file}: no [project] table")))?;
-    let mut spec = DepSpec::new(SpecKind::PyprojectToml);
-    if project
-        .get("dynamic")
+    let project = doc.get("project").and_then(|p| p.as_table());
+    let poetry = doc
+        .get("tool")
+        .and_then(|t| t.get("poetry"))
+        .and_then(|p| p.as_table());
+    let dynamic = project
+        .and_then(|p| p.get("dynamic"))
         .and_then(|d| d.as_array())
-        .is_some_and(|d| d.iter().any(|x| x.as_str() == Some("dependencies")))
-    {
-        return Err(bad_input(format!("{file}: [project].dependencies is dynamic; list them statically or ship requirements.txt")));
-    }
+        .is_some_and(|d| d.iter().any(|x| x.as_str() == Some("dependencies")));
+    let mut spec = DepSpec::new(SpecKind::PyprojectToml, file);
     spec.python = project
-        .get("requires-python")
+        .and_then(|p| p.get("requires-python"))
         .and_then(|v| v.as_str())
         .map(str::to_string);
-    for d in project
-        .get("dependencies")
+    if let Some(deps) = project
+        .and_then(|p| p.get("dependencies"))
         .and_then(|d| d.as_array())
-        .into_iter()
-        .flatten()
     {
-        let s = d
-            .as_str()
-            .ok_or_else(|| bad_input(format!("{file}: a dependency is not a string")))?;
-        spec.requirements.push(requirement(s, file)?);
+        let mut problems = Vec::new();
+        for d in deps {
+            let Some(s) = d.as_str() else {
+                problems.push(format!("{file}: a dependency is not a string: {d}"));
+                continue;
+            };
+            add_entry(&mut spec, s, &format!("{file} [project] `{s}`"), &mut problems);
+        }
+        problems.extend(conflicting_pins(&spec));
+        refusals(file, problems)?;
+        return Ok(Loaded::Spec(Box::new(spec)));
     }
-    Ok(spec)
+    if let Some(deps) = poetry
+        .and_then(|p| p.get("dependencies"))
+        .and_then(|d| d.as_table())
+    {
+        crate::deps::poetry::read(file, poetry.expect("poetry table"), deps, &mut spec)?;
+        return Ok(Loaded::Spec(Box::new(spec)));
+    }
+    let what: Vec<String> = doc
+        .iter()
+        .flat_map(|(k, v)| match (k.as_str(), v.as_table()) {
+            ("tool", Some(t)) => t.keys().map(|k| format!("[tool.{k}]")).collect(),
+            _ => vec![format!("[{k}]")],
+        })
+        .collect();
+    Ok(Loaded::Empty(if dynamic {
+        format!("{file}: [project].dependencies is dynamic (computed by a build backend, which the builder never runs)")
+    } else {
+        format!(
+            "{file} declares no dependencies (no [project].dependencies or [tool.poetry.dependencies]; it has {})",
+            if what.is_empty() { "nothing".to_string() } else { what.join(", ") }
+        )
+    }))
 }
 
 /// Only the header of a pylock.toml is read here; the lock is used as-is when building.
@@ -337,7 +548,7 @@ pub fn parse_pylock_header(text: &str) -> Result<DepSpec> {
             "{file}: lock-version {version} is not supported (major version 1 only)"
         )));
     }
-    let mut spec = DepSpec::new(SpecKind::PylockToml);
+    let mut spec = DepSpec::new(SpecKind::PylockToml, file);
     spec.python = doc
         .get("requires-python")
         .and_then(|v| v.as_str())
@@ -352,8 +563,7 @@ pub fn parse_pylock_header(text: &str) -> Result<DepSpec> {
             p.get("name").and_then(|x| x.as_str()),
             p.get("version").and_then(|x| x.as_str()),
         ) {
-            spec.requirements
-                .push(requirement(&format!("{n}=={v}"), file)?);
+            spec.push(requirement(&format!("{n}=={v}"), file)?, file.to_string());
         }
     }
     Ok(spec)
@@ -388,6 +598,33 @@ mod tests {
     }
 
     #[test]
+    fn conda_exports_as_they_exist_in_the_wild() {
+        let y = "name: research\nchannels:\n  - pytorch\n  - conda-forge\ndependencies:\n  - conda-forge::numpy=1.26.4=py311h64a7726_0\n  - pytorch::pytorch=2.1.0=py3.11_cpu_0\n  - wavio >=0.0.5\n  - scipy 1.11.4 py311h64a7726_0\n  - python=3.11.5=hab00c5b_0_cpython\n  - pip:\n    # a comment inside the pip list\n    - tqdm==4.66.1  # trailing comment\n    - -e .\n    - --extra-index-url https://download.pytorch.org/whl/cpu\n";
+        let s = parse_conda_file("environment.yml", y).unwrap();
+        assert_eq!(s.python.as_deref(), Some("3.11.5=hab00c5b_0_cpython"));
+        let conda: Vec<(String, Option<String>)> = s
+            .conda
+            .iter()
+            .map(|d| (d.name.clone(), d.version.clone()))
+            .collect();
+        assert_eq!(
+            conda,
+            [
+                ("numpy".to_string(), Some("=1.26.4=py311h64a7726_0".to_string())),
+                ("pytorch".into(), Some("=2.1.0=py3.11_cpu_0".into())),
+                ("wavio".into(), Some(">=0.0.5".into())),
+                ("scipy".into(), Some("=1.11.4".into())),
+            ]
+        );
+        assert_eq!(s.requirements[0].to_string(), "tqdm==4.66.1");
+        assert_eq!(s.editables.len(), 1);
+        assert_eq!(
+            s.extra_index_urls,
+            ["https://download.pytorch.org/whl/cpu"]
+        );
+    }
+
+    #[test]
     fn malformed_yaml_names_file_and_line() {
         let e = parse_conda("dependencies:\n- numpy\n  - : [\n")
             .unwrap_err()
@@ -395,38 +632,60 @@ mod tests {
         assert!(e.starts_with("conda.yaml: invalid YAML at line"), "{e}");
     }
 
-    #[test]
-    fn requirements_txt_features() {
+    fn reqs(text: &str) -> Result<DepSpec> {
         let d = tempfile::tempdir().unwrap();
         std::fs::write(d.path().join("base.txt"), "numpy>=1.24 # numbers\n").unwrap();
-        let text = "# comment\n-r base.txt\n--index-url https://pypi.org/simple\nscikit-learn~=1.4 \\\n  ; python_version >= '3.9'\nrequests[socks]==2.31.0 --hash=sha256:abc\ntorch>=2,<3; platform_machine == 'x86_64'\n";
-        let s =
-            parse_requirements(d.path(), Path::new("requirements.txt"), text, &mut vec![]).unwrap();
+        parse_requirements(d.path(), Path::new("requirements.txt"), text, &mut vec![])
+    }
+
+    #[test]
+    fn requirements_txt_features() {
+        let text = "# comment\n-r base.txt\n--index-url https://pypi.org/simple\nscikit-learn~=1.4 \\\n  ; python_version >= '3.9'\nrequests[socks]==2.31.0 --hash=sha256:abc\ntorch>=2,<3; platform_machine == 'x86_64'\n-e .\n";
+        let s = reqs(text).unwrap();
         let names: Vec<String> = s.requirements.iter().map(|r| r.name.to_string()).collect();
         assert_eq!(names, ["numpy", "scikit-learn", "requests", "torch"]);
-        assert_eq!(s.index_urls, ["https://pypi.org/simple"]);
+        assert_eq!(s.index_url.as_deref(), Some("https://pypi.org/simple"));
         assert_eq!(s.requirements[2].extras.len(), 1);
+        assert_eq!(s.origins[0], "base.txt line 1");
+        assert_eq!(s.editables, ["requirements.txt line 8: -e ."]);
+    }
+
+    #[test]
+    fn every_uninstallable_line_in_one_error() {
+        let text = "numpy==1.26.4\nfile:///home/me/pkg-1.0-py3-none-any.whl\ngit+https://github.com/someone/lib.git\n-f https://download.pytorch.org/whl/torch_stable.html\ntorch==1.9.0+cu111\nnumpy==1.24.0\n-e ../elsewhere\npkg @ https://x.example/p.whl\n";
+        let e = reqs(text).unwrap_err().to_string();
+        assert!(e.starts_with("requirements.txt: 7 entries cannot be installed from a package index:\n  requirements.txt line 2: `file:///"), "{e}");
+        for needle in [
+            "line 3: `git+https://github.com/someone/lib.git`: a git URL",
+            "line 4: `-f https://download.pytorch.org/whl/torch_stable.html`: find-links",
+            "line 5: torch pins the local version 1.9.0+cu111",
+            "pin torch==1.9.0",
+            "line 7: `-e ../elsewhere`",
+            "line 8: pkg points to a URL",
+            "numpy: `numpy==1.26.4` (requirements.txt line 1) and `numpy==1.24.0` (requirements.txt line 6) are conflicting pins",
+        ] {
+            assert!(e.contains(needle), "{needle:?} missing in {e}");
+        }
+        assert_eq!(e.lines().count(), 8, "{e}");
     }
 
     #[test]
     fn requirements_txt_refusals() {
-        let d = tempfile::tempdir().unwrap();
         for (text, needle) in [
-            ("-e .\n", "editable"),
-            ("pkg @ https://x.example/p.whl\n", "points to a URL"),
+            ("-e git+https://x.example/a.git#egg=a\n", "outside the repository"),
             ("-r ../../etc/passwd\n", "outside the repository"),
             ("numpy===\n", "line 1: invalid requirement"),
         ] {
-            let e = parse_requirements(d.path(), Path::new("requirements.txt"), text, &mut vec![])
-                .unwrap_err()
-                .to_string();
+            let e = reqs(text).unwrap_err().to_string();
             assert!(e.contains(needle), "{text:?}: {e}");
         }
     }
 
     #[test]
-    fn pyproject_dependencies() {
-        let s = parse_pyproject("[project]\nname='x'\nrequires-python='>=3.10'\ndependencies=['numpy>=1.26', 'flwr==1.8.0']\n").unwrap();
+    fn pyproject_dependencies_and_fall_through() {
+        let Loaded::Spec(s) = parse_pyproject("[project]\nname='x'\nrequires-python='>=3.10'\ndependencies=['numpy>=1.26', 'flwr==1.8.0']\n").unwrap() else {
+            panic!("no spec")
+        };
         assert_eq!(s.python.as_deref(), Some(">=3.10"));
         assert_eq!(s.requirements.len(), 2);
         let e = parse_pyproject("[project\n").unwrap_err().to_string();
@@ -434,5 +693,17 @@ mod tests {
             e.starts_with("pyproject.toml: invalid TOML at line 1"),
             "{e}"
         );
+        let Loaded::Empty(why) =
+            parse_pyproject("[tool.black]\nline-length = 100\n").unwrap()
+        else {
+            panic!("a black-only pyproject declares nothing")
+        };
+        assert!(why.contains("it has [tool.black]"), "{why}");
+        let Loaded::Empty(why) =
+            parse_pyproject("[project]\nname='x'\ndynamic=['dependencies']\n").unwrap()
+        else {
+            panic!("dynamic dependencies are not readable")
+        };
+        assert!(why.contains("dynamic"), "{why}");
     }
 }

@@ -50,7 +50,7 @@ pub struct AppendRequest {
     pub cache_dir: PathBuf,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct LayerReport {
     pub digest: String,
     pub size: u64,
@@ -58,7 +58,7 @@ pub struct LayerReport {
     pub status: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct PlatformReport {
     pub platform: String,
     pub manifest: String,
@@ -66,7 +66,7 @@ pub struct PlatformReport {
     pub layers: Vec<LayerReport>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub reference: String,
     pub digest: String,

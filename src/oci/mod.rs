@@ -7,6 +7,7 @@ pub mod credentials;
 pub mod image;
 pub mod layer;
 pub mod layout;
+pub mod mirrors;
 pub mod push;
 pub mod reference;
 pub mod registry;

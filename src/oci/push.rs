@@ -113,16 +113,22 @@ pub async fn push(
             &image.top_bytes,
         )
         .await?;
-    for tag in tags {
-        target
-            .put_manifest(repo, tag, &image.top.media_type, &image.top_bytes)
-            .await?;
-    }
+    tag(target, repo, tags, image).await?;
     let bytes_uploaded = target.uploaded.load(std::sync::atomic::Ordering::Relaxed);
     Ok(Pushed {
         statuses,
         bytes_uploaded,
     })
+}
+
+/// Points `tags` at the image's top manifest (or index), which must already be pushed.
+pub async fn tag(target: &Registry, repo: &str, tags: &[String], image: &Assembled) -> Result<()> {
+    for tag in tags {
+        target
+            .put_manifest(repo, tag, &image.top.media_type, &image.top_bytes)
+            .await?;
+    }
+    Ok(())
 }
 
 async fn push_blob(

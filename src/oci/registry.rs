@@ -592,6 +592,20 @@ impl Registry {
         Ok((self.location(&url, &resp)?, min))
     }
 
+    /// Proves push access to `repo` before any expensive work: opens an upload session and
+    /// cancels it (a registry that grants only pull answers 401/403 here, not at the end).
+    pub async fn check_push(&self, repo: &str) -> Result<()> {
+        let (loc, _) = self
+            .start_upload(repo)
+            .await
+            .with_context(|| format!("checking push access to {}/{repo}", self.host))?;
+        // Best effort: an abandoned session is garbage-collected by the registry anyway.
+        let _ = self
+            .send("cancel upload", |c| Ok(c.delete(loc.clone())))
+            .await;
+        Ok(())
+    }
+
     /// Cross-repository mount. `Ok(None)` = mounted; `Ok(Some(session))` = the registry opened
     /// an upload session instead (202), to be used for a normal upload.
     pub async fn mount(&self, repo: &str, digest: &str, from: &str) -> Result<Option<(Url, u64)>> {

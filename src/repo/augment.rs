@@ -1,58 +1,116 @@
-//! Step 4: augment the repo with the FL learner runtime (`base-layers/fl-learner/`).
+//! Step 4: augment the repo with an FL runtime (`base-layers/fl-learner/`,
+//! `base-layers/fl-aggregator/`) and the dependency prefix's site hook
+//! (`base-layers/site-packages/`).
 //!
-//! The runtime's files are compiled into the binary, so a builder always ships the runtime it
+//! The runtimes' files are compiled into the binary, so a builder always ships the runtime it
 //! was tested with and needs no files beside it (the builder image, CI, a laptop alike).
 
 use crate::oci::blobstore::BlobStore;
 use crate::oci::layer::{image_path, parent_dirs, Compression, Layer, LayerWriter};
 use anyhow::Result;
+use std::collections::BTreeSet;
 use std::path::Path;
 
-/// The runtime's files, placed in the image's working directory, sorted by name.
-pub const FILES: &[(&str, &[u8])] = &[
-    (
-        "data_loading.py",
-        include_bytes!("../../base-layers/fl-learner/data_loading.py"),
-    ),
-    (
-        "main.py",
-        include_bytes!("../../base-layers/fl-learner/main.py"),
-    ),
-];
+/// A runtime: files placed in the image's working directory, and the requirements the
+/// builder adds to the lock for it.
+#[derive(Debug, Clone, Copy)]
+pub struct Runtime {
+    /// `fl-learner`, `fl-aggregator`.
+    pub name: &'static str,
+    /// (file name, bytes), sorted by name.
+    pub files: &'static [(&'static str, &'static [u8])],
+    /// requirements.txt text.
+    pub requirements: &'static str,
+}
 
-/// Top-level repo entries that the runtime replaces (the runtime wins: the manager runs our
+pub const LEARNER: Runtime = Runtime {
+    name: "fl-learner",
+    files: &[
+        (
+            "data_loading.py",
+            include_bytes!("../../base-layers/fl-learner/data_loading.py"),
+        ),
+        (
+            "main.py",
+            include_bytes!("../../base-layers/fl-learner/main.py"),
+        ),
+    ],
+    requirements: include_str!("../../base-layers/fl-learner/requirements.txt"),
+};
+
+pub const AGGREGATOR: Runtime = Runtime {
+    name: "fl-aggregator",
+    files: &[(
+        "main.py",
+        include_bytes!("../../base-layers/fl-aggregator/main.py"),
+    )],
+    requirements: include_str!("../../base-layers/fl-aggregator/requirements.txt"),
+};
+
+/// Files placed in the dependency prefix's site-packages: `sitecustomize.py` makes the prefix
+/// (which is on PYTHONPATH) a real site directory, so packages' `.pth` files run.
+pub const SITE_FILES: &[(&str, &[u8])] = &[(
+    "sitecustomize.py",
+    include_bytes!("../../base-layers/site-packages/sitecustomize.py"),
+)];
+
+/// Top-level repo entries that a runtime replaces (the runtime wins: the manager runs our
 /// `main.py`, and `flops_utils` imports our `data_loading`).
 pub fn clashes(repo_root: &Path) -> Vec<&'static str> {
-    FILES
+    let names: BTreeSet<&'static str> = LEARNER
+        .files
         .iter()
-        .map(|(name, _)| *name)
+        .chain(AGGREGATOR.files)
+        .map(|(n, _)| *n)
+        .collect();
+    names
+        .into_iter()
         .filter(|name| std::fs::symlink_metadata(repo_root.join(name)).is_ok())
         .collect()
 }
 
 /// The warning for a replaced repo file.
 pub fn clash_warning(name: &str) -> String {
-    format!("the repo's {name} is replaced by the FL learner runtime's {name}")
+    format!("the repo's {name} is replaced by the FL runtime's {name}")
 }
 
-/// The runtime layer: `workdir` (and its parents) holding [`FILES`]. Its mtime is 0, not the
-/// commit time, so its bytes change only with the builder and a new commit re-uses the blob.
-pub fn runtime_layer(store: &BlobStore, workdir: &str, compression: Compression) -> Result<Layer> {
-    let dest = image_path(workdir)?;
-    let path_of = |name: &str| {
-        if dest.is_empty() {
+/// The runtime layer: `workdir` holding the runtime's files, and the site hook in
+/// `<prefix>/site-packages`. Its mtime is 0, not the commit time, so its bytes change only
+/// with the builder and a new commit re-uses the blob.
+pub fn runtime_layer(
+    store: &BlobStore,
+    runtime: &Runtime,
+    workdir: &str,
+    prefix: &str,
+    compression: Compression,
+) -> Result<Layer> {
+    let at = |dir: &str, name: &str| -> Result<String> {
+        let d = image_path(dir)?;
+        Ok(if d.is_empty() {
             name.to_string()
         } else {
-            format!("{dest}/{name}")
-        }
+            format!("{d}/{name}")
+        })
     };
-    let mut w = LayerWriter::with_workers(store, compression, 0, 1)?;
-    // The working directory and its parents: those above any one of the files.
-    for dir in parent_dirs(&path_of(FILES[0].0)) {
-        w.dir(&dir)?;
+    let mut files: Vec<(String, &[u8])> = Vec::new();
+    for (name, bytes) in runtime.files {
+        files.push((at(workdir, name)?, bytes));
     }
-    for (name, bytes) in FILES {
-        w.file(&path_of(name), false, bytes.len() as u64, *bytes)?;
+    for (name, bytes) in SITE_FILES {
+        files.push((at(&format!("{prefix}/site-packages"), name)?, bytes));
+    }
+    files.sort();
+    let dirs: BTreeSet<String> = files.iter().flat_map(|(p, _)| parent_dirs(p)).collect();
+    let mut w = LayerWriter::with_workers(store, compression, 0, 1)?;
+    // Tar order: every path sorted, each directory before what it holds.
+    let mut entries: Vec<(String, Option<&[u8]>)> = dirs.into_iter().map(|d| (d, None)).collect();
+    entries.extend(files.into_iter().map(|(p, b)| (p, Some(b))));
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    for (path, bytes) in entries {
+        match bytes {
+            None => w.dir(&path)?,
+            Some(b) => w.file(&path, false, b.len() as u64, b)?,
+        }
     }
     w.finish(store)
 }
@@ -61,18 +119,24 @@ pub fn runtime_layer(store: &BlobStore, workdir: &str, compression: Compression)
 mod tests {
     use super::*;
 
-    /// Every runtime module in base-layers/fl-learner is embedded (tests and requirements are not).
+    /// Every runtime module is embedded (tests and requirements are not).
     #[test]
     fn every_runtime_file_is_embedded() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("base-layers/fl-learner");
-        let mut on_disk: Vec<String> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n.ends_with(".py"))
-            .collect();
-        on_disk.sort();
-        let embedded: Vec<&str> = FILES.iter().map(|(n, _)| *n).collect();
-        assert_eq!(on_disk, embedded);
+        for (dir, files) in [
+            ("fl-learner", LEARNER.files),
+            ("fl-aggregator", AGGREGATOR.files),
+            ("site-packages", SITE_FILES),
+        ] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("base-layers").join(dir);
+            let mut on_disk: Vec<String> = std::fs::read_dir(path)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".py"))
+                .collect();
+            on_disk.sort();
+            let embedded: Vec<&str> = files.iter().map(|(n, _)| *n).collect();
+            assert_eq!(on_disk, embedded, "{dir}");
+        }
     }
 
     #[test]
@@ -88,10 +152,13 @@ mod tests {
     fn runtime_layer_is_the_same_bytes_every_time() {
         let d = tempfile::tempdir().unwrap();
         let store = BlobStore::open(d.path()).unwrap();
-        let a = runtime_layer(&store, "/app", Compression::Gzip(6)).unwrap();
-        let b = runtime_layer(&store, "app/", Compression::Gzip(6)).unwrap();
+        let gz = Compression::Gzip(6);
+        let a = runtime_layer(&store, &LEARNER, "/app", "/opt/flops", gz).unwrap();
+        let b = runtime_layer(&store, &LEARNER, "app/", "/opt/flops", gz).unwrap();
         assert_eq!(a.digest, b.digest);
-        let c = runtime_layer(&store, "/srv/app", Compression::Gzip(6)).unwrap();
+        let c = runtime_layer(&store, &LEARNER, "/srv/app", "/opt/flops", gz).unwrap();
         assert_ne!(a.digest, c.digest);
+        let agg = runtime_layer(&store, &AGGREGATOR, "/app", "/opt/flops", gz).unwrap();
+        assert_ne!(a.digest, agg.digest);
     }
 }

@@ -38,7 +38,7 @@ pub fn read_inside(root: &Path, rel: &Path) -> Result<String> {
 }
 
 /// Whether a relative path stays inside its root when `..` are applied lexically.
-fn lexical_inside(rel: &Path) -> bool {
+pub(crate) fn lexical_inside(rel: &Path) -> bool {
     let mut depth: i32 = 0;
     for c in rel.components() {
         match c {

@@ -93,17 +93,34 @@ fn component(s: &str) -> String {
     out
 }
 
-/// The learner image reference, with owner and name made valid for the distribution spec's
-/// name grammar (see [`component`]); fails when nothing valid is left.
-pub fn learner_image(registry: &str, id: &RepoId, sha: &str) -> Result<String> {
-    let repo = format!("{}/{}/learner", component(&id.owner), component(&id.name));
+/// An FL image reference, `<registry>/<owner>/<repo>/<kind>:<tag>` (`kind` is `learner` or
+/// `aggregator`), with owner and name made valid for the distribution spec's name grammar (see
+/// [`component`]); fails when nothing valid is left.
+pub fn image_name(registry: &str, id: &RepoId, kind: &str, tag: &str) -> Result<String> {
+    let repo = format!("{}/{}/{kind}", component(&id.owner), component(&id.name));
     if !valid_repository(&repo) {
         return Err(bad_input(format!(
             "repository {}/{} cannot be turned into a valid image name ({repo:?} breaks the distribution spec's name grammar: lowercase letters and digits separated by '.', '_', '__' or '-')",
             id.owner, id.name
         )));
     }
-    Ok(format!("{}/{repo}:{sha}", registry_host(registry)))
+    Ok(format!("{}/{repo}:{tag}", registry_host(registry)))
+}
+
+/// The learner image of a commit (see [`image_name`]).
+pub fn learner_image(registry: &str, id: &RepoId, sha: &str) -> Result<String> {
+    image_name(registry, id, "learner", sha)
+}
+
+/// The trained-model image, `<registry>/<customer id, lowercased>/trained_model:<run id>`.
+pub fn trained_model_image(registry: &str, customer_id: &str, run_id: &str) -> Result<String> {
+    let repo = format!("{}/trained_model", component(customer_id));
+    if !valid_repository(&repo) || !crate::oci::reference::valid_tag(run_id) {
+        return Err(bad_input(format!(
+            "customer id {customer_id:?} and run id {run_id:?} do not make a valid image name ({repo}:{run_id})"
+        )));
+    }
+    Ok(format!("{}/{repo}:{run_id}", registry_host(registry)))
 }
 
 #[cfg(test)]
@@ -163,6 +180,15 @@ mod tests {
                 .contains("cannot be turned into a valid image name"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn trained_model_images() {
+        assert_eq!(
+            trained_model_image("http://r:5000", "Customer-A", "0a1b2c3d4e").unwrap(),
+            "r:5000/customer-a/trained_model:0a1b2c3d4e"
+        );
+        assert!(trained_model_image("r", "c", "bad tag!").is_err());
     }
 
     #[test]

@@ -1,19 +1,26 @@
-//! Step 2: the repo has what FLOps needs — `model_manager.py` and one dependency spec — and
-//! facts about its code that the dependency doctor uses.
+//! Step 2: the repo has what FLOps needs — `model_manager.py` and a dependency spec — and
+//! facts about its code that the dependency doctor uses (what it imports, what it provides).
 
-use crate::deps::spec::{self, DepSpec, SpecKind};
+use crate::deps::imports::{scan_source, Imports};
+use crate::deps::spec::{self, DepSpec, Loaded};
 use crate::error::bad_input;
 use crate::repo::read_inside;
 use anyhow::Result;
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug)]
 pub struct Verified {
     pub spec: DepSpec,
     /// Other spec files present but not used (lower precedence).
-    pub ignored_specs: Vec<SpecKind>,
-    pub imports_mlflow: bool,
+    pub ignored_specs: Vec<&'static str>,
+    /// Top-level modules imported by the repo's `.py` files, with the files importing them.
+    pub imports: Imports,
+    /// Names the repo provides itself: its `.py` files and directories, anywhere in it.
+    pub local_modules: BTreeSet<String>,
     pub warnings: Vec<String>,
+    /// Spec files skipped because they declare no dependencies the builder reads, and why.
+    pub notes: Vec<String>,
 }
 
 pub fn verify(root: &Path) -> Result<Verified> {
@@ -29,17 +36,42 @@ pub fn verify(root: &Path) -> Result<Verified> {
         );
     }
     let present = spec::present(root);
-    let Some((&kind, rest)) = present.split_first() else {
-        return Err(bad_input("no dependency spec at the repository root: add conda.yaml, requirements.txt, pyproject.toml or pylock.toml"));
+    if present.is_empty() {
+        return Err(bad_input("no dependency spec at the repository root: add conda.yaml (or environment.yml), requirements.txt, pyproject.toml or pylock.toml"));
+    }
+    let mut notes = Vec::new();
+    let mut chosen = None;
+    for (i, (file, kind)) in present.iter().enumerate() {
+        match spec::load(root, file, *kind)? {
+            Loaded::Spec(s) => {
+                chosen = Some((*s, i));
+                break;
+            }
+            Loaded::Empty(why) => notes.push(why),
+        }
+    }
+    let Some((spec, i)) = chosen else {
+        return Err(bad_input(format!(
+            "no dependency spec declares dependencies: {}",
+            notes.join("; ")
+        )));
     };
-    let spec = spec::load(root, kind)?;
-    let mut imports_mlflow = false;
-    scan(root, root, &mut imports_mlflow, &mut warnings)?;
+    if !notes.is_empty() {
+        notes.last_mut().expect("a note").push_str(&format!("; using {}", spec.file));
+    }
+    for n in &notes {
+        tracing::info!("{n}");
+    }
+    let mut found = Scan::default();
+    scan(root, root, &mut found)?;
+    warnings.extend(found.warnings);
     Ok(Verified {
         spec,
-        ignored_specs: rest.to_vec(),
-        imports_mlflow,
+        ignored_specs: present[i + 1..].iter().map(|(f, _)| *f).collect(),
+        imports: found.imports,
+        local_modules: found.local,
         warnings,
+        notes,
     })
 }
 
@@ -51,25 +83,16 @@ fn defines_class(src: &str, name: &str) -> bool {
     })
 }
 
-fn imports(src: &str, module: &str) -> bool {
-    src.lines().map(str::trim_start).any(|l| {
-        let rest = l
-            .strip_prefix("import ")
-            .or_else(|| l.strip_prefix("from "));
-        rest.is_some_and(|r| {
-            r.split([',', ' '])
-                .any(|m| m == module || m.starts_with(&format!("{module}.")))
-        })
-    })
+#[derive(Default)]
+struct Scan {
+    imports: Imports,
+    local: BTreeSet<String>,
+    warnings: Vec<String>,
 }
 
-/// Walks the checkout (not `.git`): finds `import mlflow` and symlinks leading outside.
-fn scan(
-    root: &Path,
-    dir: &Path,
-    imports_mlflow: &mut bool,
-    warnings: &mut Vec<String>,
-) -> Result<()> {
+/// Walks the checkout (not `.git`): imports of every `.py` file, the names the repo provides,
+/// and symlinks leading outside.
+fn scan(root: &Path, dir: &Path, found: &mut Scan) -> Result<()> {
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)?
         .map(|e| e.map(|e| e.path()))
         .collect::<std::io::Result<_>>()?;
@@ -80,18 +103,35 @@ fn scan(
             continue;
         }
         let m = p.symlink_metadata()?;
+        let stem = p
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
         if m.is_symlink() {
             let target = std::fs::read_link(&p)?;
             let resolved = rel.parent().unwrap_or(Path::new("")).join(&target);
             if target.is_absolute() || !super::lexical_inside(&resolved) {
-                warnings.push(format!("{} is a symlink to {} outside the repository; it is kept as a symlink and never followed", rel.display(), target.display()));
+                found.warnings.push(format!("{} is a symlink to {} outside the repository; it is kept as a symlink and never followed", rel.display(), target.display()));
             }
         } else if m.is_dir() {
-            scan(root, &p, imports_mlflow, warnings)?;
-        } else if p.extension().is_some_and(|e| e == "py") && !*imports_mlflow {
+            found.local.insert(stem);
+            scan(root, &p, found)?;
+        } else if p.extension().is_some_and(|e| e == "py") {
+            found.local.insert(stem);
             if let Ok(src) = std::fs::read_to_string(&p) {
-                *imports_mlflow = imports(&src, "mlflow");
+                for module in scan_source(&src) {
+                    found
+                        .imports
+                        .entry(module)
+                        .or_default()
+                        .insert(rel.display().to_string());
+                }
             }
+        } else if p.extension().is_some_and(|e| e == "so" || e == "pyd") {
+            // A compiled module shipped in the repo (`fastmath.cpython-311-x86_64-linux-gnu.so`).
+            found
+                .local
+                .insert(stem.split('.').next().unwrap_or(&stem).to_string());
         }
     }
     Ok(())
@@ -102,14 +142,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn class_and_import_detection() {
+    fn class_detection() {
         assert!(defines_class(
             "import x\nclass ModelManager(ModelManagerTemplate):\n",
             "ModelManager"
         ));
         assert!(!defines_class("class ModelManagerX:\n", "ModelManager"));
-        assert!(imports("  import mlflow.sklearn\n", "mlflow"));
-        assert!(imports("from mlflow import log_metric\n", "mlflow"));
-        assert!(!imports("import mlflowish\n# mlflow\n", "mlflow"));
+    }
+
+    #[test]
+    fn imports_and_local_modules_of_a_repo() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(
+            d.path().join("model_manager.py"),
+            "import numpy\nfrom helpers.io import read\nclass ModelManager:\n    pass\n",
+        )
+        .unwrap();
+        std::fs::create_dir(d.path().join("helpers")).unwrap();
+        std::fs::write(d.path().join("helpers/io.py"), "import mlflow.sklearn\n").unwrap();
+        std::fs::write(d.path().join("requirements.txt"), "numpy\n").unwrap();
+        std::fs::write(d.path().join("pyproject.toml"), "[tool.black]\n").unwrap();
+        let v = verify(d.path()).unwrap();
+        assert_eq!(v.spec.file, "requirements.txt");
+        assert_eq!(v.notes.len(), 1);
+        assert!(v.notes[0].ends_with("; using requirements.txt"), "{:?}", v.notes);
+        let mods: Vec<&str> = v.imports.keys().map(String::as_str).collect();
+        assert_eq!(mods, ["helpers", "mlflow", "numpy"]);
+        assert!(v.imports["mlflow"].contains("helpers/io.py"));
+        assert!(v.local_modules.contains("helpers") && v.local_modules.contains("io"));
     }
 }

@@ -2,6 +2,7 @@
 //! (registries on 127.0.0.1:5000 and :5443) and verify with skopeo, umoci and chroot.
 #![allow(dead_code)]
 
+use std::io::Read as _;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -348,3 +349,254 @@ pub fn ctr_run(args: &[&str]) -> Command {
         .args(args);
     c
 }
+
+/// The rig's second plain registry, playing docker.io (holds library/python:3.11-slim and
+/// 3.13-slim); builds reach it with `--registry-mirror docker.io=http://127.0.0.1:5001`.
+pub const MIRROR: &str = "127.0.0.1:5001";
+pub const MIRROR_FLAG: &str = "docker.io=http://127.0.0.1:5001";
+
+/// Fails (never skips) without the rig's docker.io mirror and its bases.
+pub fn require_mirror() {
+    for tag in ["3.11-slim", "3.13-slim"] {
+        let ok = Command::new("skopeo")
+            .args([
+                "inspect",
+                "--raw",
+                "--tls-verify=false",
+                &format!("docker://{MIRROR}/library/python:{tag}"),
+            ])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        assert!(ok, "{MIRROR}/library/python:{tag} is missing: run `sudo scripts/rig.sh services base`");
+    }
+}
+
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A new, empty CNCF distribution registry on a free 127.0.0.1 port (what a fresh FLOps
+/// cluster has: no Python base); stopped and deleted on drop.
+pub struct FreshRegistry {
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+    pub addr: String,
+}
+
+impl FreshRegistry {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_tcp_port();
+        let addr = format!("127.0.0.1:{port}");
+        let conf = dir.path().join("config.yml");
+        std::fs::write(
+            &conf,
+            format!(
+                "version: 0.1\nlog: {{ level: warn }}\nstorage:\n  filesystem: {{ rootdirectory: {} }}\n  delete: {{ enabled: true }}\nhttp:\n  addr: {addr}\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&conf)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("docker-registry (run `sudo scripts/rig.sh install`)");
+        for _ in 0..100 {
+            if TcpStream::connect(&addr).is_ok() {
+                return FreshRegistry {
+                    child,
+                    _dir: dir,
+                    addr,
+                };
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("a fresh docker-registry did not start on {addr}");
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for FreshRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The unpacked image's environment (`KEY=VALUE`) and working directory, from umoci's
+/// runtime config beside `rootfs`.
+pub fn image_process(rootfs: &Path) -> (Vec<String>, String) {
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(rootfs.parent().unwrap().join("config.json")).unwrap(),
+    )
+    .unwrap();
+    let env = config["process"]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    (env, config["process"]["cwd"].as_str().unwrap().to_string())
+}
+
+/// Runs `python3 -c <code>` inside an unpacked image, in its working directory with its
+/// environment: under chroot for amd64, through qemu-user (copied into the rootfs, invoked
+/// explicitly; there is no binfmt here) for arm64. Returns (success, output).
+pub fn python_in_image(rootfs: &Path, arch: &str, code: &str) -> (bool, String) {
+    let (env, cwd) = image_process(rootfs);
+    let script = format!("import os, sys\nos.chdir({cwd:?})\nsys.path.insert(0, {cwd:?})\n{code}\n");
+    // A runtime would mount /dev (Python opens /dev/null and /dev/urandom).
+    let _dev = DevMount::new(rootfs);
+    let mut c = Command::new("chroot");
+    c.arg(rootfs).env_clear();
+    for kv in &env {
+        let (k, v) = kv.split_once('=').unwrap();
+        c.env(k, v);
+    }
+    match arch {
+        "amd64" => {
+            c.args(["/usr/bin/python3", "-c", &script]);
+        }
+        "arm64" => {
+            let qemu = "/usr/bin/qemu-aarch64-static";
+            assert!(
+                Path::new(qemu).exists(),
+                "{qemu} is missing: run `sudo scripts/rig.sh install` (Debian's qemu-user-static)"
+            );
+            std::fs::copy(qemu, rootfs.join("qemu-aarch64-static")).unwrap();
+            c.args(["/qemu-aarch64-static", "/usr/bin/python3", "-c", &script]);
+        }
+        other => panic!("no way to run {other} here"),
+    }
+    let o = c.output().expect("chroot");
+    (
+        o.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+    )
+}
+
+/// Pulls `reference` for `arch`, unpacks it, and imports the repo's `model_manager` there.
+pub fn import_model_manager(reference: &str, arch: &str, work: &Path) -> PathBuf {
+    let rootfs = unpack(reference, &work.join(arch), &format!("--override-arch {arch}"));
+    let (ok, out) = python_in_image(&rootfs, arch, "import model_manager; print('imported')");
+    assert!(ok && out.contains("imported"), "import model_manager failed in {reference} ({arch}):\n{out}");
+    rootfs
+}
+
+/// The doctor rules that fired in a `check`/`build` JSON report.
+pub fn rules(report: &serde_json::Value) -> Vec<String> {
+    report["doctor"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["rule"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The doctor line of `rule` (the first), for asserting on its text.
+pub fn rule_detail(report: &serde_json::Value, rule: &str) -> String {
+    report["doctor"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["rule"] == rule)
+        .map(|f| f["detail"].as_str().unwrap().to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `mosquitto_sub` on `<prefix>/#`, started before the build.
+pub struct Sub(pub std::process::Child);
+
+impl Sub {
+    pub fn start(prefix: &str) -> Self {
+        Self::with(prefix, &["-v"])
+    }
+
+    /// `mosquitto_sub -q 1 <extra> -t <prefix>/#`, given time to subscribe.
+    pub fn with(prefix: &str, extra: &[&str]) -> Self {
+        let topic = format!("{prefix}/#");
+        let mut args = vec!["-h", "127.0.0.1", "-p", "9027", "-q", "1"];
+        args.extend_from_slice(extra);
+        args.extend(["-t", topic.as_str()]);
+        let child = Command::new("mosquitto_sub")
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("mosquitto_sub (package mosquitto-clients)");
+        std::thread::sleep(Duration::from_millis(400));
+        Sub(child)
+    }
+
+    /// (event, payload) of every message received so far, in order.
+    /// Everything printed, once the subscriber exits by itself (`-C`/`-W`).
+    pub fn exited_output(mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.0.stdout.take().unwrap().read_to_end(&mut out).unwrap();
+        let _ = self.0.wait();
+        out
+    }
+
+    pub fn messages(mut self) -> Vec<(String, serde_json::Value)> {
+        std::thread::sleep(Duration::from_millis(500));
+        let _ = self.0.kill();
+        let mut out = String::new();
+        self.0
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        let _ = self.0.wait();
+        out.lines()
+            .map(|l| {
+                let (topic, payload) = l.split_once(' ').unwrap();
+                (
+                    topic.rsplit('/').next().unwrap().to_string(),
+                    serde_json::from_str(payload).unwrap(),
+                )
+            })
+            .collect()
+    }
+}
+
+impl Drop for Sub {
+    /// A test that fails before reading its messages must not leave the subscriber running.
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A TCP observer on 127.0.0.1 collecting one message per connection.
+pub fn observer() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let g = got.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            let mut s = s;
+            let mut m = String::new();
+            let _ = s.read_to_string(&mut m);
+            g.lock().unwrap().push(m);
+        }
+    });
+    (port, got)
+}
+

@@ -1,0 +1,97 @@
+"""Failures end in exactly one flops_manager/aggregator/failed whose error_msg says what to fix,
+and exit code 1, without hanging on the tracking server, the broker or the observer."""
+
+import time
+
+from conftest import free_port, messages_of, wait_for
+
+
+def failed_once(mqtt_messages, project_id):
+    """Waits a moment for stragglers, then returns the one `failed` payload."""
+    assert wait_for(lambda: messages_of(mqtt_messages, project_id), 10), "nothing was published"
+    time.sleep(1)
+    msgs = messages_of(mqtt_messages, project_id)
+    assert [status for status, _ in msgs if status != "started"] == ["failed"], msgs
+    payload = msgs[-1][1]
+    assert set(payload) == {"flops_project_id", "aggregator_type", "error_msg"}, payload
+    return msgs, payload
+
+
+def test_unreachable_tracking_server_fails_fast(fl, mqtt_messages, observer):
+    observer_address, observed = observer
+    url = f"http://127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    agg = fl.aggregator("aggregator", ["CLASSIC_AGGREGATOR", 3, 1, 1, 1], free_port(),
+                        observer=observer_address, tracking=url)
+    assert agg.wait(60) == 1, agg.output()
+    assert time.monotonic() - started < 45
+    msgs, payload = failed_once(mqtt_messages, fl.project_id)
+    assert [status for status, _ in msgs] == ["failed"]
+    assert payload["aggregator_type"] == "CLASSIC_AGGREGATOR"
+    assert url in payload["error_msg"] and "unreachable" in payload["error_msg"], payload
+    assert wait_for(lambda: observed, 5) and url in observed[-1]
+
+
+def test_model_code_failing_at_start(fl, mqtt_messages):
+    agg = fl.aggregator("aggregator", ["ROOT_AGGREGATOR", 2, 1, 1, 1], free_port(),
+                        TEST_MODEL_FAIL="init")
+    assert agg.wait(60) == 1, agg.output()
+    msgs, payload = failed_once(mqtt_messages, fl.project_id)
+    assert [status for status, _ in msgs] == ["failed"]
+    assert payload["aggregator_type"] == "ROOT_AGGREGATOR"
+    assert "ModelManager()" in payload["error_msg"]
+    assert "RuntimeError: the model cannot be built" in payload["error_msg"]
+
+
+def test_model_code_failing_in_a_round(fl, mqtt_messages, mlflow_client):
+    # Only the aggregator's model fails: it cannot take the aggregated parameters of round 1.
+    port = free_port()
+    agg = fl.aggregator("aggregator", ["CLASSIC_AGGREGATOR", 3, 1, 1, 1], port,
+                        TEST_MODEL_FAIL="set_model_parameters")
+    learner = fl.learner("learner", port, "agg-a")
+    assert agg.wait(120) == 1, fl.logs()
+    msgs, payload = failed_once(mqtt_messages, fl.project_id)
+    assert [status for status, _ in msgs] == ["started", "failed"]
+    msg = payload["error_msg"]
+    assert "round 1" in msg and "set_model_parameters()" in msg, msg
+    assert "ValueError: these parameters do not fit the model" in msg, msg
+    # The remaining rounds were cancelled and the learner's session ended normally.
+    assert learner.wait(60) == 0, fl.logs()
+    experiment = mlflow_client.get_experiment_by_name(f"FLOps Project {fl.project_id}")
+    runs = mlflow_client.search_runs([experiment.experiment_id])
+    assert [(r.info.run_name, r.info.status) for r in runs] == [("FLOps FL round 1", "FAILED")]
+
+
+def test_learner_failure_fails_the_round(fl, mqtt_messages):
+    port = free_port()
+    agg = fl.aggregator("aggregator", ["CLASSIC_AGGREGATOR", 3, 1, 1, 1], port)
+    learner = fl.learner("learner", port, "agg-a", TEST_MODEL_FAIL="fit_model")
+    assert agg.wait(120) == 1, fl.logs()
+    assert learner.wait(60) == 1, fl.logs()
+    _, payload = failed_once(mqtt_messages, fl.project_id)
+    msg = payload["error_msg"]
+    assert "round 1: 1 of 1 learner(s) failed in training (connection lost" in msg, msg
+    learner_failed = messages_of(mqtt_messages, fl.project_id, "flops_manager/learner/")
+    assert [status for status, _ in learner_failed] == ["failed"]
+
+
+def test_unreachable_broker_and_observer_do_not_hang(fl):
+    # Nothing listens on these ports: each notification gives up at once with a warning.
+    started = time.monotonic()
+    agg = fl.aggregator("aggregator", ["CLASSIC_AGGREGATOR", 1, 1, 1, 1], free_port(),
+                        mqtt=f"127.0.0.1:{free_port()}", observer=f"127.0.0.1:{free_port()}",
+                        TEST_MODEL_FAIL="init")
+    assert agg.wait(60) == 1, agg.output()
+    assert time.monotonic() - started < 30
+    out = agg.output()
+    assert "could not publish flops_manager/aggregator/failed" in out, out
+    assert "could not reach the project observer" in out, out
+
+
+def test_deactivated_notifications_publish_nothing(fl, mqtt_messages):
+    agg = fl.aggregator("aggregator", ["CLASSIC_AGGREGATOR", 1, 1, 1, 1, "--deactivate-notifications"],
+                        free_port(), TEST_MODEL_FAIL="init")
+    assert agg.wait(60) == 1, agg.output()
+    time.sleep(2)
+    assert messages_of(mqtt_messages, fl.project_id) == []
+    assert "ModelManager() raised RuntimeError" in agg.output()

@@ -1,0 +1,348 @@
+//! Phase 5, dependency layers per platform: select each platform's wheels from the lock,
+//! split them into groups (the smallest image's packages first, then what each bigger image
+//! adds), plan layers per group, reuse what exists (this repository's earlier images, the
+//! registry's shared pool, the local cache) and fetch + build + upload only the rest.
+
+use super::Session;
+use crate::deps::install::Prefix;
+use crate::deps::pylock::{self, Selected};
+use crate::deps::{fetch, layers, sdist, wheel};
+use crate::error::bad_input;
+use crate::oci::layer::Layer;
+use crate::oci::push::BaseSource;
+use crate::oci::registry::Registry;
+use anyhow::Result;
+use serde::Serialize;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DepLayerReport {
+    pub platform: String,
+    /// The image group: the smallest image's name, or the bigger image that adds it.
+    pub group: &'static str,
+    pub packages: String,
+    pub digest: String,
+    pub size: u64,
+    /// `built`, `cache` (local), `registry` (an earlier image of this repository) or `pool`
+    /// (the registry's shared dependency-layer pool).
+    pub source: &'static str,
+}
+
+/// One platform's dependency layers, by group.
+pub struct PlatformDeps {
+    /// `linux/amd64`.
+    pub platform: String,
+    pub groups: Vec<Vec<layers::DepLayer>>,
+}
+
+pub struct DepLayers {
+    pub platforms: Vec<PlatformDeps>,
+    /// Cache key → (layer, where it came from).
+    pub ready: HashMap<String, (Layer, &'static str)>,
+    /// Layers to mount from the pool when pushing (digest → source).
+    pub mount_from: HashMap<String, BaseSource>,
+    /// Per group: digests uploaded while building, and their bytes.
+    pub uploaded_early: Vec<(HashSet<String>, u64)>,
+    /// Layers to add to the shared pool after the push.
+    pub new_in_pool: Vec<(layers::DepLayer, Layer)>,
+    pub reports: Vec<DepLayerReport>,
+    /// Packages one platform has and another lacks.
+    pub warnings: Vec<String>,
+    /// Packages that had only an sdist, and where their wheel came from.
+    pub sdists: Vec<sdist::Built>,
+}
+
+impl DepLayers {
+    /// The layers of an image using groups `0..=level` on `platform`, with their descriptors.
+    pub fn for_image(&self, platform: &str, level: usize) -> Vec<crate::oci::image::AddedLayer> {
+        let p = self
+            .platforms
+            .iter()
+            .find(|p| p.platform == platform)
+            .expect("every base platform has dependency layers");
+        p.groups[..=level.min(p.groups.len() - 1)]
+            .iter()
+            .flatten()
+            .map(|dep| {
+                let l = &self.ready[&dep.key].0;
+                crate::oci::image::AddedLayer {
+                    descriptor: layers::descriptor(l, dep),
+                    diff_id: l.diff_id.clone(),
+                    created_by: format!("flops-image-builder: pip install {}", dep.packages()),
+                }
+            })
+            .collect()
+    }
+}
+
+/// Splits a platform's selection into the groups of `subsets` (cumulative package-name sets,
+/// the last being everything).
+fn split(selected: Vec<Selected>, subsets: &[Option<BTreeSet<String>>]) -> Vec<Vec<Selected>> {
+    let mut groups: Vec<Vec<Selected>> = vec![Vec::new(); subsets.len()];
+    for s in selected {
+        let norm = crate::deps::imports::normalize(&s.name);
+        let g = subsets
+            .iter()
+            .position(|set| set.as_ref().is_none_or(|set| set.contains(&norm)))
+            .unwrap_or(subsets.len() - 1);
+        groups[g].push(s);
+    }
+    groups
+}
+
+/// Packages some platforms have and others lack (a marker such as
+/// `platform_machine == "x86_64"`): one line per package and platform.
+fn platform_gaps(selections: &[(String, Vec<Selected>)]) -> Vec<String> {
+    let mut out = Vec::new();
+    for (p, sel) in selections {
+        for (other, osel) in selections {
+            for s in osel {
+                if !sel.iter().any(|x| x.name == s.name) {
+                    out.push(format!(
+                        "{p} has no {} ({other} has {} {}): a marker in the lock leaves it out there",
+                        s.name, s.name, s.version
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Plans, reuses and builds the dependency layers of every platform. `groups` names the
+/// cumulative requirement sets (`["learner", "aggregator"]`) and `home` the repository each
+/// group's new layers are uploaded to (its first image's).
+pub async fn dependency_layers(
+    sess: &Session<'_>,
+    reg: &Arc<Registry>,
+    base: &super::base::Base,
+    locked: &super::lock::Locked,
+    groups: &[&'static str],
+    home: &[String],
+    lock_dir: &std::path::Path,
+) -> Result<DepLayers> {
+    let prefix = Prefix::new(super::DEPS_PREFIX, &sess.opts.python);
+    let subsets: Vec<Option<BTreeSet<String>>> = groups
+        .iter()
+        .enumerate()
+        .map(|(i, g)| {
+            if i + 1 == groups.len() {
+                None
+            } else {
+                locked.lock.subset(g)
+            }
+        })
+        .collect();
+    let mut selections = Vec::new();
+    let mut sdists = Vec::new();
+    let http = fetch::http_client()?;
+    let policy = sdist::BuildPolicy {
+        uv: sess.opts.resolve.uv.clone(),
+        no_build: sess.opts.resolve.no_build,
+        index_url: sess.opts.resolve.index_url.clone(),
+    };
+    for b in &base.images {
+        let target = wheel::Target::new(
+            &b.platform.architecture,
+            &base.python_full,
+            wheel::Libc::Glibc(sess.opts.glibc.0, sess.opts.glibc.1),
+        )?;
+        let platform = format!("{}/{}", b.platform.os, b.platform.architecture);
+        let mut selected = pylock::select(&locked.lock, &target)?;
+        for b in sdist::materialize(
+            &mut selected,
+            &platform,
+            &http,
+            reg,
+            layers::POOL_REPO,
+            &sess.store,
+            lock_dir,
+            &policy,
+        )
+        .await?
+        {
+            if !sdists.iter().any(|x: &sdist::Built| x.name == b.name && x.version == b.version) {
+                sdists.push(b);
+            }
+        }
+        selections.push((platform, selected));
+    }
+    let warnings = platform_gaps(&selections);
+    if sess.opts.strict_platforms && !warnings.is_empty() {
+        return Err(bad_input(crate::error::listed(
+            "--strict-platforms: the platforms do not get the same packages",
+            &warnings,
+        )));
+    }
+    let mut platforms = Vec::new();
+    for (platform, selected) in selections {
+        let plans = split(selected, &subsets)
+            .into_iter()
+            .enumerate()
+            .map(|(i, g)| {
+                // Extra groups are small (the aggregator's MLflow): a smaller layer budget.
+                let budget = if i == 0 {
+                    sess.opts.max_dep_layers
+                } else {
+                    (sess.opts.max_dep_layers / 3).max(1)
+                };
+                layers::plan(&g, budget, &platform, &prefix, sess.opts.compression)
+            })
+            .collect();
+        platforms.push(PlatformDeps {
+            platform,
+            groups: plans,
+        });
+    }
+
+    let t = Instant::now();
+    // Reuse, cheapest first: this plan's repositories' earlier images, the shared layer pool
+    // (mounted), the local cache; only what none of them has is fetched and built.
+    let mut remote = HashMap::new();
+    for repo in home {
+        remote.extend(layers::registry_cache(reg, repo).await);
+    }
+    let missing: Vec<String> = platforms
+        .iter()
+        .flat_map(|p| p.groups.iter().flatten().map(|d| d.key.clone()))
+        .filter(|k| !remote.contains_key(k))
+        .collect();
+    let pooled = layers::pool_lookup(reg, layers::POOL_REPO, &missing).await;
+    let pool_src = BaseSource {
+        registry: reg.clone(),
+        repository: layers::POOL_REPO.to_string(),
+    };
+    let mut mount_from = HashMap::new();
+    let mut ready: HashMap<String, (Layer, &'static str)> = HashMap::new();
+    let mut to_build: Vec<(usize, layers::DepLayer)> = Vec::new();
+    for p in &platforms {
+        for (g, dep) in p.groups.iter().enumerate().flat_map(|(g, l)| l.iter().map(move |d| (g, d))) {
+            if ready.contains_key(&dep.key) || to_build.iter().any(|(_, d)| d.key == dep.key) {
+                continue;
+            }
+            if let Some(l) = remote.get(&dep.key) {
+                ready.insert(dep.key.clone(), (l.clone(), "registry"));
+            } else if let Some(l) = pooled.get(&dep.key) {
+                mount_from.insert(l.digest.clone(), pool_src.clone());
+                ready.insert(dep.key.clone(), (l.clone(), "pool"));
+            } else if let Some(l) = layers::local_cached(&sess.store, &dep.key) {
+                ready.insert(dep.key.clone(), (l, "cache"));
+            } else {
+                to_build.push((g, dep.clone()));
+            }
+        }
+    }
+    let built = build_all(sess, reg, home, to_build, lock_dir, t).await?;
+    let mut uploaded_early = vec![(HashSet::new(), 0u64); groups.len()];
+    for (g, key, layer, uploaded) in built {
+        if uploaded {
+            uploaded_early[g].0.insert(layer.digest.clone());
+            uploaded_early[g].1 += layer.size;
+        }
+        ready.insert(key, (layer, "built"));
+    }
+    let mut reports = Vec::new();
+    let mut seen = HashSet::new();
+    let mut new_in_pool = Vec::new();
+    for p in &platforms {
+        for (g, group) in p.groups.iter().enumerate() {
+            for dep in group {
+                let (l, src) = &ready[&dep.key];
+                reports.push(DepLayerReport {
+                    platform: p.platform.clone(),
+                    group: groups[g],
+                    packages: dep.packages(),
+                    digest: l.digest.clone(),
+                    size: l.size,
+                    source: src,
+                });
+                if !pooled.contains_key(&dep.key) && seen.insert(dep.key.clone()) {
+                    new_in_pool.push((dep.clone(), l.clone()));
+                }
+            }
+        }
+    }
+    let n = ready.len();
+    let n_built = ready.values().filter(|(_, s)| *s == "built").count();
+    sess.observe(&format!(
+        "dependency layers ready: {n} ({n_built} built, {} reused)",
+        n - n_built
+    ))
+    .await;
+    Ok(DepLayers {
+        platforms,
+        ready,
+        mount_from,
+        uploaded_early,
+        new_in_pool,
+        reports,
+        warnings,
+        sdists,
+    })
+}
+
+/// One task per missing dependency layer: fetch its wheels, build when a core is free, upload
+/// the blob to its group's repository right away. Downloads, builds and uploads of different
+/// layers overlap; downloads and builds are bounded (network slots; one build per core, since
+/// more only adds codec buffers). Returns (group, key, layer, uploaded now).
+async fn build_all(
+    sess: &Session<'_>,
+    reg: &Arc<Registry>,
+    home: &[String],
+    to_build: Vec<(usize, layers::DepLayer)>,
+    lock_dir: &std::path::Path,
+    t: Instant,
+) -> Result<Vec<(usize, String, Layer, bool)>> {
+    let http = fetch::http_client()?;
+    let downloads = Arc::new(tokio::sync::Semaphore::new(fetch::CONCURRENCY));
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let slots = Arc::new(tokio::sync::Semaphore::new(cores));
+    let fetched_at = Arc::new(std::sync::Mutex::new(t));
+    let spin = crate::progress::Bar::spinner("installing wheels into layers");
+    let prefix = Prefix::new(super::DEPS_PREFIX, &sess.opts.python);
+    let mut tasks = Vec::new();
+    for (g, dep) in to_build {
+        let (store, prefix, c) = (sess.store.clone(), prefix.clone(), sess.opts.compression);
+        let (http, downloads, slots, fetched_at) = (
+            http.clone(),
+            downloads.clone(),
+            slots.clone(),
+            fetched_at.clone(),
+        );
+        let (reg, repo, lock_dir) = (reg.clone(), home[g].clone(), lock_dir.to_path_buf());
+        tasks.push(tokio::spawn(async move {
+            let paths =
+                fetch::fetch_all(&http, store.root(), Some(&lock_dir), &dep.wheels, &downloads)
+                    .await?;
+            {
+                let mut at = fetched_at.lock().expect("not poisoned");
+                *at = (*at).max(Instant::now());
+            }
+            let slot = slots.acquire_owned().await.expect("semaphore open");
+            let (s, d) = (store.clone(), dep.clone());
+            let layer =
+                tokio::task::spawn_blocking(move || layers::build(&s, &d, &paths, &prefix, c))
+                    .await??;
+            drop(slot);
+            let uploaded = !reg.blob_exists(&repo, &layer.digest).await?;
+            if uploaded {
+                reg.upload_file(&repo, &layer.digest, &store.path(&layer.digest), layer.size, None)
+                    .await?;
+            }
+            anyhow::Ok((g, dep.key.clone(), layer, uploaded))
+        }));
+    }
+    let mut out = Vec::new();
+    for task in tasks {
+        out.push(task.await??);
+    }
+    spin.done();
+    // Phases overlap: "fetch" ends with the last download, "layers" with the last layer (its
+    // upload included).
+    let last_fetch = *fetched_at.lock().expect("not poisoned");
+    sess.record("fetch", last_fetch.duration_since(t).as_millis() as u64);
+    sess.done("layers", t);
+    Ok(out)
+}

@@ -1,0 +1,225 @@
+//! Plan `fl_actors`: the learner and the aggregator image of one ML repo commit, from one
+//! clone, one doctor run and one lock; the aggregator adds only its own layers (MLflow, its
+//! runtime) on top of the learner's dependency layers. [`build_fl`] is the FL images' flow;
+//! the learner-only plan is the same flow with one image.
+
+use super::base::{BaseReport, Finder};
+use super::deps::DepLayerReport;
+use super::image::{assemble_image, env, labels, ImageSpec};
+use super::{deps, lock, push, source, target, Options, Session, DEPS_PREFIX};
+use crate::deps::doctor::Fired;
+use crate::notify::Notifier;
+use crate::oci::append::Report;
+use crate::oci::image::{rfc3339, ConfigChanges};
+use crate::oci::reference::Reference;
+use crate::repo::augment::{self, Runtime};
+use crate::repo::clone::CloneOptions;
+use crate::repo::naming::image_name;
+use anyhow::Result;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone)]
+pub struct BuildRequest {
+    /// Git URL or local path of the ML repo.
+    pub repo: String,
+    pub clone: CloneOptions,
+    pub opts: Options,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FlReport {
+    /// The first image (the learner).
+    pub image: Report,
+    /// Every image of the plan by role, when there are several.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub images: BTreeMap<&'static str, Report>,
+    pub commit: String,
+    pub spec: &'static str,
+    pub python: String,
+    pub base: BaseReport,
+    pub doctor: Vec<Fired>,
+    pub warnings: Vec<String>,
+    pub notes: Vec<String>,
+    pub dependency_layers: Vec<DepLayerReport>,
+    /// Packages that had only an sdist: the pure wheel built from it (`built`), or found built
+    /// by an earlier run (`cache`) or another node (`pool`).
+    pub sdists: Vec<crate::deps::sdist::Built>,
+    /// The lock the images were built from (kept in the cache, by content).
+    pub lock: std::path::PathBuf,
+    /// `repo` (its pylock.toml), `cache`, `registry` (the pool) or `resolved` (uv ran).
+    pub lock_source: &'static str,
+}
+
+/// The learner and the aggregator image of a commit.
+pub async fn build(req: &BuildRequest, notifier: &Notifier) -> Result<FlReport> {
+    build_fl(
+        req,
+        notifier,
+        &[("learner", &augment::LEARNER), ("aggregator", &augment::AGGREGATOR)],
+    )
+    .await
+}
+
+/// FL images of one commit: each (role, runtime) adds its runtime's requirements to the
+/// previous images' (one lock), and gets its runtime's files beside the repo's code.
+pub async fn build_fl(
+    req: &BuildRequest,
+    notifier: &Notifier,
+    images: &[(&'static str, &Runtime)],
+) -> Result<FlReport> {
+    let sess = Session::new(&req.opts, notifier)?;
+    let opts = &req.opts;
+    let mut sets = Vec::new();
+    let mut runtime = String::new();
+    for (role, rt) in images {
+        runtime.push_str(rt.requirements);
+        sets.push((*role, runtime.clone()));
+    }
+    let src = source::source(&sess, &req.repo, &req.clone, &runtime).await?;
+    let check = &src.check;
+    let id = check.repo.clone().expect("a checked repo has an id");
+    let scheme = if opts.registry.starts_with("http://") { "http://" } else { "" };
+    let targets = images
+        .iter()
+        .map(|(role, _)| {
+            Reference::parse(&format!(
+                "{scheme}{}",
+                image_name(&opts.registry, &id, role, &check.commit)?
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let pulls = base_pulls(opts, &targets[0]);
+    let target_refs: Vec<&Reference> = targets.iter().collect();
+    let reg = target::connect(&sess, &target_refs, &pulls).await?;
+    let finder = Finder {
+        target: &targets[0],
+        target_reg: &reg,
+        mirrors: &opts.mirrors,
+        opts: &opts.registry_opts,
+        platforms: &opts.platforms,
+    };
+    let (base, locked) = lock::base_and_lock(&sess, &finder, &src, &sets, opts.strict_python).await?;
+
+    // Runtime and code layers are built while the dependency layers are.
+    let epoch = src.checkout.commit_time.max(0) as u64;
+    let own_layers = {
+        let (store, root, workdir, c) = (
+            sess.store.clone(),
+            src.checkout.root().to_path_buf(),
+            opts.workdir.clone(),
+            opts.compression,
+        );
+        let runtimes: Vec<Runtime> = images.iter().map(|(_, rt)| **rt).collect();
+        let mut skip = vec![".git"];
+        skip.extend(&check.replaced_by_runtime);
+        tokio::task::spawn_blocking(move || {
+            let rts = runtimes
+                .iter()
+                .map(|rt| augment::runtime_layer(&store, rt, &workdir, DEPS_PREFIX, c))
+                .collect::<Result<Vec<_>>>()?;
+            let (code, _) = crate::oci::layer::tree_layer(&store, &root, &workdir, &skip, c, epoch)?;
+            anyhow::Ok((rts, code))
+        })
+    };
+    let home: Vec<String> = targets.iter().map(|t| t.repository.clone()).collect();
+    let roles: Vec<&'static str> = images.iter().map(|(r, _)| *r).collect();
+    let deps =
+        deps::dependency_layers(&sess, &reg, &base, &locked, &roles, &home, src.checkout.root())
+            .await?;
+    let (runtime_layers, code) = own_layers.await??;
+
+    let mut extra_env = Vec::new();
+    if let Some(f) = &opts.model_flavor {
+        extra_env.push(("ML_MODEL_FLAVOR", f.clone()));
+    }
+    let changes = ConfigChanges {
+        env: env(&base, &extra_env),
+        workdir: Some(opts.workdir.clone()),
+        labels: labels(&[
+            ("org.opencontainers.image.source", check.source.clone()),
+            ("org.opencontainers.image.revision", check.commit.clone()),
+            ("org.opencontainers.image.created", rfc3339(epoch)),
+        ]),
+        created: rfc3339(epoch),
+        ..Default::default()
+    };
+    let mut built = Vec::new();
+    for (i, ((role, rt), target)) in images.iter().zip(&targets).enumerate() {
+        let mut tags = vec![check.commit.clone()];
+        tags.extend(opts.extra_tags.iter().cloned());
+        let spec = ImageSpec {
+            role,
+            target: target.clone(),
+            tags,
+            level: i,
+            top: vec![
+                (
+                    runtime_layers[i].clone(),
+                    format!("flops-image-builder: COPY base-layers/{} {}", rt.name, opts.workdir),
+                ),
+                (
+                    code.clone(),
+                    format!("flops-image-builder: COPY {} {}", check.source, opts.workdir),
+                ),
+            ],
+            changes: changes.clone(),
+        };
+        let assembled = assemble_image(&sess, &base, &deps, &spec)?;
+        built.push((spec, assembled));
+    }
+    let reports = push::push_all(&sess, &reg, &base, &deps, &built, &home).await?;
+    for r in &reports {
+        sess.observe(&format!("pushed {}", r.reference)).await;
+    }
+    let mut doctor = check.doctor.clone();
+    doctor.extend(locked.fired.iter().cloned());
+    locked.annotate(&mut doctor);
+    let mut warnings: Vec<String> = check
+        .warnings
+        .iter()
+        .filter(|w| !locked.stale_warnings.contains(w))
+        .cloned()
+        .collect();
+    warnings.extend(deps.warnings.iter().cloned());
+    for w in &deps.warnings {
+        tracing::warn!("{w}");
+    }
+    let mut by_role: BTreeMap<&'static str, Report> = roles.iter().copied().zip(reports).collect();
+    let first = by_role.remove(roles[0]).expect("one image at least");
+    let images_map = if roles.len() > 1 {
+        let mut m = BTreeMap::new();
+        m.insert(roles[0], first.clone());
+        m.extend(by_role);
+        m
+    } else {
+        BTreeMap::new()
+    };
+    Ok(FlReport {
+        image: first,
+        images: images_map,
+        commit: check.commit.clone(),
+        spec: check.spec,
+        python: base.python_full.clone(),
+        base: base.report.clone(),
+        doctor,
+        warnings,
+        notes: check.notes.clone(),
+        dependency_layers: deps.reports,
+        sdists: deps.sdists,
+        lock: locked.path.clone(),
+        lock_source: locked.source,
+    })
+}
+
+/// Repositories of the target registry a base may be pulled from: `library/python`, and an
+/// explicit `--base-image` on the same registry.
+pub fn base_pulls(opts: &Options, target: &Reference) -> Vec<String> {
+    let mut pulls = vec!["library/python".to_string()];
+    if let Some(b) = opts.base_image.as_deref().and_then(|b| Reference::parse(b).ok()) {
+        if b.registry == target.registry {
+            pulls.push(b.repository);
+        }
+    }
+    pulls
+}

@@ -1,0 +1,397 @@
+//! Phase 4, the lock: the repo's own `pylock.toml` as is, else an earlier lock of the same
+//! inputs (local cache, then the registry's pool), else uv resolves — for the base's Python
+//! and the image platforms only. Chosen together with the base, because the nearest Python
+//! that has a base must also be one the lock resolves for.
+
+use super::base::{candidates, python_minor, Base, Finder};
+use super::source::Source;
+use super::Session;
+use crate::deps::doctor::{unpinned, unprovided_warning, Fired};
+use crate::deps::imports::{normalize, provided_by};
+use crate::deps::resolve::{self, ResolveOptions, ResolveTarget, Unsatisfiable};
+use crate::deps::{layers, pylock};
+use crate::error::bad_input;
+use crate::oci::registry::Registry;
+use anyhow::Result;
+use pep508_rs::Requirement;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Requirement sets of a plan's images, cumulative: (name, the runtime requirements the
+/// builder adds for that image and every smaller one). The last is the whole lock.
+pub type Sets<'a> = [(&'static str, String)];
+
+pub struct Locked {
+    pub lock: pylock::Lock,
+    pub text: String,
+    /// The lock as a file in the cache (named by its content).
+    pub path: PathBuf,
+    /// `repo` (its pylock.toml), `cache`, `registry` (the pool) or `resolved` (uv ran).
+    pub source: &'static str,
+    /// Rules that fired while choosing the base and locking.
+    pub fired: Vec<Fired>,
+    /// Check-time warnings that no longer hold now that the lock names every package.
+    pub stale_warnings: Vec<String>,
+}
+
+impl Locked {
+    /// Normalised package name → version (the first entry when platforms differ).
+    pub fn versions(&self) -> BTreeMap<String, String> {
+        let mut v = BTreeMap::new();
+        for p in &self.lock.packages {
+            v.entry(normalize(&p.name))
+                .or_insert_with(|| p.version.clone().unwrap_or_default());
+        }
+        v
+    }
+
+    /// Appends the version the lock chose to each rule that changed a package.
+    pub fn annotate(&self, fired: &mut [Fired]) {
+        let versions = self.versions();
+        for f in fired.iter_mut() {
+            if let Some(v) = f.package.as_deref().and_then(|p| versions.get(&normalize(p))) {
+                f.detail.push_str(&format!(
+                    " (locked: {} {v})",
+                    f.package.as_deref().unwrap_or("")
+                ));
+            }
+        }
+    }
+}
+
+/// Chooses the base and locks for it: the spec's Python, else the nearest newer one that has a
+/// base and for which the lock resolves (unless `strict_python`).
+pub async fn base_and_lock(
+    sess: &Session<'_>,
+    finder: &Finder<'_>,
+    src: &Source,
+    sets: &Sets<'_>,
+    strict_python: bool,
+) -> Result<(Base, Locked)> {
+    let check = &src.check;
+    let t = Instant::now();
+    if let Some(b) = &sess.opts.base_image {
+        let assume = check.python.as_deref().unwrap_or(super::base::DEFAULT_PYTHON);
+        let base = finder.explicit(b, assume).await?;
+        sess.done("base", t);
+        let mut locked = lock(sess, finder.target_reg, src, sets, &base).await?;
+        if let Some(p) = check.python.as_deref().filter(|p| *p != base.python) {
+            if strict_python {
+                return Err(bad_input(format!("{} pins Python {p} but base image {} has Python {} (--strict-python)", check.spec, base.reference, base.python_full)));
+            }
+            locked.fired.insert(0, python_minor(p, &base.python, check.spec, &[]));
+        }
+        return Ok((base, locked));
+    }
+    let mut pythons = candidates(check.python.as_deref(), check.python_constraint.as_deref());
+    if strict_python && check.python.is_some() {
+        pythons.truncate(1);
+    }
+    let mut missing = Vec::new();
+    let mut last_err = None;
+    for (i, py) in pythons.iter().enumerate() {
+        let Some(base) = finder.python(py).await? else {
+            missing.push(py.clone());
+            continue;
+        };
+        sess.done("base", t);
+        let more = i + 1 < pythons.len() && check.python.is_some();
+        match lock(sess, finder.target_reg, src, sets, &base).await {
+            Ok(mut locked) => {
+                if let Some(p) = check.python.as_deref().filter(|p| *p != base.python) {
+                    let none_found = if missing.iter().any(|m| m == p) {
+                        vec![finder.describe()]
+                    } else {
+                        vec![]
+                    };
+                    locked
+                        .fired
+                        .insert(0, python_minor(p, &base.python, check.spec, &none_found));
+                    tracing::warn!("{}", locked.fired[0].detail);
+                }
+                return Ok((base, locked));
+            }
+            Err(e) if more && e.chain().any(|c| c.is::<Unsatisfiable>()) => {
+                tracing::warn!("{e:#}; trying the next Python");
+                last_err = Some(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if let Some(e) = last_err {
+        return Err(e);
+    }
+    let strict = if strict_python { " (--strict-python)" } else { "" };
+    Err(bad_input(format!(
+        "no python:{}-slim base image for Python {} in {}{strict}: pass --base-image, or add a mirror that has one (--registry-mirror docker.io=HOST)",
+        missing.first().map(String::as_str).unwrap_or("X.Y"),
+        missing.join(", "),
+        finder.describe()
+    )))
+}
+
+/// The image platforms as resolver targets.
+fn targets(sess: &Session<'_>, base: &Base) -> Result<Vec<ResolveTarget>> {
+    base.images
+        .iter()
+        .map(|b| {
+            let t = crate::deps::wheel::Target::new(
+                &b.platform.architecture,
+                &base.python_full,
+                crate::deps::wheel::Libc::Glibc(sess.opts.glibc.0, sess.opts.glibc.1),
+            )?;
+            Ok(ResolveTarget {
+                platform: format!("{}/{}", b.platform.os, b.platform.architecture),
+                arch: t.arch,
+                glibc: sess.opts.glibc,
+            })
+        })
+        .collect()
+}
+
+async fn lock(
+    sess: &Session<'_>,
+    reg: &Arc<Registry>,
+    src: &Source,
+    sets: &Sets<'_>,
+    base: &Base,
+) -> Result<Locked> {
+    let t = Instant::now();
+    let check = &src.check;
+    let spin = crate::progress::Bar::spinner("locking dependencies");
+    let (text, source) = if check.spec == "pylock.toml" {
+        let text = crate::repo::read_inside(
+            src.checkout.root(),
+            std::path::Path::new("pylock.toml"),
+        )?;
+        (text, "repo")
+    } else {
+        let mut opts = sess.opts.resolve.clone();
+        if opts.index_url.is_none() {
+            opts.index_url = check.index_url.clone();
+        }
+        opts.extra_index_urls.extend(check.extra_index_urls.iter().cloned());
+        if !check.unverified.is_empty() {
+            let http = crate::deps::fetch::http_client()?;
+            let index = opts.effective_index();
+            let unknown = resolve::unknown_to_index(&http, &index, &check.unverified).await;
+            if !unknown.is_empty() {
+                return Err(bad_input(format!(
+                    "{}: conda packages that the package index {index} does not know: {} (move them to the pip: list under their PyPI names, or remove them)",
+                    check.spec,
+                    unknown.join(", ")
+                )));
+            }
+        }
+        let targets = targets(sess, base)?;
+        let input_sets = |reqs: &[String]| -> Vec<(&'static str, String)> {
+            sets.iter()
+                .map(|(n, rt)| (*n, resolve::lock_input(reqs, &[rt])))
+                .collect()
+        };
+        let key = resolve::lock_key(&input_sets(&check.requirements), &base.python, &targets, &opts);
+        let local = sess.store.root().join("locks").join(format!("pylock.{key}.toml"));
+        let cached = (!sess.opts.refresh_lock)
+            .then(|| std::fs::read_to_string(&local).ok())
+            .flatten();
+        let pooled = match (&cached, sess.opts.refresh_lock) {
+            (None, false) => layers::pool_lock(reg, layers::POOL_REPO, &key).await,
+            _ => None,
+        };
+        let (text, source) = match (cached, pooled) {
+            (Some(t), _) => (t, "cache"),
+            (None, Some(t)) => (t, "registry"),
+            (None, None) => {
+                let (reqs, imported, python) = (
+                    check.requirements.clone(),
+                    check_imports(src),
+                    base.python.clone(),
+                );
+                let sets: Vec<(&'static str, String)> = sets.to_vec();
+                let text = tokio::task::spawn_blocking(move || {
+                    resolve_relaxing(&reqs, &imported, &sets, &python, &targets, &opts)
+                })
+                .await??;
+                layers::pool_put_lock(reg, layers::POOL_REPO, &key, &sess.store, &text).await;
+                (text, "resolved")
+            }
+        };
+        std::fs::create_dir_all(local.parent().expect("parent"))?;
+        std::fs::write(&local, &text)?;
+        (text, source)
+    };
+    let lock = pylock::parse(&text)?;
+    let path = sess.store.root().join("locks").join(format!(
+        "pylock.{}.toml",
+        crate::oci::short(&crate::oci::sha256_digest(text.as_bytes()))
+    ));
+    std::fs::create_dir_all(path.parent().expect("parent"))?;
+    std::fs::write(&path, &text)?;
+    let mut locked = Locked {
+        lock,
+        text,
+        path,
+        source,
+        fired: Vec::new(),
+        stale_warnings: Vec::new(),
+    };
+    locked.fired = relaxed_by_resolver(&locked.lock);
+    let names: BTreeSet<String> = locked.versions().into_keys().collect();
+    locked.stale_warnings = check
+        .unprovided
+        .iter()
+        .filter(|(m, _)| provided_by(m, &names))
+        .map(|(m, files)| unprovided_warning(m, files, check.spec))
+        .collect();
+    sess.done("resolve", t);
+    spin.done();
+    sess.observe(&format!(
+        "dependencies locked ({}): {} packages for Python {} on {}",
+        locked.source,
+        locked.lock.packages.len(),
+        base.python_full,
+        base.images
+            .iter()
+            .map(|b| format!("{}/{}", b.platform.os, b.platform.architecture))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
+    .await;
+    Ok(locked)
+}
+
+/// Module → files importing it, for the resolver's conflict rule.
+fn check_imports(src: &Source) -> BTreeMap<String, Vec<String>> {
+    src.check
+        .imports
+        .iter()
+        .map(|(m, files)| (m.clone(), files.iter().cloned().collect()))
+        .collect()
+}
+
+const RELAXED_KEY: &str = "relaxed";
+
+/// Resolves; when uv finds a conflict that involves exact pins of the repo that no code
+/// imports, relaxes those pins (the `runtime-pin-conflict` rule) and tries again. The relaxed
+/// pins are recorded in the lock's tool table, so a lock from the cache reports them too.
+fn resolve_relaxing(
+    reqs: &[String],
+    imported: &BTreeMap<String, Vec<String>>,
+    sets: &[(&'static str, String)],
+    python: &str,
+    targets: &[ResolveTarget],
+    opts: &ResolveOptions,
+) -> Result<String> {
+    let mut reqs: Vec<String> = reqs.to_vec();
+    let mut relaxed: Vec<String> = Vec::new();
+    loop {
+        let input: Vec<(&'static str, String)> = sets
+            .iter()
+            .map(|(n, rt)| (*n, resolve::lock_input(&reqs, &[rt])))
+            .collect();
+        let err = match resolve::resolve(&input, python, targets, opts) {
+            Ok(text) => return Ok(with_relaxed(&text, &relaxed)),
+            Err(e) => e,
+        };
+        let Some(u) = err.downcast_ref::<Unsatisfiable>() else {
+            return Err(err);
+        };
+        let why = u.explanation.to_lowercase();
+        let mut changed = false;
+        let mut pinned_imported = Vec::new();
+        for r in reqs.iter_mut() {
+            let Ok(req) = r.parse::<Requirement>() else { continue };
+            let name = normalize(req.name.as_ref());
+            let Some(v) = pinned_version(&req) else { continue };
+            if !why.contains(&format!("{name}=={v}")) || name == "flwr" {
+                continue;
+            }
+            let module = crate::deps::imports::IMPORT_TO_DIST
+                .iter()
+                .find(|(_, d)| normalize(d) == name)
+                .map(|(m, _)| m.to_string())
+                .unwrap_or_else(|| name.replace('-', "_"));
+            if let Some(files) = imported.get(&module) {
+                pinned_imported.push(format!("{r} is imported by {}", files.join(", ")));
+                continue;
+            }
+            tracing::warn!("dependency doctor [runtime-pin-conflict]: {r} conflicts with the FL runtime and no code imports it; relaxing the pin");
+            relaxed.push(r.clone());
+            *r = unpinned(&req).to_string();
+            changed = true;
+        }
+        if !changed {
+            let mut u = Unsatisfiable {
+                python: u.python.clone(),
+                platform: u.platform.clone(),
+                explanation: u.explanation.clone(),
+            };
+            if !pinned_imported.is_empty() {
+                u.explanation.push_str(&format!(
+                    " (runtime-pin-conflict: not relaxed, because {})",
+                    pinned_imported.join("; ")
+                ));
+            }
+            return Err(u.into());
+        }
+    }
+}
+
+fn pinned_version(r: &Requirement) -> Option<String> {
+    match &r.version_or_url {
+        Some(pep508_rs::VersionOrUrl::VersionSpecifier(s)) if s.len() == 1 => {
+            let s = s.iter().next()?;
+            (s.operator() == &pep508_rs::pep440_rs::Operator::Equal).then(|| s.version().to_string())
+        }
+        _ => None,
+    }
+}
+
+fn with_relaxed(text: &str, relaxed: &[String]) -> String {
+    if relaxed.is_empty() {
+        return text.to_string();
+    }
+    let Ok(mut doc) = toml::from_str::<toml::Table>(text) else {
+        return text.to_string();
+    };
+    let tool = doc
+        .entry("tool")
+        .or_insert_with(|| toml::Value::Table(Default::default()));
+    if let Some(t) = tool.as_table_mut() {
+        let ours = t
+            .entry("flops-image-builder")
+            .or_insert_with(|| toml::Value::Table(Default::default()));
+        if let Some(o) = ours.as_table_mut() {
+            o.insert(
+                RELAXED_KEY.into(),
+                toml::Value::Array(relaxed.iter().map(|r| r.clone().into()).collect()),
+            );
+        }
+    }
+    toml::to_string(&doc).unwrap_or_else(|_| text.to_string())
+}
+
+/// `runtime-pin-conflict` lines for the pins the resolver relaxed (from the lock's tool table).
+fn relaxed_by_resolver(lock: &pylock::Lock) -> Vec<Fired> {
+    let list = lock
+        .tool
+        .as_ref()
+        .and_then(|t| t.get("flops-image-builder"))
+        .and_then(|t| t.get(RELAXED_KEY))
+        .and_then(|r| r.as_array())
+        .cloned()
+        .unwrap_or_default();
+    list.iter()
+        .filter_map(|v| v.as_str())
+        .filter_map(|pin| {
+            let req = pin.parse::<Requirement>().ok()?;
+            Some(Fired {
+                rule: "runtime-pin-conflict",
+                detail: format!("{pin} relaxed: it conflicts with the FL runtime's requirements (found by the resolver) and no code imports it"),
+                package: Some(req.name.to_string()),
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,108 @@
+//! Phase 7, push: every image's blobs and manifests, then — only when all are in the
+//! registry — every image's tags, then the shared layer pool. A later image mounts what an
+//! earlier one of the plan pushed, so it uploads only its own layers.
+
+use super::base::Base;
+use super::deps::DepLayers;
+use super::image::ImageSpec;
+use super::Session;
+use crate::deps::layers;
+use crate::oci::append::{self, Report};
+use crate::oci::assemble::Assembled;
+use crate::oci::push::{self as oci_push, BaseSource};
+use crate::oci::registry::{BlobStatus, Registry};
+use anyhow::Result;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Pushes `images` (in order, tags last for all) and returns one report per image.
+/// `home` names the repository each dependency group's new layers were uploaded to.
+pub async fn push_all(
+    sess: &Session<'_>,
+    reg: &Arc<Registry>,
+    base: &Base,
+    deps: &DepLayers,
+    images: &[(ImageSpec, Assembled)],
+    home: &[String],
+) -> Result<Vec<Report>> {
+    let t = Instant::now();
+    let base_src = BaseSource {
+        registry: base.registry.clone(),
+        repository: base.reference.repository.clone(),
+    };
+    let mut remote = deps.mount_from.clone();
+    let mut pushed = Vec::new();
+    for (spec, assembled) in images {
+        let repo = &spec.target.repository;
+        let before = reg.uploaded.load(Ordering::Relaxed);
+        let mut result =
+            oci_push::push(reg, repo, &[], &base_src, assembled, &sess.store, &remote).await?;
+        let mut bytes = reg.uploaded.load(Ordering::Relaxed) - before;
+        // Dependency layers this image's repository received while they were built.
+        for (g, (digests, size)) in deps.uploaded_early.iter().enumerate() {
+            if home.get(g) == Some(repo) && g <= spec.level {
+                bytes += size;
+                for d in digests {
+                    if let Some(st) = result.statuses.get_mut(d) {
+                        *st = BlobStatus::Uploaded;
+                    }
+                }
+            }
+        }
+        // The next images of the plan mount what this one has.
+        let here = BaseSource {
+            registry: reg.clone(),
+            repository: repo.clone(),
+        };
+        for img in &assembled.images {
+            for l in img.base_layers.iter().chain(&img.new_layers) {
+                remote.entry(l.digest.clone()).or_insert_with(|| here.clone());
+            }
+        }
+        pushed.push((result.statuses, bytes));
+    }
+    for (spec, assembled) in images {
+        oci_push::tag(reg, &spec.target.repository, &spec.tags, assembled).await?;
+    }
+    let by_group: HashMap<String, usize> = deps
+        .platforms
+        .iter()
+        .flat_map(|p| {
+            p.groups
+                .iter()
+                .enumerate()
+                .flat_map(|(g, l)| l.iter().map(move |d| (d.key.clone(), g)))
+        })
+        .collect();
+    for (g, repo) in home.iter().enumerate() {
+        let new: Vec<_> = deps
+            .new_in_pool
+            .iter()
+            .filter(|(d, _)| by_group.get(&d.key) == Some(&g))
+            .cloned()
+            .collect();
+        layers::pool_publish(reg, layers::POOL_REPO, repo, &sess.store, &new).await;
+    }
+    sess.done("push", t);
+    let phases = sess.timings();
+    Ok(images
+        .iter()
+        .zip(pushed)
+        .map(|((spec, assembled), (statuses, bytes))| {
+            let name = format!(
+                "{}/{}:{}",
+                spec.target.registry, spec.target.repository, spec.tags[0]
+            );
+            append::report(
+                &name,
+                assembled,
+                &statuses,
+                "skipped",
+                bytes,
+                append::Phases(phases.0.clone()),
+            )
+        })
+        .collect())
+}

@@ -1,0 +1,1 @@
+//! Plan trained_model (issue 14).
