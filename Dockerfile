@@ -29,6 +29,9 @@ RUN apt-get update \
     && apt-get clean && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/flops-image-builder /usr/local/bin/flops-image-builder
 COPY --from=uv /uv /usr/local/bin/uv
+# FLOps' SLA runs `python3 main.py <args>` in the working directory: a hand-over to the binary.
+COPY builder-image/main.py /opt/flops-image-builder/main.py
+WORKDIR /opt/flops-image-builder
 ENV FLOPS_CACHE_DIR=/tmp/flops-image-builder HOME=/tmp UV_CACHE_DIR=/tmp/uv-cache UV_PYTHON_DOWNLOADS=never
 USER 65532:65532
 ENTRYPOINT ["/usr/local/bin/flops-image-builder"]

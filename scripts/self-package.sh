@@ -33,13 +33,16 @@ for ref in "$BASE" "$TARGET"; do
 done
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
-# One layer: both binaries, stripped of debug info (a debug build is mostly that).
-mkdir -p "$stage/usr/local/bin"
+# Both binaries (stripped of debug info: a debug build is mostly that) and the SLA's main.py.
+mkdir -p "$stage/usr/local/bin" "$stage/opt/flops-image-builder"
 strip -o "$stage/usr/local/bin/flops-image-builder" "$BIN"
 cp "$UV" "$stage/usr/local/bin/uv"
+# FLOps' SLA runs `python3 main.py <args>` in the working directory (Dockerfile: the same file).
+install -m 0755 builder-image/main.py "$stage/opt/flops-image-builder/main.py"
 exec "$BUILDER" append --base "$BASE" --tag "${TARGET#http://}" "${insecure[@]}" \
   --platform linux/amd64 \
-  --dir "$stage/usr:/usr" \
+  --dir "$stage/usr:/usr" --dir "$stage/opt:/opt" \
+  --workdir /opt/flops-image-builder \
   --env FLOPS_CACHE_DIR=/tmp/flops-image-builder --env HOME=/tmp \
   --env UV_CACHE_DIR=/tmp/uv-cache --env UV_PYTHON_DOWNLOADS=never \
   --user 65532:65532 \

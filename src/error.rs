@@ -128,7 +128,8 @@ mod tests {
         assert_eq!(kind_of(&e), Kind::Registry);
         assert_eq!(one_line(&e), "pushing: registry x: 401");
         assert_eq!(kind_of(&anyhow::anyhow!("plain")), Kind::Internal);
-        let list = bad_input("requirements.txt: 2 entries cannot be installed:\n  line 1: a\n  line 2: b");
+        let list =
+            bad_input("requirements.txt: 2 entries cannot be installed:\n  line 1: a\n  line 2: b");
         assert_eq!(
             one_line(&list),
             "requirements.txt: 2 entries cannot be installed: line 1: a; line 2: b"

@@ -1,14 +1,14 @@
 use clap::{Args, Parser, Subcommand};
 use flops_image_builder::error::{bad_input, kind_of, one_line};
+use flops_image_builder::notify::{
+    Endpoint, Notifier, DEFAULT_MQTT_PORT, DEFAULT_OBSERVER_PORT, DEFAULT_TOPIC_PREFIX,
+};
 use flops_image_builder::oci::append::{self, AppendRequest, Output};
 use flops_image_builder::oci::blobstore::default_cache_dir;
 use flops_image_builder::oci::image::ConfigChanges;
 use flops_image_builder::oci::layer::Compression;
 use flops_image_builder::oci::reference::Platform;
 use flops_image_builder::oci::registry;
-use flops_image_builder::notify::{
-    Endpoint, Notifier, DEFAULT_MQTT_PORT, DEFAULT_OBSERVER_PORT, DEFAULT_TOPIC_PREFIX,
-};
 use flops_image_builder::pipeline;
 use flops_image_builder::repo::clone::CloneOptions;
 use std::path::PathBuf;
@@ -52,6 +52,11 @@ enum Command {
         after_help = "Example:\n  flops-image-builder build https://github.com/Malyuk-A/flops-ml-repo-sklearn --registry http://127.0.0.1:5000 --platform linux/amd64,linux/arm64"
     )]
     Build(Box<BuildArgs>),
+    /// Build an image serving a trained MLflow model (FLOps' `trained_model` plan) and push it.
+    #[command(
+        after_help = "Examples:\n  flops-image-builder model --tracking-uri http://mlflow:5000 --run-id 0a1b2c3d --registry http://127.0.0.1:5000 --customer-id acme\n  flops-image-builder model --model-dir ./mlruns/0/0a1b2c3d/artifacts/model --tag v1 --registry http://127.0.0.1:5000"
+    )]
+    Model(Box<ModelArgs>),
     /// Clone, verify and doctor an ML repo without building: a dry run for CI.
     #[command(
         after_help = "Example:\n  flops-image-builder check https://github.com/Malyuk-A/flops-ml-repo-sklearn --registry 192.168.1.10:5073"
@@ -75,7 +80,11 @@ struct ImageArgs {
     /// Registry mirror for pulling bases, REGISTRY=[http://]HOST[:PORT] (repeatable or comma
     /// separated); registries.conf mirrors ($CONTAINERS_REGISTRIES_CONF or
     /// /etc/containers/registries.conf) are used too.
-    #[arg(long = "registry-mirror", env = "FLOPS_REGISTRY_MIRRORS", value_name = "REGISTRY=HOST")]
+    #[arg(
+        long = "registry-mirror",
+        env = "FLOPS_REGISTRY_MIRRORS",
+        value_name = "REGISTRY=HOST"
+    )]
     registry_mirror: Vec<String>,
     /// Fail when no base exists for the spec's Python instead of using the nearest newer one.
     #[arg(long)]
@@ -175,6 +184,28 @@ struct BuildArgs {
     /// Refuse repositories larger than this many MB.
     #[arg(long, default_value_t = 500)]
     max_repo_size: u64,
+    #[command(flatten)]
+    image: ImageArgs,
+}
+
+#[derive(Args)]
+struct ModelArgs {
+    /// MLflow tracking server (`http(s)://`; credentials in the URL, MLFLOW_TRACKING_TOKEN or
+    /// MLFLOW_TRACKING_USERNAME/PASSWORD) or `file://` tracking store holding the run.
+    #[arg(long, requires = "run_id", conflicts_with = "model_dir")]
+    tracking_uri: Option<String>,
+    /// The run whose model is served (also the image's tag).
+    #[arg(long, requires = "tracking_uri")]
+    run_id: Option<String>,
+    /// Artifact path of the model in the run (or the name of its MLflow 3 logged model).
+    #[arg(long, default_value = "logged_model_artifact")]
+    artifact_path: String,
+    /// A local MLflow model directory (MLmodel at its top) instead of a run; needs --tag.
+    #[arg(long, required_unless_present = "tracking_uri")]
+    model_dir: Option<PathBuf>,
+    /// The customer the image belongs to: `<registry>/<customer>/trained_model:<run id>`.
+    #[arg(long, default_value = "local")]
+    customer_id: String,
     #[command(flatten)]
     image: ImageArgs,
 }
@@ -371,11 +402,12 @@ fn notifier(n: &NotifyArgs, default_prefix: &str) -> anyhow::Result<Notifier> {
 async fn notified<R: serde::Serialize>(
     notifier: &Notifier,
     what: &str,
+    started: serde_json::Value,
     json: bool,
     reference: impl Fn(&R) -> String,
     plan: impl std::future::Future<Output = anyhow::Result<R>>,
 ) -> anyhow::Result<()> {
-    notifier.started(what).await;
+    notifier.started(what, started).await;
     match plan.await {
         Ok(report) => {
             notifier.success(serde_json::to_value(&report)?).await;
@@ -406,6 +438,7 @@ async fn run_build(a: BuildArgs) -> anyhow::Result<()> {
     let source = flops_image_builder::repo::naming::split_credentials(&a.repo).0;
     let json = a.image.json;
     let aggregator = a.aggregator;
+    let started = serde_json::json!({ "repo_url": source });
     let req = pipeline::fl_actors::BuildRequest {
         repo: a.repo.clone(),
         clone: CloneOptions {
@@ -426,10 +459,72 @@ async fn run_build(a: BuildArgs) -> anyhow::Result<()> {
         }
     };
     if aggregator {
-        notified(&notifier, &source, json, reference, pipeline::fl_actors::build(&req, &notifier)).await
+        notified(
+            &notifier,
+            &source,
+            started,
+            json,
+            reference,
+            pipeline::fl_actors::build(&req, &notifier),
+        )
+        .await
     } else {
-        notified(&notifier, &source, json, reference, pipeline::learner::build(&req, &notifier)).await
+        notified(
+            &notifier,
+            &source,
+            started,
+            json,
+            reference,
+            pipeline::learner::build(&req, &notifier),
+        )
+        .await
     }
+}
+
+async fn run_model(a: ModelArgs) -> anyhow::Result<()> {
+    use flops_image_builder::model::ModelSource;
+    use flops_image_builder::notify::MODEL_TOPIC_PREFIX;
+    let notifier = notifier(&a.image.notify, MODEL_TOPIC_PREFIX)?;
+    let source = match (&a.tracking_uri, &a.run_id, &a.model_dir) {
+        (Some(t), Some(r), _) => ModelSource::Run {
+            tracking_uri: t.clone(),
+            run_id: r.clone(),
+            artifact_path: a.artifact_path.clone(),
+        },
+        (_, _, Some(d)) => ModelSource::Dir(d.clone()),
+        _ => unreachable!("clap requires a run or a directory"),
+    };
+    let (what, started) = match &source {
+        ModelSource::Run {
+            tracking_uri,
+            run_id,
+            ..
+        } => {
+            let shown = flops_image_builder::model::mlflow::shown(tracking_uri);
+            (
+                format!("the model of run {run_id} ({shown})"),
+                serde_json::json!({ "run_id": run_id, "tracking_uri": shown }),
+            )
+        }
+        ModelSource::Dir(d) => (
+            format!("the model in {}", d.display()),
+            serde_json::json!({ "model_dir": d }),
+        ),
+    };
+    let req = pipeline::trained_model::ModelRequest {
+        source,
+        customer_id: a.customer_id.clone(),
+        opts: options(&a.image, None)?,
+    };
+    notified(
+        &notifier,
+        &what,
+        started,
+        a.image.json,
+        |r: &pipeline::trained_model::ModelReport| r.image.reference.clone(),
+        pipeline::trained_model::build(&req, &notifier),
+    )
+    .await
 }
 
 /// Command-line checks that need no network: the flavor FLOps accepts.
@@ -518,7 +613,9 @@ fn seed_args(args: Vec<String>) -> Vec<String> {
 /// As upstream pushed with TLS verification off, the registry host is `--insecure-registry`.
 /// `Err` is a usage message for a form that names a plan but lacks its arguments.
 fn manager_args(args: &[String]) -> Option<Result<Vec<String>, String>> {
-    let plan_at = args.iter().position(|a| a == "fl_actors" || a == "trained_model")?;
+    let plan_at = args
+        .iter()
+        .position(|a| a == "fl_actors" || a == "trained_model")?;
     let mut positional = Vec::new();
     let mut platforms = None;
     let mut quiet = false;
@@ -633,6 +730,7 @@ fn main() -> ExitCode {
             Command::Append(a) => run_append(*a).await,
             Command::Check(a) => run_check(a).await,
             Command::Build(a) => run_build(*a).await,
+            Command::Model(a) => run_model(*a).await,
         }
     });
     match result {
@@ -641,5 +739,40 @@ fn main() -> ExitCode {
             eprintln!("error: {}", flops_image_builder::error::full(&e));
             ExitCode::from(kind_of(&e).exit_code() as u8)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn managers_fl_actors_form() {
+        let got = manager_args(&args("main.py http://reg:5073 p1 10.0.0.1 10.0.0.2 --supported_platforms=linux/amd64,linux/arm64 fl_actors https://github.com/O/R sklearn --use-devel-base-images")).unwrap().unwrap();
+        assert_eq!(got, args("main.py build --aggregator https://github.com/O/R --model-flavor sklearn --registry http://reg:5073 --insecure-registry reg:5073 --project-id p1 --mqtt 10.0.0.1 --observer 10.0.0.2 --platform linux/amd64,linux/arm64 --use-devel-base-images"));
+        let cli = Cli::try_parse_from(got).unwrap();
+        assert!(
+            matches!(cli.command, Command::Build(b) if b.aggregator && b.use_devel_base_images)
+        );
+        let quiet = manager_args(&args(
+            "m r p q o --deactivate-notifications fl_actors u keras",
+        ))
+        .unwrap()
+        .unwrap();
+        assert!(quiet.contains(&"--no-notify".to_string()));
+    }
+
+    #[test]
+    fn managers_trained_model_form() {
+        let got = manager_args(&args("main.py 192.168.1.5:5073 p1 10.0.0.1 10.0.0.2 --supported_platforms linux/arm64 trained_model Customer-1 http://10.0.0.3:7027 0a1b2c")).unwrap().unwrap();
+        assert_eq!(got, args("main.py model --customer-id Customer-1 --tracking-uri http://10.0.0.3:7027 --run-id 0a1b2c --registry 192.168.1.5:5073 --insecure-registry 192.168.1.5:5073 --project-id p1 --mqtt 10.0.0.1 --observer 10.0.0.2 --platform linux/arm64"));
+        assert!(manager_args(&args("main.py r p q trained_model c u"))
+            .unwrap()
+            .is_err());
+        assert!(manager_args(&args("main.py build . --registry r")).is_none());
     }
 }

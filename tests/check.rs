@@ -48,7 +48,12 @@ fn mlflow_style_repo_over_file_url_and_local_path() {
         assert_eq!(r["python"], "3.11");
         assert_eq!(
             strs(&r["requirements"]),
-            ["cloudpickle==3.0.0", "numpy==1.26.4", "scikit-learn==1.4.2", "setuptools<82"]
+            [
+                "cloudpickle==3.0.0",
+                "numpy==1.26.4",
+                "scikit-learn==1.4.2",
+                "setuptools<82"
+            ]
         );
         let rules: Vec<&str> = r["doctor"]
             .as_array()

@@ -113,6 +113,20 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// The learner's environment for tests, as K=V for both `ctr run --env` and `env -i`: the
+/// data server on 127.0.0.1, quick retries, and one session (the learner is a service).
+fn learner_env(data_port: u16) -> [String; 4] {
+    [
+        "ML_DATA_SERVER_HOST=127.0.0.1".to_string(),
+        format!("ML_DATA_SERVER_PORT={data_port}"),
+        "FLOPS_LEARNER_RETRY_DELAY=1".to_string(),
+        "FLOPS_LEARNER_MAX_SESSIONS=1".to_string(),
+    ]
+}
+
+/// Tests here bind the aggregator contract's port 127.0.0.1:8080: one at a time.
+static PORT_8080: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn flower_result(out: &str) -> Value {
     let line = out
         .lines()
@@ -159,7 +173,7 @@ fn learner_command(project: &str) -> Vec<&str> {
         "127.0.0.1",
         "127.0.0.1",
         "127.0.0.1",
-        "synthetic-a,synthetic-b",
+        "images-a,images-b",
     ]
 }
 
@@ -183,9 +197,124 @@ fn one_round(start_learner: impl FnOnce() -> Bg, start_server: impl FnOnce() -> 
     assert!(learner.output().contains("training finished"));
 }
 
+/// Unpacks `image` (skopeo + umoci) and trains one round under chroot: learner first, then a
+/// Flower server from the same image. Returns the rootfs.
+fn chroot_round(image: &str, work: &Path, env: &[String], project: &str) -> PathBuf {
+    let rootfs = unpack(image, work, "");
+    let (mut image_env, cwd) = image_process(&rootfs);
+    assert_eq!(cwd, "/app");
+    for want in [
+        "FLWR_TELEMETRY_ENABLED=0",
+        "ML_MODEL_FLAVOR=sklearn",
+        "PYTHONPATH=/opt/flops/site-packages",
+    ] {
+        assert!(image_env.iter().any(|e| e == want), "{want}: {image_env:?}");
+    }
+    image_env.extend(env.iter().cloned());
+    std::fs::copy(
+        runtime_tests().join("flower_server.py"),
+        rootfs.join("tmp/flower_server.py"),
+    )
+    .unwrap();
+    let _dev = DevMount::new(&rootfs);
+    let chroot = |argv: &[&str]| {
+        let mut c = Command::new("chroot");
+        c.arg(&rootfs)
+            .args(["/usr/bin/env", "-i"])
+            .args(&image_env)
+            .args(["sh", "-c", &format!("cd {cwd} && exec \"$@\""), "sh"])
+            .args(argv);
+        c
+    };
+    one_round(
+        || {
+            Bg::start(
+                &format!("{project}-learner"),
+                chroot(&learner_command(project)),
+                work,
+            )
+        },
+        || {
+            Bg::start(
+                &format!("{project}-server"),
+                chroot(&["python", "/tmp/flower_server.py", "127.0.0.1:8080"]),
+                work,
+            )
+        },
+    );
+    rootfs
+}
+
+/// The Flight data server with FLOps-shaped image partitions, on a free port.
+fn data_server(work: &Path) -> (Bg, u16) {
+    let port = free_port();
+    let mut flight = Command::new(PYENV);
+    flight
+        .arg(runtime_tests().join("flight_server.py"))
+        .arg(format!("127.0.0.1:{port}"));
+    let mut data = Bg::start("flight-server", flight, work);
+    data.wait_for_output("serving on", Duration::from_secs(60));
+    (data, port)
+}
+
+/// Repos as real users write them train a round on image data in their pushed images: one
+/// whose code imports mlflow and turns on autologging (setuptools' pkg_resources), and one
+/// that imports distutils (through setuptools' shim, which a .pth file installs: the prefix
+/// is a real site directory).
+#[test]
+fn real_repos_train_a_round_on_image_data() {
+    require_learner_rig();
+    let _port = PORT_8080.lock().unwrap_or_else(|e| e.into_inner());
+    let d = tempfile::tempdir().unwrap();
+    let work = d.path();
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("learner-cache");
+    let (data, port) = data_server(work);
+    for fixture in ["mlflow-autolog", "distutils-shim"] {
+        let repo = git_repo(fixture, &work.join(unique("rr").replace('/', "-")), fixture);
+        let report = build(repo.to_str().unwrap(), &cache);
+        let rules: Vec<&str> = report["doctor"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["rule"].as_str().unwrap())
+            .collect();
+        assert!(
+            rules.contains(&"implicit-setuptools"),
+            "{fixture}: {rules:?}"
+        );
+        let tagged = report["image"]["reference"]
+            .as_str()
+            .unwrap()
+            .split('@')
+            .next()
+            .unwrap()
+            .to_string();
+        let rootfs = chroot_round(&tagged, &work.join(fixture), &learner_env(port), fixture);
+        if fixture == "distutils-shim" {
+            let (ok, out) = python_in_image(
+                &rootfs,
+                "amd64",
+                "import distutils.spawn; print(distutils.__file__)",
+            );
+            assert!(
+                ok && out.contains("/opt/flops/site-packages/setuptools/_distutils/"),
+                "distutils is not setuptools' shim: {out}"
+            );
+        } else {
+            assert!(rules.contains(&"mlflow"), "{rules:?}");
+            assert!(
+                rootfs.join("app/mlruns").exists(),
+                "autologging wrote no runs"
+            );
+        }
+    }
+    drop(data);
+}
+
 #[test]
 fn learner_image_trains_one_flower_round_and_rebuilds_cheaply() {
     require_learner_rig();
+    let _port = PORT_8080.lock().unwrap_or_else(|e| e.into_inner());
     let d = tempfile::tempdir().unwrap();
     let work = d.path();
     let name = unique("learner").replace('/', "-");
@@ -218,19 +347,8 @@ fn learner_image_trains_one_flower_round_and_rebuilds_cheaply() {
     );
 
     // The data the learner trains on, from a real Arrow Flight server on 127.0.0.1.
-    let port = free_port();
-    let mut flight = Command::new(PYENV);
-    flight
-        .arg(runtime_tests().join("flight_server.py"))
-        .arg(format!("127.0.0.1:{port}"));
-    let mut data = Bg::start("flight-server", flight, work);
-    data.wait_for_output("serving on", Duration::from_secs(60));
-    // The learner's environment, as K=V for both `ctr run --env` and `env -i` under chroot.
-    let env = [
-        "ML_DATA_SERVER_HOST=127.0.0.1".to_string(),
-        format!("ML_DATA_SERVER_PORT={port}"),
-        "FLOPS_LEARNER_RETRY_DELAY=1".to_string(),
-    ];
+    let (data, port) = data_server(work);
+    let env = learner_env(port);
 
     // 1. containerd, as an Oakestra worker runs the learner.
     sh(&ctr(&format!(
@@ -269,61 +387,10 @@ fn learner_image_trains_one_flower_round_and_rebuilds_cheaply() {
     sh(&ctr(&format!("images rm {tagged} >/dev/null")));
 
     // 2. The same, from skopeo copy + umoci unpack + chroot: no containerd quirk can hide a defect.
-    let rootfs = unpack(&tagged, &work.join("unpacked"), "");
-    let config: Value = serde_json::from_str(
-        &std::fs::read_to_string(rootfs.parent().unwrap().join("config.json")).unwrap(),
-    )
-    .unwrap();
-    let cwd = config["process"]["cwd"].as_str().unwrap().to_string();
-    assert_eq!(cwd, "/app");
-    let mut image_env: Vec<String> = config["process"]["env"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap().to_string())
-        .collect();
-    for want in [
-        "FLWR_TELEMETRY_ENABLED=0",
-        "ML_MODEL_FLAVOR=sklearn",
-        "PYTHONPATH=/opt/flops/site-packages",
-    ] {
-        assert!(image_env.iter().any(|e| e == want), "{want}: {image_env:?}");
-    }
-    image_env.extend(env.iter().cloned());
+    let rootfs = chroot_round(&tagged, &work.join("unpacked"), &env, "proj-chroot");
     assert!(rootfs.join("app/main.py").exists() && rootfs.join("app/data_loading.py").exists());
     assert!(rootfs.join("app/model_manager.py").exists());
     assert!(!rootfs.join("app/.git").exists());
-    std::fs::copy(
-        runtime_tests().join("flower_server.py"),
-        rootfs.join("tmp/flower_server.py"),
-    )
-    .unwrap();
-    let _dev = DevMount::new(&rootfs);
-    let chroot = |argv: &[&str]| {
-        let mut c = Command::new("chroot");
-        c.arg(&rootfs)
-            .args(["/usr/bin/env", "-i"])
-            .args(&image_env)
-            .args(["sh", "-c", &format!("cd {cwd} && exec \"$@\""), "sh"])
-            .args(argv);
-        c
-    };
-    one_round(
-        || {
-            Bg::start(
-                "chroot-learner",
-                chroot(&learner_command("proj-chroot")),
-                work,
-            )
-        },
-        || {
-            Bg::start(
-                "chroot-server",
-                chroot(&["python", "/tmp/flower_server.py", "127.0.0.1:8080"]),
-                work,
-            )
-        },
-    );
     drop(data);
 
     // 3. The same commit again: the same manifest digest, and not one blob uploaded.

@@ -268,3 +268,59 @@ fn seed_command_line_builds_the_same_image_as_build() {
         v.stdout
     );
 }
+
+#[test]
+fn managers_command_line_with_a_bad_flavor_is_a_usage_error_published_as_failed() {
+    require_rig();
+    require_broker();
+    let d = tempfile::tempdir().unwrap();
+    let repo = small_repo(d.path(), "flavor");
+    let project = unique("flavor").replace('/', "-");
+    let (obs_port, observed) = observer();
+    let sub = Sub::start("flops_manager/fl_actors_image_builder");
+    let r = run(&[
+        "http://127.0.0.1:5000",
+        &project,
+        "127.0.0.1",
+        &format!("127.0.0.1:{obs_port}"),
+        "--supported_platforms=linux/amd64",
+        "fl_actors",
+        repo.to_str().unwrap(),
+        "scikit",
+        "--use-devel-base-images",
+    ]);
+    expect_error(
+        &r,
+        2,
+        "unknown ML model flavor \"scikit\": use one of sklearn, pytorch, tensorflow, keras",
+    );
+    let mine: Vec<(String, Value)> = sub
+        .messages()
+        .into_iter()
+        .filter(|(_, p)| p["flops_project_id"] == project.as_str())
+        .collect();
+    assert_eq!(mine.len(), 1, "{mine:?}");
+    assert_eq!(mine[0].0, "failed");
+    assert!(mine[0].1["error_msg"]
+        .as_str()
+        .unwrap()
+        .contains("sklearn, pytorch"));
+    assert!(observed
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|m| m.contains("failed: unknown ML model flavor")));
+    // A plan without its arguments says how the manager's form goes.
+    let r = run(&[
+        "http://127.0.0.1:5000",
+        &project,
+        "127.0.0.1",
+        "127.0.0.1",
+        "fl_actors",
+    ]);
+    expect_error(
+        &r,
+        2,
+        "usage: <registry_url> <flops_project_id> <mqtt_ip> <project_observer_ip>",
+    );
+}

@@ -123,13 +123,19 @@ fn incidental_pins_give_way_to_the_fl_runtime() {
     assert!(detail.contains("(locked: protobuf "), "{detail}");
     let pkgs = packages(&r);
     assert!(!pkgs.contains(&"protobuf==3.20.3".to_string()), "{pkgs:?}");
-    assert!(pkgs.iter().any(|p| p.starts_with("absl-py==1.4.0")), "{pkgs:?}");
+    assert!(
+        pkgs.iter().any(|p| p.starts_with("absl-py==1.4.0")),
+        "{pkgs:?}"
+    );
     import_model_manager(&reference(&r), "amd64", d.path());
 
     // The same pin on a package the code imports fails, naming the pin, the file and the runtime.
     let mm = repo.join("model_manager.py");
     let text = std::fs::read_to_string(&mm).unwrap();
-    write(&mm, &format!("import google.protobuf  # noqa: F401\n{text}"));
+    write(
+        &mm,
+        &format!("import google.protobuf  # noqa: F401\n{text}"),
+    );
     commit_all(&repo, "use protobuf");
     let e = check_run(&repo, &[]);
     expect_error(
@@ -141,10 +147,20 @@ fn incidental_pins_give_way_to_the_fl_runtime() {
     // A flwr version the runtime is not tested with names both versions.
     let conda = repo.join("conda.yaml");
     let spec = std::fs::read_to_string(&conda).unwrap();
-    write(&conda, &spec.replace("  - absl-py==1.4.0\n", "  - absl-py==1.4.0\n  - flwr==1.5.0\n"));
+    write(
+        &conda,
+        &spec.replace(
+            "  - absl-py==1.4.0\n",
+            "  - absl-py==1.4.0\n  - flwr==1.5.0\n",
+        ),
+    );
     commit_all(&repo, "pin flwr");
     let e = check_run(&repo, &[]);
-    expect_error(&e, 3, "flwr==1.5.0 (conda.yaml) is not a version the FL runtime is tested with (flwr>=");
+    expect_error(
+        &e,
+        3,
+        "flwr==1.5.0 (conda.yaml) is not a version the FL runtime is tested with (flwr>=",
+    );
 }
 
 /// Item 7: imports no dependency provides: well-known ones are added, others named.
@@ -162,7 +178,9 @@ fn imports_no_dependency_provides() {
     );
     let w = strs(&c["warnings"]).join("\n");
     assert!(
-        w.contains("scripts/plot_results.py imports mystery_plotting_lib, which no dependency provides"),
+        w.contains(
+            "scripts/plot_results.py imports mystery_plotting_lib, which no dependency provides"
+        ),
         "{w}"
     );
     let r = build_json(&repo, &[]);
@@ -212,11 +230,27 @@ fn pyproject_fall_through_and_poetry() {
     for want in ["numpy>=1.26,<2", "scikit-learn>=1.4.2,<1.5", "tabulate"] {
         assert!(reqs.contains(&want.to_string()), "{want}: {reqs:?}");
     }
-    assert!(!reqs.iter().any(|r| r.starts_with("pytest") || r.starts_with("pandas")), "{reqs:?}");
+    assert!(
+        !reqs
+            .iter()
+            .any(|r| r.starts_with("pytest") || r.starts_with("pandas")),
+        "{reqs:?}"
+    );
     let notes = strs(&c["notes"]).join("\n");
-    assert!(notes.contains("groups left out (dev)") && notes.contains("optional dependency pandas"), "{notes}");
+    assert!(
+        notes.contains("groups left out (dev)") && notes.contains("optional dependency pandas"),
+        "{notes}"
+    );
     let r = build_json(&poetry, &[]);
-    assert_eq!(r["python"].as_str().unwrap().split('.').take(2).collect::<Vec<_>>(), ["3", "11"]);
+    assert_eq!(
+        r["python"]
+            .as_str()
+            .unwrap()
+            .split('.')
+            .take(2)
+            .collect::<Vec<_>>(),
+        ["3", "11"]
+    );
     import_model_manager(&reference(&r), "amd64", d.path());
 
     // git, path and URL dependencies are refused by name, all in one error.
@@ -225,8 +259,15 @@ fn pyproject_fall_through_and_poetry() {
     write(&py, &text.replace("tabulate = \"*\"\n", "tabulate = \"*\"\nflcore = { git = \"https://github.com/example/flcore.git\", tag = \"v0.2\" }\nshared = { path = \"../shared\", develop = true }\n"));
     commit_all(&poetry, "git deps");
     let e = check_run(&poetry, &[]);
-    expect_error(&e, 3, "pyproject.toml: 2 entries cannot be installed from a package index");
-    for needle in ["flcore: a git dependency (https://github.com/example/flcore.git)", "shared: a path dependency (../shared)"] {
+    expect_error(
+        &e,
+        3,
+        "pyproject.toml: 2 entries cannot be installed from a package index",
+    );
+    for needle in [
+        "flcore: a git dependency (https://github.com/example/flcore.git)",
+        "shared: a path dependency (../shared)",
+    ] {
         assert!(e.stderr.contains(needle), "{needle}: {}", e.stderr);
     }
 }
@@ -252,16 +293,29 @@ fn conda_exports_from_real_environments() {
     ] {
         assert!(to_pypi.contains(needle), "{needle}: {to_pypi}");
     }
-    assert!(strs(&c["requirements"]).contains(&"tabulate==0.9.0".to_string()), "{c}");
+    assert!(
+        strs(&c["requirements"]).contains(&"tabulate==0.9.0".to_string()),
+        "{c}"
+    );
     let r = build_json(&repo, &[]);
     let pkgs = packages(&r);
-    assert!(pkgs.iter().any(|p| p.starts_with("toolz==")) && pkgs.contains(&"fsspec==2024.3.1".to_string()), "{pkgs:?}");
+    assert!(
+        pkgs.iter().any(|p| p.starts_with("toolz=="))
+            && pkgs.contains(&"fsspec==2024.3.1".to_string()),
+        "{pkgs:?}"
+    );
     import_model_manager(&reference(&r), "amd64", d.path());
 
     // Names the index does not know are an error naming every one of them.
     let env = repo.join("environment.yaml");
     let text = std::fs::read_to_string(&env).unwrap();
-    write(&env, &text.replace("  - toolz >=0.12\n", "  - toolz >=0.12\n  - flops-no-such-package-a\n  - flops-no-such-package-b=1.0\n"));
+    write(
+        &env,
+        &text.replace(
+            "  - toolz >=0.12\n",
+            "  - toolz >=0.12\n  - flops-no-such-package-a\n  - flops-no-such-package-b=1.0\n",
+        ),
+    );
     commit_all(&repo, "unknown conda packages");
     let e = build_run(&repo, &[]);
     expect_error(&e, 3, "environment.yaml: conda packages that the package index https://pypi.org/simple does not know: flops-no-such-package-a, flops-no-such-package-b");
@@ -274,8 +328,16 @@ fn editable_self_and_uninstallable_lines() {
     let d = tempfile::tempdir().unwrap();
     let repo = repo("editable-self", d.path());
     let c = check_json(&repo, &[]);
-    assert!(rule_detail(&c, "editable-self").contains("requirements.txt line 2: -e . dropped"), "{c}");
-    assert!(strs(&c["warnings"]).iter().any(|w| w.starts_with("requirements.txt line 2: -e .: dropped")), "{c}");
+    assert!(
+        rule_detail(&c, "editable-self").contains("requirements.txt line 2: -e . dropped"),
+        "{c}"
+    );
+    assert!(
+        strs(&c["warnings"])
+            .iter()
+            .any(|w| w.starts_with("requirements.txt line 2: -e .: dropped")),
+        "{c}"
+    );
     let r = build_json(&repo, &[]);
     import_model_manager(&reference(&r), "amd64", d.path());
 
@@ -285,7 +347,11 @@ fn editable_self_and_uninstallable_lines() {
     );
     commit_all(&repo, "unindexable");
     let e = check_run(&repo, &[]);
-    expect_error(&e, 3, "requirements.txt: 5 entries cannot be installed from a package index:");
+    expect_error(
+        &e,
+        3,
+        "requirements.txt: 5 entries cannot be installed from a package index:",
+    );
     for needle in [
         "requirements.txt line 3: `file:///home/alice/wheels/flutils-0.1-py3-none-any.whl`: a local file URL",
         "requirements.txt line 4: `git+https://github.com/alice/fl-tricks.git@main`: a git URL of another project",
@@ -309,9 +375,15 @@ fn platforms_that_lack_a_package_are_named() {
     assert!(w.contains("linux/arm64 gets no tabulate"), "{w}");
     let r = build_json(&repo, &["--platform", both]);
     let w = strs(&r["warnings"]).join("\n");
-    assert!(w.contains("linux/arm64 has no tabulate (linux/amd64 has tabulate 0.9.0"), "{w}");
+    assert!(
+        w.contains("linux/arm64 has no tabulate (linux/amd64 has tabulate 0.9.0"),
+        "{w}"
+    );
     let name = reference(&r);
-    assert_eq!(index_architectures(&skopeo_raw(&name, "")), ["amd64", "arm64"]);
+    assert_eq!(
+        index_architectures(&skopeo_raw(&name, "")),
+        ["amd64", "arm64"]
+    );
     let amd = import_model_manager(&name, "amd64", d.path());
     let arm = import_model_manager(&name, "arm64", d.path());
     assert!(amd.join("opt/flops/site-packages/tabulate").exists());

@@ -102,6 +102,7 @@ fn self_packaged_builder_matches_the_dockerfile_and_builds_as_an_unprivileged_ta
     .unwrap();
     let c = &config["config"];
     assert_eq!(c["User"], instruction(&stage, "USER")[0].as_str());
+    assert_eq!(c["WorkingDir"], instruction(&stage, "WORKDIR")[0].as_str());
     let entrypoint: Value = serde_json::from_str(&instruction(&stage, "ENTRYPOINT")[0]).unwrap();
     assert_eq!(c["Entrypoint"], entrypoint);
     let cmd: Value = serde_json::from_str(&instruction(&stage, "CMD")[0]).unwrap();
@@ -154,39 +155,101 @@ fn self_packaged_builder_matches_the_dockerfile_and_builds_as_an_unprivileged_ta
     assert!(out.contains("Read-only file system"), "{out}");
     assert!(out.contains(&format!("uv {}", uv_version.trim())), "{out}");
 
-    // The job itself: clone from a git server on 127.0.0.1, resolve with the image's uv
-    // (--refresh-lock makes it run), build and push to the local registry.
+    // The job itself, exactly as FLOps' manager starts it (`python3 main.py …` in the image's
+    // working directory): the fl_actors plan for two platforms, from a git server on 127.0.0.1.
     let src = tempfile::tempdir().unwrap();
     let repo = git_repo("sklearn-conda", src.path(), "repo");
     let served = src.path().join("served");
     std::fs::create_dir_all(&served).unwrap();
     let repo_name = format!("selfpkg{}", std::process::id());
     bare(&repo, &served, &repo_name);
-    let git = GitServer::start(&served, None);
+    let server = GitServer::start(&served, None);
+    require_broker();
+    let project = format!("p-{id}");
+    let (obs_port, observed) = observer();
+    let sub = Sub::start("flops_manager/fl_actors_image_builder");
     let (ok, stdout, out) = run_task(
         &image,
         &format!("{id}-build"),
         &[
-            "/usr/local/bin/flops-image-builder",
-            "build",
-            &git.url(&repo_name),
-            "--registry",
+            "python3",
+            "main.py",
             &format!("http://{PLAIN}"),
-            "--no-notify",
-            "--refresh-lock",
+            &project,
+            "127.0.0.1",
+            &format!("127.0.0.1:{obs_port}"),
+            "--supported_platforms=linux/amd64,linux/arm64",
+            "fl_actors",
+            &server.url(&repo_name),
+            "sklearn",
         ],
     );
     assert!(ok, "the builder failed as a containerd task:\n{out}");
-    let pushed = stdout.lines().last().unwrap_or_default();
+    let commit = git(&repo, "rev-parse HEAD").trim().to_string();
+    // A one-segment URL path (`/<name>.git`) names the owner `local`.
+    let owner = "local";
+    for role in ["learner", "aggregator"] {
+        let name = format!("{PLAIN}/{owner}/{repo_name}/{role}:{commit}");
+        assert!(stdout.contains(&format!("{name}@sha256:")), "{role}: {out}");
+        assert_eq!(
+            index_architectures(&skopeo_raw(&name, "")),
+            ["amd64", "arm64"],
+            "{role}"
+        );
+        let env = sh(&format!(
+            "skopeo inspect --config --tls-verify=false --override-arch arm64 docker://{name}"
+        ));
+        assert!(env.contains("ML_MODEL_FLAVOR=sklearn"), "{role}: {env}");
+    }
+    let msgs: Vec<(String, Value)> = sub
+        .messages()
+        .into_iter()
+        .filter(|(_, p)| p["flops_project_id"] == project.as_str())
+        .collect();
+    let events: Vec<&str> = msgs.iter().map(|(e, _)| e.as_str()).collect();
+    assert_eq!(events, ["started", "success"], "{msgs:?}");
+    let report = &msgs[1].1;
+    // The aggregator uploads only what the learner did not have: everything it shares with the
+    // learner is mounted (or already there), its own layers are uploaded.
+    let blobs = |role: &str| -> Vec<(String, String)> {
+        report["images"][role]["platforms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|p| p["layers"].as_array().unwrap().iter().chain([&p["config"]]))
+            .map(|b| {
+                (
+                    b["digest"].as_str().unwrap().to_string(),
+                    b["status"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let learner: std::collections::HashSet<String> =
+        blobs("learner").into_iter().map(|(d, _)| d).collect();
+    let mut own_uploaded = 0;
+    for (digest, status) in blobs("aggregator") {
+        if learner.contains(&digest) {
+            assert!(
+                status == "mounted" || status == "skipped",
+                "{digest} shared with the learner was {status}"
+            );
+        } else {
+            assert_eq!(status, "uploaded", "{digest}");
+            own_uploaded += 1;
+        }
+    }
     assert!(
-        pushed.contains("/learner:") && pushed.contains("@sha256:"),
-        "{out}"
+        own_uploaded >= 4,
+        "the aggregator's own layers and configs: {own_uploaded}"
     );
-    assert!(out.contains("resolving"), "uv did not run:\n{out}");
-    let manifest = skopeo_raw(pushed.split('@').next().unwrap(), "");
-    assert_eq!(
-        manifest["mediaType"], "application/vnd.oci.image.manifest.v1+json",
-        "{manifest}"
+    assert!(report["images"]["aggregator"]["phases_ms"]["total"]
+        .as_u64()
+        .is_some());
+    let seen = observed.lock().unwrap().join("\n");
+    assert!(
+        seen.contains("pushed") && seen.contains("/aggregator:"),
+        "{seen}"
     );
     sh(&ctr(&format!("images rm {image} >/dev/null")));
 }

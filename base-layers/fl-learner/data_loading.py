@@ -4,6 +4,13 @@
 `load_data_from_ml_data_server` from this module. The server lists the flights that match
 the learner's data tags (criteria: JSON `{"data_tags": [...]}`); every matching stream is
 fetched and the tables are joined into one `datasets.Dataset` in arrow format.
+
+FLOps' data provider writes each partition with `datasets.Dataset.to_parquet`, so image columns
+arrive as {bytes, path} structs and the schema's `huggingface` metadata names the features; the
+returned dataset keeps them, and `datasets` decodes the images (with Pillow) once the repo picks
+a format such as "numpy". Partitions with different columns are an error, not a join.
+Environment: FLOPS_DATA_TAGS (set by main.py), ML_DATA_SERVER_HOST (default 172.17.0.1, the
+Docker bridge), ML_DATA_SERVER_PORT (default 11027).
 """
 
 import json
@@ -60,9 +67,18 @@ def load_data_from_ml_data_server(data_tags=None) -> datasets.Dataset:
         raise DataLoadingError(f"ML data server {location} failed: {e}") from e
     if not tables:
         raise DataLoadingError(f"ML data server {location} has no data for the tags {tags}")
+    columns = {tuple(t.column_names) for t in tables}
+    if len(columns) > 1:
+        # Joining them would pad every partition with null columns of the others.
+        raise DataLoadingError(
+            f"the data for the tags {tags} have incompatible schemas: columns "
+            + " vs ".join(str(list(c)) for c in sorted(columns))
+        )
     try:
         table = pyarrow.concat_tables(tables, promote_options="default")
     except pyarrow.ArrowInvalid as e:
         raise DataLoadingError(f"the data for the tags {tags} have incompatible schemas: {e}") from e
-    # Straight from Arrow (no pandas round trip, which mangles nested columns).
+    # Straight from Arrow (no pandas round trip, which mangles nested columns). The schema keeps
+    # the `huggingface` metadata that Dataset.to_parquet wrote, from which datasets restores the
+    # features (Image, ClassLabel, ...), so images still decode after with_format("numpy").
     return datasets.Dataset(datasets.table.InMemoryTable(table)).with_format("arrow")

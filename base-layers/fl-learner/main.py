@@ -1,21 +1,47 @@
-"""FLOps learner: trains the ML repo's ModelManager as a Flower 1.8 NumPy client.
+"""FLOps learner: trains the ML repo's ModelManager as a Flower 1.x NumPy client, as a service.
 
 The FLOps manager starts it in the image's working directory as
 
     python main.py <flops_project_id> <mqtt_ip> <project_observer_ip> <aggregator_ip> <data_tags>
 
-with <data_tags> comma-separated. The aggregator may come up after the learner, so an
-unreachable aggregator (gRPC UNAVAILABLE) is retried; every other failure is published on
-`flops_manager/learner/failed` (MQTT, QoS 1) and sent to the project observer, and the
-process exits non-zero.
+with <data_tags> comma-separated; each address may carry a port (`host:port`, `[v6]:port`),
+by default 9027 (MQTT), 2727 (project observer) and 8080 (aggregator).
+
+The repo's `ModelManager` (model_manager.py, beside this file) is built once and its data
+loaded once (`set_model_data`, which reaches the ML data server through data_loading.py), then
+the learner serves one Flower training session after another against the aggregator, reusing
+both: FLOps (hierarchical FL in particular) runs many sessions against the same learner.
+
+- Waiting: while the aggregator is unavailable (gRPC UNAVAILABLE, or a server that closes before
+  giving any task) the learner tries again every --retry-delay seconds. --max-wait bounds only
+  the wait for the first session; once it has trained, it waits for the next session forever.
+- "training session N finished" is logged whenever the aggregator ends a session. An aggregator
+  that goes away mid-session (UNAVAILABLE) is not a failure: the learner waits for the next one.
+- Exit 0: after --max-sessions sessions (log line "training finished: ..."), or on
+  SIGTERM/SIGINT (log line "received SIGTERM: stopping"), at any point.
+- Exit 1: any other failure (missing data, an exception in the model code, an aggregator that
+  never came for the first session) is published on `flops_manager/learner/failed` (MQTT QoS 1,
+  waiting for the broker's acknowledgement) as {"flops_project_id", "error_msg"} and sent as one
+  line to the project observer.
+
+Flags (each with an environment default):
+  --retry-delay S   FLOPS_LEARNER_RETRY_DELAY   seconds between attempts (default 5)
+  --max-wait S      FLOPS_LEARNER_MAX_WAIT      give up waiting for the first session after S
+                                                seconds; 0 waits forever (default 1800)
+  --max-sessions N  FLOPS_LEARNER_MAX_SESSIONS  exit 0 after N finished sessions; 0 serves
+                                                forever (default 0)
+Other environment: FLOPS_DATA_TAGS is set from <data_tags> for data_loading.py, which reads
+ML_DATA_SERVER_HOST / ML_DATA_SERVER_PORT (see its docstring).
 """
 
 import argparse
 import json
 import logging
 import os
+import signal
 import socket
 import sys
+import threading
 import time
 
 AGGREGATOR_PORT = 8080
@@ -27,17 +53,34 @@ DATA_TAGS_ENV = "FLOPS_DATA_TAGS"
 log = logging.getLogger("flops-learner")
 
 
-def env_float(name: str, default: float) -> float:
+def env_number(name: str, default, kind=float):
     raw = os.environ.get(name, "")
     try:
-        return float(raw) if raw else default
+        value = kind(raw) if raw else default
     except ValueError:
-        raise SystemExit(f"{name}={raw!r} is not a number of seconds")
+        value = None
+    if value is None or value < 0:
+        what = "seconds" if kind is float else "count"
+        raise SystemExit(f"{name}={raw!r} is not a non-negative {what}")
+    return value
+
+
+def non_negative(kind):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = -1
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a non-negative number")
+        return value
+
+    return parse
 
 
 def parse_args(argv):
     p = argparse.ArgumentParser(
-        prog="main.py", description="FLOps learner (Flower 1.8 NumPy client)"
+        prog="main.py", description="FLOps learner (Flower 1.x NumPy client, one session after another)"
     )
     p.add_argument("flops_project_id")
     p.add_argument("mqtt_ip", help="MQTT broker host[:port] (port defaults to 9027)")
@@ -46,17 +89,24 @@ def parse_args(argv):
     p.add_argument("data_tags", help="comma-separated tags of the ML data server's data")
     p.add_argument(
         "--retry-delay",
-        type=float,
-        default=env_float("FLOPS_LEARNER_RETRY_DELAY", 5.0),
+        type=non_negative(float),
+        default=env_number("FLOPS_LEARNER_RETRY_DELAY", 5.0),
         help="seconds between attempts while the aggregator is unavailable "
         "(env FLOPS_LEARNER_RETRY_DELAY, default 5)",
     )
     p.add_argument(
         "--max-wait",
-        type=float,
-        default=env_float("FLOPS_LEARNER_MAX_WAIT", 1800.0),
-        help="give up after this many seconds of an unavailable aggregator; 0 waits forever "
+        type=non_negative(float),
+        default=env_number("FLOPS_LEARNER_MAX_WAIT", 1800.0),
+        help="give up after this many seconds without a first session; 0 waits forever "
         "(env FLOPS_LEARNER_MAX_WAIT, default 1800)",
+    )
+    p.add_argument(
+        "--max-sessions",
+        type=non_negative(int),
+        default=env_number("FLOPS_LEARNER_MAX_SESSIONS", 0, int),
+        help="exit after this many finished training sessions; 0 serves forever "
+        "(env FLOPS_LEARNER_MAX_SESSIONS, default 0)",
     )
     return p.parse_args(argv)
 
@@ -85,7 +135,7 @@ def publish_failure(project_id: str, mqtt_address: str, error_msg: str, timeout=
         info = client.publish(FAILED_TOPIC, payload, qos=1)
         info.wait_for_publish(timeout)
         return info.is_published()
-    except Exception as e:  # noqa: BLE001 - reporting must never hide the original failure
+    except Exception as e:
         log.warning("could not publish %s to %s:%s: %s", FAILED_TOPIC, host, port, e)
         return False
     finally:
@@ -104,6 +154,7 @@ def notify_observer(observer_address: str, msg: str, timeout=5.0) -> None:
 
 
 def make_client(model_manager):
+    """A NumPy client over the ModelManager; `.tasks` counts what the aggregator asked for."""
     import flwr
     import numpy as np
 
@@ -111,15 +162,20 @@ def make_client(model_manager):
         return [np.asarray(p) for p in params]
 
     class Learner(flwr.client.NumPyClient):
+        tasks = 0
+
         def get_parameters(self, config):
+            self.tasks += 1
             return arrays(model_manager.get_model_parameters())
 
         def fit(self, parameters, config):
+            self.tasks += 1
             model_manager.set_model_parameters(parameters)
             n = model_manager.fit_model()
             return arrays(model_manager.get_model_parameters()), int(n), {}
 
         def evaluate(self, parameters, config):
+            self.tasks += 1
             model_manager.set_model_parameters(parameters)
             loss, accuracy, n = model_manager.evaluate_model()
             return float(loss), int(n), {"accuracy": float(accuracy)}
@@ -127,46 +183,139 @@ def make_client(model_manager):
     return Learner()
 
 
-def is_unavailable(err: BaseException) -> bool:
+def grpc_code(err: BaseException):
     import grpc
 
-    return isinstance(err, grpc.RpcError) and err.code() == grpc.StatusCode.UNAVAILABLE
+    return err.code() if isinstance(err, grpc.RpcError) else None
 
 
-def run_client(client, server_address: str, retry_delay: float, max_wait: float) -> None:
-    """Runs the Flower client; while the aggregator is unavailable, waits and tries again."""
+def connection_lost(err: BaseException, tasks: int) -> bool:
+    """The aggregator is not (or no longer) there, rather than a failure of the learner.
+
+    UNAVAILABLE: nothing listens, or the server went away. CANCELLED before any task: the
+    stream ended before the learner had a part in a session, e.g. a server stopping as we joined.
+    """
+    import grpc
+
+    code = grpc_code(err)
+    return code == grpc.StatusCode.UNAVAILABLE or (code == grpc.StatusCode.CANCELLED and tasks == 0)
+
+
+def stop_on_signals() -> None:
+    """SIGTERM/SIGINT end the process at once with exit 0, whatever it is doing.
+
+    The signals are blocked in every thread (threads inherit the mask, so this runs before any
+    is started) and taken by one waiting thread: some flwr releases install their own handlers
+    in start_client, which would end only the session, as if the aggregator had. Leaving with
+    os._exit is safe (the model lives on the aggregator) and prompt (unwinding through grpc's
+    blocking calls can deadlock the interpreter's exit).
+    """
+    signals = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    # Forked workers (multiprocessing, data loaders) have no waiting thread: default behaviour.
+    os.register_at_fork(after_in_child=lambda: signal.pthread_sigmask(signal.SIG_UNBLOCK, signals))
+
+    def wait():
+        signum = signal.sigwait(signals)
+        log.info("received %s: stopping", signal.Signals(signum).name)
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        os._exit(0)
+
+    threading.Thread(target=wait, name="signals", daemon=True).start()
+
+
+class OncePerMessage(logging.Filter):
+    """Newer flwr logs a deprecation banner on every start_client call, i.e. every retry."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = set()
+
+    def filter(self, record):
+        if record.levelno < logging.WARNING or "deprecat" not in record.getMessage().lower():
+            return True
+        key = record.getMessage()
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        return True
+
+
+def quiet_closed_channel_polls() -> None:
+    """grpc's channel-state polling thread (flwr subscribes to it) may race the channel's close
+    after a failed attempt and print a harmless traceback: a false alarm in a service that
+    retries forever. Only that one is dropped."""
+    default = threading.excepthook
+
+    def hook(args):
+        if isinstance(args.exc_value, ValueError) and "Cannot monitor channel state" in str(args.exc_value):
+            return
+        default(args)
+
+    threading.excepthook = hook
+
+
+def run_sessions(client, server_address: str, retry_delay: float, max_wait: float, max_sessions: int) -> int:
+    """Serves training sessions until max_sessions (0: forever); returns the number served."""
     import flwr
 
-    started = time.monotonic()
+    logging.getLogger("flwr").addFilter(OncePerMessage())
+    quiet_closed_channel_polls()
+    sessions = 0
+    joined = False  # the learner has taken part in a session: no more --max-wait
+    waiting_since = time.monotonic()
     attempt = 0
     while True:
         attempt += 1
+        client.tasks = 0
         try:
             # start_numpy_client(client) is start_client(client.to_client()) plus a
             # deprecation warning, which would repeat on every attempt.
             flwr.client.start_client(
                 server_address=server_address, client=client.to_client(), insecure=True
             )
-            return
-        except Exception as e:  # noqa: BLE001 - only UNAVAILABLE is retried
-            if not is_unavailable(e):
+            lost = None
+        except Exception as e:
+            if not connection_lost(e, client.tasks):
                 raise
-            waited = time.monotonic() - started
-            if max_wait and waited + retry_delay > max_wait:
-                raise RuntimeError(
-                    f"aggregator {server_address} still unavailable after {waited:.0f} s "
-                    f"({attempt} attempts)"
-                ) from e
-            log.info(
-                "aggregator %s unavailable (attempt %d); retrying in %.1f s",
-                server_address,
-                attempt,
-                retry_delay,
-            )
+            lost = e
+        if client.tasks:
+            joined = True
+            if lost is None:
+                sessions += 1
+                log.info("training session %d finished", sessions)
+                if max_sessions and sessions >= max_sessions:
+                    return sessions
+            else:
+                log.warning(
+                    "the aggregator %s went away during a session (%s); waiting for the next one",
+                    server_address,
+                    grpc_code(lost),
+                )
+            log.info("waiting for the next training session at %s", server_address)
+            attempt = 0
+            waiting_since = time.monotonic()
+            # The ending server stays up briefly; joining it again would only be cancelled.
             time.sleep(retry_delay)
+            continue
+        waited = time.monotonic() - waiting_since
+        if not joined and max_wait and waited + retry_delay > max_wait:
+            raise RuntimeError(
+                f"aggregator {server_address} still unavailable after {waited:.0f} s "
+                f"({attempt} attempts)"
+            ) from lost
+        what = "unavailable" if lost is not None else "closed the connection without a task"
+        log.info(
+            "aggregator %s %s (attempt %d); retrying in %.1f s", server_address, what, attempt, retry_delay
+        )
+        time.sleep(retry_delay)
 
 
-def train(args) -> None:
+def serve(args) -> None:
     tags = [t.strip() for t in args.data_tags.split(",") if t.strip()]
     # data_loading is called by the repo through flops_utils.load_dataset(), without arguments.
     os.environ[DATA_TAGS_ENV] = ",".join(tags)
@@ -178,8 +327,8 @@ def train(args) -> None:
     host, port = split_host_port(args.aggregator_ip, AGGREGATOR_PORT)
     server = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     log.info("data loaded for tags %s; joining aggregator %s", tags, server)
-    run_client(make_client(model_manager), server, args.retry_delay, args.max_wait)
-    log.info("training finished: the aggregator closed the session")
+    n = run_sessions(make_client(model_manager), server, args.retry_delay, args.max_wait, args.max_sessions)
+    log.info("training finished: %d session(s), the --max-sessions limit", n)
 
 
 def main(argv=None) -> int:
@@ -192,10 +341,11 @@ def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     # model_manager.py sits in the working directory (the image's WORKDIR, beside main.py).
     sys.path.insert(0, os.getcwd())
+    stop_on_signals()
     try:
-        train(args)
+        serve(args)
         return 0
-    except (Exception, SystemExit) as e:  # noqa: BLE001 - every failure is reported
+    except (Exception, SystemExit) as e:
         if isinstance(e, SystemExit) and e.code in (0, None):
             return 0
         msg = f"{type(e).__name__}: {e}" if not isinstance(e, SystemExit) else f"exit {e.code}"

@@ -234,18 +234,96 @@ fn drop_pip_pin(c: &mut Ctx) -> Result<Vec<Fired>> {
 /// Conda packages that are toolchain, system libraries or CUDA runtimes: the base image or
 /// the wheels themselves (manylinux wheels vendor their libraries) provide them.
 const SYSTEM_PACKAGES: &[&str] = &[
-    "blas", "brotli", "bzip2", "c-ares", "ca-certificates", "cudatoolkit", "cudnn", "curl",
-    "expat", "ffmpeg", "fontconfig", "freetype", "gettext", "giflib", "icu", "intel-openmp",
-    "jpeg", "krb5", "lcms2", "ld_impl_linux-64", "lerc", "libblas", "libbrotlicommon",
-    "libbrotlidec", "libbrotlienc", "libcblas", "libcurl", "libdeflate", "libedit", "libev",
-    "libexpat", "libffi", "libgcc", "libgcc-ng", "libgfortran", "libgfortran-ng", "libgfortran5",
-    "libgomp", "libhwloc", "libiconv", "libjpeg-turbo", "liblapack", "libnghttp2", "libnsl",
-    "libopenblas", "libpng", "libprotobuf", "libsodium", "libsqlite", "libssh2", "libstdcxx",
-    "libstdcxx-ng", "libtiff", "libuuid", "libuv", "libwebp", "libwebp-base", "libxcb",
-    "libxcrypt", "libxml2", "libzlib", "llvm-openmp", "lz4-c", "magma", "mkl", "mkl-service",
-    "mkl_fft", "mkl_random", "nccl", "ncurses", "openblas", "openjpeg", "openssl", "pthread-stubs",
-    "python_abi", "pytorch-cuda", "pytorch-mutex", "readline", "snappy", "sqlite", "tbb", "tk",
-    "tzdata", "xorg-libxau", "xorg-libxdmcp", "xz", "yaml", "zeromq", "zlib", "zstd",
+    "blas",
+    "brotli",
+    "bzip2",
+    "c-ares",
+    "ca-certificates",
+    "cudatoolkit",
+    "cudnn",
+    "curl",
+    "expat",
+    "ffmpeg",
+    "fontconfig",
+    "freetype",
+    "gettext",
+    "giflib",
+    "icu",
+    "intel-openmp",
+    "jpeg",
+    "krb5",
+    "lcms2",
+    "ld_impl_linux-64",
+    "lerc",
+    "libblas",
+    "libbrotlicommon",
+    "libbrotlidec",
+    "libbrotlienc",
+    "libcblas",
+    "libcurl",
+    "libdeflate",
+    "libedit",
+    "libev",
+    "libexpat",
+    "libffi",
+    "libgcc",
+    "libgcc-ng",
+    "libgfortran",
+    "libgfortran-ng",
+    "libgfortran5",
+    "libgomp",
+    "libhwloc",
+    "libiconv",
+    "libjpeg-turbo",
+    "liblapack",
+    "libnghttp2",
+    "libnsl",
+    "libopenblas",
+    "libpng",
+    "libprotobuf",
+    "libsodium",
+    "libsqlite",
+    "libssh2",
+    "libstdcxx",
+    "libstdcxx-ng",
+    "libtiff",
+    "libuuid",
+    "libuv",
+    "libwebp",
+    "libwebp-base",
+    "libxcb",
+    "libxcrypt",
+    "libxml2",
+    "libzlib",
+    "llvm-openmp",
+    "lz4-c",
+    "magma",
+    "mkl",
+    "mkl-service",
+    "mkl_fft",
+    "mkl_random",
+    "nccl",
+    "ncurses",
+    "openblas",
+    "openjpeg",
+    "openssl",
+    "pthread-stubs",
+    "python_abi",
+    "pytorch-cuda",
+    "pytorch-mutex",
+    "readline",
+    "snappy",
+    "sqlite",
+    "tbb",
+    "tk",
+    "tzdata",
+    "xorg-libxau",
+    "xorg-libxdmcp",
+    "xz",
+    "yaml",
+    "zeromq",
+    "zlib",
+    "zstd",
 ];
 
 fn is_system_package(name: &str) -> bool {
@@ -292,14 +370,62 @@ const CONDA_TO_PYPI: &[(&str, &str)] = &[
 ];
 /// Conda names known to be the same project on PyPI (others are checked against the index).
 const SAME_ON_PYPI: &[&str] = &[
-    "catboost", "certifi", "click", "cloudpickle", "datasets", "flwr", "gmpy2", "grpcio",
-    "h5py", "huggingface_hub", "huggingface-hub", "imbalanced-learn", "jinja2", "joblib",
-    "keras", "lightgbm", "lightning", "matplotlib", "mlflow", "mlflow-skinny", "networkx",
-    "numba", "numpy", "onnx", "onnxruntime", "opacus", "packaging", "pandas", "pillow",
-    "plotly", "protobuf", "psutil", "pyarrow", "pydantic", "pytorch-lightning", "pyyaml",
-    "requests", "safetensors", "scikit-learn", "scipy", "seaborn", "setuptools", "six",
-    "statsmodels", "sympy", "tabulate", "tensorflow", "tokenizers", "torchaudio", "torchvision",
-    "tqdm", "transformers", "typing-extensions", "typing_extensions", "wheel", "xgboost",
+    "catboost",
+    "certifi",
+    "click",
+    "cloudpickle",
+    "datasets",
+    "flwr",
+    "gmpy2",
+    "grpcio",
+    "h5py",
+    "huggingface_hub",
+    "huggingface-hub",
+    "imbalanced-learn",
+    "jinja2",
+    "joblib",
+    "keras",
+    "lightgbm",
+    "lightning",
+    "matplotlib",
+    "mlflow",
+    "mlflow-skinny",
+    "networkx",
+    "numba",
+    "numpy",
+    "onnx",
+    "onnxruntime",
+    "opacus",
+    "packaging",
+    "pandas",
+    "pillow",
+    "plotly",
+    "protobuf",
+    "psutil",
+    "pyarrow",
+    "pydantic",
+    "pytorch-lightning",
+    "pyyaml",
+    "requests",
+    "safetensors",
+    "scikit-learn",
+    "scipy",
+    "seaborn",
+    "setuptools",
+    "six",
+    "statsmodels",
+    "sympy",
+    "tabulate",
+    "tensorflow",
+    "tokenizers",
+    "torchaudio",
+    "torchvision",
+    "tqdm",
+    "transformers",
+    "typing-extensions",
+    "typing_extensions",
+    "wheel",
+    "xgboost",
 ];
 
 /// Conda version syntax → PEP 440: `=1.26` is `1.26.*`, a build string after a second `=` is
@@ -357,7 +483,9 @@ fn conda_to_pypi(c: &mut Ctx) -> Result<Vec<Fired>> {
             continue;
         }
         if known {
-            out.push(fired(format!("conda {written} installed from PyPI as {req}")));
+            out.push(fired(format!(
+                "conda {written} installed from PyPI as {req}"
+            )));
         } else {
             out.push(fired(format!("conda {written} taken from the package index under the same name as {req} (checked against the index when resolving)")));
             c.unverified.push(pypi.to_string());
@@ -369,7 +497,11 @@ fn conda_to_pypi(c: &mut Ctx) -> Result<Vec<Fired>> {
             "{}: {} conda {} no PyPI form",
             c.file(),
             invalid.len(),
-            if invalid.len() == 1 { "entry has" } else { "entries have" }
+            if invalid.len() == 1 {
+                "entry has"
+            } else {
+                "entries have"
+            }
         );
         return Err(bad_input(crate::error::listed(&head, &invalid)));
     }
@@ -407,11 +539,6 @@ fn module_of(dist: &str) -> String {
         .unwrap_or_else(|| norm.replace('-', "_"))
 }
 
-/// Python packages an MLflow 2.x scoring server (`mlflow models serve`) needs beyond
-/// mlflow-skinny; 3.x's skinny package serves with FastAPI/uvicorn, which it lists itself.
-const SERVING_2X: &[&str] = &["flask", "gunicorn", "numpy", "pandas"];
-const SERVING_3X: &[&str] = &["numpy", "pandas", "fastapi", "uvicorn"];
-
 fn mlflow(c: &mut Ctx) -> Result<Vec<Fired>> {
     let Some(i) = pos(&c.reqs, "mlflow") else {
         return Ok(vec![]);
@@ -420,21 +547,7 @@ fn mlflow(c: &mut Ctx) -> Result<Vec<Fired>> {
     if c.facts.serving {
         let skinny = old.replacen("mlflow", "mlflow-skinny", 1);
         c.reqs[i] = requirement(&skinny, c.file())?;
-        let major3 = match &c.reqs[i].version_or_url {
-            Some(VersionOrUrl::VersionSpecifier(s)) => s
-                .iter()
-                .any(|s| s.version().release().first().is_some_and(|m| *m >= 3)),
-            _ => false,
-        };
-        let extra = if major3 { SERVING_3X } else { SERVING_2X };
-        let mut added = Vec::new();
-        for name in extra {
-            if pos(&c.reqs, name).is_none() {
-                c.reqs.push(requirement(name, c.file())?);
-                added.push(*name);
-            }
-        }
-        return Ok(vec![fired(format!("{old} replaced by {} plus {}: the scoring server needs only these of the full MLflow package", c.reqs[i], added.join(", ")))]);
+        return Ok(vec![fired(format!("{old} replaced by {}: the scoring server needs only that and its web stack (Flask + gunicorn for MLflow 2, FastAPI + uvicorn for 3), which the image adds, not the full MLflow package", c.reqs[i]))]);
     }
     if c.facts.imports.contains_key("mlflow") || !c.facts.code_scanned {
         let skinny = old.replacen("mlflow", "mlflow-skinny", 1);
@@ -476,7 +589,10 @@ const RUNTIME_FLOORS: &[(&str, &str, &str)] = &[
 /// or [`RUNTIME_FLOORS`].
 fn runtime_constraint(runtime: &str, name: &str) -> Option<(VersionSpecifiers, String)> {
     let norm = imports::normalize(name);
-    for line in runtime.lines().map(|l| l.split('#').next().unwrap_or("").trim()) {
+    for line in runtime
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+    {
         let Ok(r) = line.parse::<Requirement>() else {
             continue;
         };
@@ -568,12 +684,45 @@ fn runtime_pin_conflict(c: &mut Ctx) -> Result<Vec<Fired>> {
 /// Distributions the FL runtime always brings (its requirements and their dependencies):
 /// their modules are never reported missing.
 const RUNTIME_PROVIDES: &[&str] = &[
-    "aiohttp", "annotated-types", "certifi", "charset-normalizer", "click", "cryptography",
-    "datasets", "dill", "filelock", "flops-utils", "flwr", "fsspec", "grpcio", "huggingface-hub",
-    "idna", "iterators", "multiprocess", "numpy", "packaging", "paho-mqtt", "pandas", "pillow",
-    "protobuf", "pyarrow", "pycryptodome", "pydantic", "python-dateutil", "pytz", "pyyaml",
-    "requests", "rich", "setuptools", "six", "tomli", "tqdm", "typer", "typing-extensions",
-    "urllib3", "xxhash",
+    "aiohttp",
+    "annotated-types",
+    "certifi",
+    "charset-normalizer",
+    "click",
+    "cryptography",
+    "datasets",
+    "dill",
+    "filelock",
+    "flops-utils",
+    "flwr",
+    "fsspec",
+    "grpcio",
+    "huggingface-hub",
+    "idna",
+    "iterators",
+    "multiprocess",
+    "numpy",
+    "packaging",
+    "paho-mqtt",
+    "pandas",
+    "pillow",
+    "protobuf",
+    "pyarrow",
+    "pycryptodome",
+    "pydantic",
+    "python-dateutil",
+    "pytz",
+    "pyyaml",
+    "requests",
+    "rich",
+    "setuptools",
+    "six",
+    "tomli",
+    "tqdm",
+    "typer",
+    "typing-extensions",
+    "urllib3",
+    "xxhash",
 ];
 
 /// Normalised names of what the spec (as doctored so far) and the runtime provide.
@@ -585,7 +734,13 @@ fn provided(c: &Ctx) -> BTreeSet<String> {
         .collect();
     names.extend(RUNTIME_PROVIDES.iter().map(|n| imports::normalize(n)));
     for line in c.facts.runtime.lines() {
-        if let Ok(r) = line.split('#').next().unwrap_or("").trim().parse::<Requirement>() {
+        if let Ok(r) = line
+            .split('#')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .parse::<Requirement>()
+        {
             names.insert(imports::normalize(r.name.as_ref()));
         }
     }
@@ -737,10 +892,7 @@ mod tests {
             ..Default::default()
         };
         let d = doctor(&spec, &f).unwrap();
-        assert_eq!(
-            names(&d),
-            ["mlflow-skinny==2.14.3", "flask", "gunicorn", "numpy", "pandas"]
-        );
+        assert_eq!(names(&d), ["mlflow-skinny==2.14.3"]);
     }
 
     #[test]
@@ -764,11 +916,24 @@ mod tests {
         let d = run("dependencies:\n- numpy=1.26\n- pytorch==2.1.0=py3.11_cpu\n- scipy>=1.11\n- _libgcc_mutex=0.1=conda_forge\n- libgcc-ng\n- cudatoolkit=11.8\n- openssl\n- dask=2024.1.0\n- fsspec\n- pip:\n  - scipy==1.13.1\n", &[]).unwrap();
         assert_eq!(
             names(&d),
-            ["scipy==1.13.1", "numpy==1.26.*", "torch==2.1.0", "dask==2024.1.0.*", "fsspec"]
+            [
+                "scipy==1.13.1",
+                "numpy==1.26.*",
+                "torch==2.1.0",
+                "dask==2024.1.0.*",
+                "fsspec"
+            ]
         );
         assert_eq!(
             rules(&d),
-            ["conda-system-packages", "conda-to-pypi", "conda-to-pypi", "conda-to-pypi", "conda-to-pypi", "conda-to-pypi"]
+            [
+                "conda-system-packages",
+                "conda-to-pypi",
+                "conda-to-pypi",
+                "conda-to-pypi",
+                "conda-to-pypi",
+                "conda-to-pypi"
+            ]
         );
         assert_eq!(
             d.fired[0].detail,
@@ -788,7 +953,10 @@ mod tests {
         // The same pins on packages the code imports fail, naming both sides and every package.
         let e = run(
             y,
-            &[("google.protobuf", "model_manager.py"), ("pyarrow", "utils.py")],
+            &[
+                ("google.protobuf", "model_manager.py"),
+                ("pyarrow", "utils.py"),
+            ],
         )
         .unwrap_err()
         .to_string();
@@ -798,7 +966,10 @@ mod tests {
         let e = run("dependencies:\n- pip:\n  - flwr==1.5.0\n", &[])
             .unwrap_err()
             .to_string();
-        assert!(e.contains("flwr==1.5.0") && e.contains("flwr>=1.8.0, <1.12"), "{e}");
+        assert!(
+            e.contains("flwr==1.5.0") && e.contains("flwr>=1.8.0, <1.12"),
+            "{e}"
+        );
         let d = run("dependencies:\n- pip:\n  - flwr==1.10.0\n", &[]).unwrap();
         assert_eq!(names(&d), ["flwr==1.10.0"]);
     }
@@ -824,14 +995,20 @@ mod tests {
         assert_eq!(rules(&d), ["missing-import"]);
         assert_eq!(
             d.unprovided,
-            [("mystery_module".to_string(), vec!["model_manager.py".to_string()])]
+            [(
+                "mystery_module".to_string(),
+                vec!["model_manager.py".to_string()]
+            )]
         );
     }
 
     #[test]
     fn setuptools_is_implicit_unless_listed() {
         let d = run("dependencies:\n- pip:\n  - numpy==1.26.4\n", &[]).unwrap();
-        assert!(d.requirements.iter().any(|r| r.to_string() == "setuptools<82"));
+        assert!(d
+            .requirements
+            .iter()
+            .any(|r| r.to_string() == "setuptools<82"));
         assert!(d.fired.iter().any(|f| f.rule == "implicit-setuptools"));
         let d = run("dependencies:\n- pip:\n  - setuptools==69.5.1\n", &[]).unwrap();
         assert!(!d.fired.iter().any(|f| f.rule == "implicit-setuptools"));

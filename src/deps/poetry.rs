@@ -50,9 +50,9 @@ pub fn read(
                 Ok(None) => spec.notes.push(format!(
                     "{file}: optional dependency {name} left out (it belongs to an extra)"
                 )),
-                Err(why) => problems.push(format!(
-                    "{file}: [tool.poetry.dependencies] {name}: {why}"
-                )),
+                Err(why) => {
+                    problems.push(format!("{file}: [tool.poetry.dependencies] {name}: {why}"))
+                }
             }
         }
     }
@@ -286,7 +286,10 @@ pytest = "^8"
                 "torch==2.2.0 ; python_full_version >= '3.12'",
             ]
         );
-        assert!(s.notes.iter().any(|n| n.contains("optional dependency plotting")));
+        assert!(s
+            .notes
+            .iter()
+            .any(|n| n.contains("optional dependency plotting")));
         assert!(s.notes.iter().any(|n| n.contains("groups left out (dev)")));
     }
 
@@ -294,8 +297,15 @@ pytest = "^8"
     fn git_path_and_url_dependencies_are_refused_by_name() {
         let text = "[tool.poetry.dependencies]\npython = \"^3.10\"\nmylib = { git = \"https://github.com/me/mylib.git\" }\nlocal = { path = \"../local\" }\nwheel = { url = \"https://x.example/w.whl\" }\nnumpy = \"^1.26\"\n";
         let e = parse_pyproject(text).unwrap_err().to_string();
-        assert!(e.starts_with("pyproject.toml: 3 entries cannot be installed"), "{e}");
-        for name in ["local: a path dependency (../local)", "mylib: a git dependency", "wheel: a url dependency"] {
+        assert!(
+            e.starts_with("pyproject.toml: 3 entries cannot be installed"),
+            "{e}"
+        );
+        for name in [
+            "local: a path dependency (../local)",
+            "mylib: a git dependency",
+            "wheel: a url dependency",
+        ] {
             assert!(e.contains(name), "{name}: {e}");
         }
     }

@@ -355,7 +355,9 @@ wheels = [{ url = "https://files.example/only_arm-1-py3-none-any.whl", hashes = 
     fn errors_name_package_version_and_platform() {
         let sdist_only = "lock-version = '1.0'\n[[packages]]\nname = 'legacy'\nversion = '0.1'\nsdist = { url = 'https://x/legacy-0.1.tar.gz', hashes = { sha256 = 'ff' } }\n";
         let picked = select(&parse(sdist_only).unwrap(), &target("arm64")).unwrap();
-        assert!(picked[0].sdist && picked[0].file == "legacy-0.1.tar.gz" && picked[0].sha256 == "ff");
+        assert!(
+            picked[0].sdist && picked[0].file == "legacy-0.1.tar.gz" && picked[0].sha256 == "ff"
+        );
         let nothing = "lock-version = '1.0'\n[[packages]]\nname = 'legacy'\nversion = '0.1'\n";
         let e = select(&parse(nothing).unwrap(), &target("arm64"))
             .unwrap_err()

@@ -314,7 +314,10 @@ fn merge(
         BTreeMap::new();
     for (t, lock) in locks {
         for p in packages(lock) {
-            let key = (str_of(p, "name").to_string(), str_of(p, "version").to_string());
+            let key = (
+                str_of(p, "name").to_string(),
+                str_of(p, "version").to_string(),
+            );
             let slot = entries
                 .entry(key)
                 .or_insert_with(|| (p.clone(), Vec::new()));
@@ -404,7 +407,11 @@ fn wheel_ids(p: &toml::Table) -> BTreeSet<String> {
 
 /// Names the package index does not know (PEP 503 simple API: 404 for the project page).
 /// Best effort: an unreachable index reports nothing, and the resolver has the last word.
-pub async fn unknown_to_index(http: &reqwest::Client, index: &str, names: &[String]) -> Vec<String> {
+pub async fn unknown_to_index(
+    http: &reqwest::Client,
+    index: &str,
+    names: &[String],
+) -> Vec<String> {
     let index = index.trim_end_matches('/');
     let checks = names.iter().map(|n| {
         let url = format!("{index}/{}/", crate::deps::imports::normalize(n));
@@ -441,7 +448,12 @@ mod tests {
 
     fn target(arch: &str) -> ResolveTarget {
         ResolveTarget {
-            platform: if arch == "x86_64" { "linux/amd64" } else { "linux/arm64" }.into(),
+            platform: if arch == "x86_64" {
+                "linux/amd64"
+            } else {
+                "linux/arm64"
+            }
+            .into(),
             arch: arch.into(),
             glibc: (2, 28),
         }
@@ -482,7 +494,10 @@ wheels = [{ url = "https://f/numpy-1.26.4-cp311-cp311-manylinux_2_17_aarch64.whl
             Some("platform_machine == 'x86_64'")
         );
         assert_eq!(
-            lock.subset("learner").unwrap().into_iter().collect::<Vec<_>>(),
+            lock.subset("learner")
+                .unwrap()
+                .into_iter()
+                .collect::<Vec<_>>(),
             ["numpy"]
         );
         assert!(lock.subset("nope").is_none());
@@ -498,7 +513,10 @@ wheels = [{ url = "https://f/numpy-1.26.4-cp311-cp311-manylinux_2_17_aarch64.whl
             lock_key(&sets, "3.11", &[target("x86_64"), target("aarch64")], &o)
         );
         assert_ne!(one, lock_key(&sets, "3.13", &[target("x86_64")], &o));
-        let two = [("learner", "numpy\n".to_string()), ("aggregator", "numpy\nmlflow-skinny\n".to_string())];
+        let two = [
+            ("learner", "numpy\n".to_string()),
+            ("aggregator", "numpy\nmlflow-skinny\n".to_string()),
+        ];
         assert_ne!(one, lock_key(&two, "3.11", &[target("x86_64")], &o));
     }
 }

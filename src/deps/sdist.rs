@@ -91,7 +91,8 @@ fn keep(store: &BlobStore, sdist_sha: &str, file: &Path) -> Result<Record> {
 }
 
 fn local(store: &BlobStore, sdist_sha: &str) -> Option<Record> {
-    let r: Record = serde_json::from_slice(&std::fs::read(record_path(store, sdist_sha)).ok()?).ok()?;
+    let r: Record =
+        serde_json::from_slice(&std::fs::read(record_path(store, sdist_sha)).ok()?).ok()?;
     store
         .root()
         .join("wheels")
@@ -105,13 +106,23 @@ fn pool_tag(sdist_sha: &str) -> String {
     format!("wheel-{sdist_sha}")
 }
 
-async fn from_pool(reg: &Registry, pool: &str, store: &BlobStore, sdist_sha: &str) -> Option<Record> {
+async fn from_pool(
+    reg: &Registry,
+    pool: &str,
+    store: &BlobStore,
+    sdist_sha: &str,
+) -> Option<Record> {
     let (bytes, _, _) = reg.get_manifest(pool, &pool_tag(sdist_sha)).await.ok()?;
     let m: Manifest = serde_json::from_slice(&bytes).ok()?;
-    let l = m.layers.first().filter(|l| l.media_type == WHEEL_MEDIA_TYPE)?;
+    let l = m
+        .layers
+        .first()
+        .filter(|l| l.media_type == WHEEL_MEDIA_TYPE)?;
     let file = l.annotations.get(TITLE)?.clone();
     let tmp = tempfile::tempdir().ok()?;
-    reg.download_blob(pool, &l.digest, l.size, store).await.ok()?;
+    reg.download_blob(pool, &l.digest, l.size, store)
+        .await
+        .ok()?;
     let path = tmp.path().join(&file);
     std::fs::copy(store.path(&l.digest), &path).ok()?;
     keep(store, sdist_sha, &path).ok()
@@ -131,7 +142,10 @@ async fn to_pool(reg: &Registry, pool: &str, store: &BlobStore, sdist_sha: &str,
     }
     .await;
     if let Err(e) = result {
-        tracing::warn!("could not add the built wheel {} to the shared pool: {e:#}", r.file);
+        tracing::warn!(
+            "could not add the built wheel {} to the shared pool: {e:#}",
+            r.file
+        );
     }
 }
 
@@ -169,14 +183,27 @@ pub async fn materialize(
         } else if let Some(r) = from_pool(reg, pool, store, &s.sha256).await {
             (r, "pool")
         } else if policy.no_build {
-            refused.push(format!("{} {} (only an sdist: {})", s.name, s.version, s.file));
+            refused.push(format!(
+                "{} {} (only an sdist: {})",
+                s.name, s.version, s.file
+            ));
             continue;
         } else {
             let slots = Arc::new(tokio::sync::Semaphore::new(1));
-            let path = fetch::fetch_all(http, store.root(), Some(lock_dir), std::slice::from_ref(&s), &slots)
-                .await?
-                .remove(0);
-            let (pol, sd, what) = (policy.clone(), path.clone(), format!("{} {} for {platform}", s.name, s.version));
+            let path = fetch::fetch_all(
+                http,
+                store.root(),
+                Some(lock_dir),
+                std::slice::from_ref(&s),
+                &slots,
+            )
+            .await?
+            .remove(0);
+            let (pol, sd, what) = (
+                policy.clone(),
+                path.clone(),
+                format!("{} {} for {platform}", s.name, s.version),
+            );
             let wheel = tokio::task::spawn_blocking(move || build(&sd, &pol, &what)).await??;
             let r = keep(store, &s.sha256, &wheel.0)?;
             drop(wheel);
@@ -207,7 +234,10 @@ fn build(sdist: &Path, policy: &BuildPolicy, what: &str) -> Result<(PathBuf, tem
     let uv = crate::deps::resolve::find_uv(policy.uv.as_deref())?;
     let dir = tempfile::Builder::new().prefix("flops-sdist-").tempdir()?;
     let out = dir.path().join("dist");
-    tracing::info!("building {what} from its sdist with uv (isolated, at most {} s)", BUILD_TIMEOUT.as_secs());
+    tracing::info!(
+        "building {what} from its sdist with uv (isolated, at most {} s)",
+        BUILD_TIMEOUT.as_secs()
+    );
     let mut cmd = std::process::Command::new(&uv);
     cmd.args(["build", "--wheel", "--quiet", "--system-certs", "--out-dir"])
         .arg(&out)
@@ -219,7 +249,9 @@ fn build(sdist: &Path, policy: &BuildPolicy, what: &str) -> Result<(PathBuf, tem
     if let Some(i) = &policy.index_url {
         cmd.args(["--index-url", i]);
     }
-    let mut child = cmd.spawn().with_context(|| format!("running {}", uv.display()))?;
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("running {}", uv.display()))?;
     let started = std::time::Instant::now();
     let status = loop {
         if let Some(st) = child.try_wait()? {
@@ -246,7 +278,11 @@ fn build(sdist: &Path, policy: &BuildPolicy, what: &str) -> Result<(PathBuf, tem
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.extension().is_some_and(|e| e == "whl"))
         .ok_or_else(|| bad_input(format!("{what}: building its sdist produced no wheel")))?;
-    let file = wheel.file_name().and_then(|n| n.to_str()).unwrap_or("").to_string();
+    let file = wheel
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("")
+        .to_string();
     let parsed = WheelName::parse(&file)?;
     if !is_pure(&parsed) {
         return Err(bad_input(format!("{what}: its sdist builds a compiled wheel ({file}), which would only fit the builder's own machine; pin a version that ships wheels for this platform")));

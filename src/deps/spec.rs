@@ -505,7 +505,12 @@ pub fn parse_pyproject(text: &str) -> Result<Loaded> {
                 problems.push(format!("{file}: a dependency is not a string: {d}"));
                 continue;
             };
-            add_entry(&mut spec, s, &format!("{file} [project] `{s}`"), &mut problems);
+            add_entry(
+                &mut spec,
+                s,
+                &format!("{file} [project] `{s}`"),
+                &mut problems,
+            );
         }
         problems.extend(conflicting_pins(&spec));
         refusals(file, problems)?;
@@ -610,7 +615,10 @@ mod tests {
         assert_eq!(
             conda,
             [
-                ("numpy".to_string(), Some("=1.26.4=py311h64a7726_0".to_string())),
+                (
+                    "numpy".to_string(),
+                    Some("=1.26.4=py311h64a7726_0".to_string())
+                ),
                 ("pytorch".into(), Some("=2.1.0=py3.11_cpu_0".into())),
                 ("wavio".into(), Some(">=0.0.5".into())),
                 ("scipy".into(), Some("=1.11.4".into())),
@@ -618,10 +626,7 @@ mod tests {
         );
         assert_eq!(s.requirements[0].to_string(), "tqdm==4.66.1");
         assert_eq!(s.editables.len(), 1);
-        assert_eq!(
-            s.extra_index_urls,
-            ["https://download.pytorch.org/whl/cpu"]
-        );
+        assert_eq!(s.extra_index_urls, ["https://download.pytorch.org/whl/cpu"]);
     }
 
     #[test]
@@ -672,7 +677,10 @@ mod tests {
     #[test]
     fn requirements_txt_refusals() {
         for (text, needle) in [
-            ("-e git+https://x.example/a.git#egg=a\n", "outside the repository"),
+            (
+                "-e git+https://x.example/a.git#egg=a\n",
+                "outside the repository",
+            ),
             ("-r ../../etc/passwd\n", "outside the repository"),
             ("numpy===\n", "line 1: invalid requirement"),
         ] {
@@ -693,8 +701,7 @@ mod tests {
             e.starts_with("pyproject.toml: invalid TOML at line 1"),
             "{e}"
         );
-        let Loaded::Empty(why) =
-            parse_pyproject("[tool.black]\nline-length = 100\n").unwrap()
+        let Loaded::Empty(why) = parse_pyproject("[tool.black]\nline-length = 100\n").unwrap()
         else {
             panic!("a black-only pyproject declares nothing")
         };

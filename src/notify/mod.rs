@@ -9,8 +9,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Upstream FLOps topic prefix for the image builder.
+/// FLOps' topic prefix for the FL images' builder (the learner-only plan uses it too).
 pub const DEFAULT_TOPIC_PREFIX: &str = "flops_manager/fl_actors_image_builder";
+/// FLOps' topic prefix for the trained-model image builder.
+pub const MODEL_TOPIC_PREFIX: &str = "flops_manager/trained_model_image_builder";
 pub const DEFAULT_MQTT_PORT: u16 = 9027;
 pub const DEFAULT_OBSERVER_PORT: u16 = 2727;
 
@@ -127,11 +129,12 @@ impl Notifier {
         self.observe_with(message, false).await
     }
 
-    pub async fn started(&self, repo: &str) {
-        self.observe(&format!("image builder: started building {repo}"))
+    /// `what` for the observer ("started building <what>"), `payload` for MQTT (the project
+    /// id is added).
+    pub async fn started(&self, what: &str, payload: Value) {
+        self.observe(&format!("image builder: started building {what}"))
             .await;
-        self.publish("started", json!({ "repo_url": repo }), false)
-            .await;
+        self.publish("started", payload, false).await;
     }
 
     pub async fn success(&self, report: Value) {

@@ -123,6 +123,8 @@ pub struct ConfigChanges {
     pub entrypoint: Option<Vec<String>>,
     pub user: Option<String>,
     pub labels: BTreeMap<String, String>,
+    /// `8080/tcp`-style ports the image's process listens on (`ExposedPorts`).
+    pub exposed_ports: Vec<String>,
     /// RFC 3339 creation time (from SOURCE_DATE_EPOCH / the commit).
     pub created: String,
 }
@@ -191,6 +193,14 @@ pub fn derive_config(base: &Value, layers: &[AddedLayer], ch: &ConfigChanges) ->
     }
     if let Some(u) = &ch.user {
         c.insert("User".into(), json!(u));
+    }
+    if !ch.exposed_ports.is_empty() {
+        let ports = c.entry("ExposedPorts").or_insert_with(|| json!({}));
+        if let Some(p) = ports.as_object_mut() {
+            for port in &ch.exposed_ports {
+                p.insert(port.clone(), json!({}));
+            }
+        }
     }
     if !ch.labels.is_empty() {
         let labels = c.entry("Labels").or_insert_with(|| json!({}));

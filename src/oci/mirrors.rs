@@ -75,7 +75,10 @@ impl Mirrors {
                     "invalid --registry-mirror {f:?}: use REGISTRY=HOST[:PORT] (e.g. docker.io=mirror.local:5000)"
                 ))
             })?;
-            m.flags.push((normalize_registry(reg), host.trim_end_matches('/').to_string()));
+            m.flags.push((
+                normalize_registry(reg),
+                host.trim_end_matches('/').to_string(),
+            ));
         }
         if let Some(path) = conf {
             let text = std::fs::read_to_string(path)
@@ -225,12 +228,22 @@ mod tests {
 
     #[test]
     fn flag_mirrors_then_origin() {
-        let m = Mirrors::load(&["docker.io=http://127.0.0.1:5001,quay.io=q.local".into()], None).unwrap();
+        let m = Mirrors::load(
+            &["docker.io=http://127.0.0.1:5001,quay.io=q.local".into()],
+            None,
+        )
+        .unwrap();
         let s = m.sources(&hub("python:3.11-slim")).unwrap();
         assert_eq!(s.len(), 2);
-        assert_eq!(s[0].reference.to_string(), "127.0.0.1:5001/library/python:3.11-slim");
+        assert_eq!(
+            s[0].reference.to_string(),
+            "127.0.0.1:5001/library/python:3.11-slim"
+        );
         assert!(s[0].reference.plain_http && s[0].insecure && s[0].kind == "mirror");
-        assert_eq!(s[1].reference.to_string(), "docker.io/library/python:3.11-slim");
+        assert_eq!(
+            s[1].reference.to_string(),
+            "docker.io/library/python:3.11-slim"
+        );
         assert_eq!(s[1].kind, "origin");
         assert!(Mirrors::load(&["docker.io".into()], None).is_err());
     }
@@ -270,9 +283,21 @@ blocked = true
         assert_eq!(
             got,
             [
-                ("mirror-a.local:5000/library/python:3.13-slim".to_string(), false, "mirror"),
-                ("mirror-b.local/dockerhub/library/python:3.13-slim".into(), true, "mirror"),
-                ("hub-cache.local:5000/library/python:3.13-slim".into(), true, "origin"),
+                (
+                    "mirror-a.local:5000/library/python:3.13-slim".to_string(),
+                    false,
+                    "mirror"
+                ),
+                (
+                    "mirror-b.local/dockerhub/library/python:3.13-slim".into(),
+                    true,
+                    "mirror"
+                ),
+                (
+                    "hub-cache.local:5000/library/python:3.13-slim".into(),
+                    true,
+                    "origin"
+                ),
             ]
         );
         assert!(m

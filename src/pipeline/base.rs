@@ -100,9 +100,15 @@ impl Finder<'_> {
     /// mirrors. `Ok(None)` when no source has it.
     pub async fn python(&self, python: &str) -> Result<Option<Base>> {
         let tag = format!("{python}-slim");
-        let scheme = if self.target.plain_http { "http://" } else { "" };
-        let on_target =
-            Reference::parse(&format!("{scheme}{}/library/python:{tag}", self.target.registry))?;
+        let scheme = if self.target.plain_http {
+            "http://"
+        } else {
+            ""
+        };
+        let on_target = Reference::parse(&format!(
+            "{scheme}{}/library/python:{tag}",
+            self.target.registry
+        ))?;
         let hub = Reference::parse(&format!("{DOCKER_HUB}/library/python:{tag}"))?;
         let mut candidates = vec![crate::oci::mirrors::Source {
             reference: on_target,
@@ -193,7 +199,12 @@ pub fn candidates(pin: Option<&str>, constraint: Option<&str>) -> Vec<String> {
             Some(i) => PYTHONS[i..].iter().map(|s| s.to_string()).collect(),
             // Older than any base, or unknown: the pin itself, then every known one newer.
             None => std::iter::once(p.to_string())
-                .chain(PYTHONS.iter().filter(|x| newer(x, p)).map(|s| s.to_string()))
+                .chain(
+                    PYTHONS
+                        .iter()
+                        .filter(|x| newer(x, p))
+                        .map(|s| s.to_string()),
+                )
                 .collect(),
         };
     }
@@ -252,7 +263,10 @@ mod tests {
 
     #[test]
     fn python_candidates() {
-        assert_eq!(candidates(Some("3.10"), None), ["3.10", "3.11", "3.12", "3.13", "3.14"]);
+        assert_eq!(
+            candidates(Some("3.10"), None),
+            ["3.10", "3.11", "3.12", "3.13", "3.14"]
+        );
         assert_eq!(candidates(Some("3.13"), None), ["3.13", "3.14"]);
         assert_eq!(candidates(Some("3.7"), None)[..2], ["3.7", "3.8"]);
         assert_eq!(candidates(None, Some(">=3.12")), ["3.12", "3.13", "3.14"]);

@@ -163,7 +163,10 @@ pub async fn dependency_layers(
         )
         .await?
         {
-            if !sdists.iter().any(|x: &sdist::Built| x.name == b.name && x.version == b.version) {
+            if !sdists
+                .iter()
+                .any(|x: &sdist::Built| x.name == b.name && x.version == b.version)
+            {
                 sdists.push(b);
             }
         }
@@ -218,7 +221,12 @@ pub async fn dependency_layers(
     let mut ready: HashMap<String, (Layer, &'static str)> = HashMap::new();
     let mut to_build: Vec<(usize, layers::DepLayer)> = Vec::new();
     for p in &platforms {
-        for (g, dep) in p.groups.iter().enumerate().flat_map(|(g, l)| l.iter().map(move |d| (g, d))) {
+        for (g, dep) in p
+            .groups
+            .iter()
+            .enumerate()
+            .flat_map(|(g, l)| l.iter().map(move |d| (g, d)))
+        {
             if ready.contains_key(&dep.key) || to_build.iter().any(|(_, d)| d.key == dep.key) {
                 continue;
             }
@@ -313,9 +321,14 @@ async fn build_all(
         );
         let (reg, repo, lock_dir) = (reg.clone(), home[g].clone(), lock_dir.to_path_buf());
         tasks.push(tokio::spawn(async move {
-            let paths =
-                fetch::fetch_all(&http, store.root(), Some(&lock_dir), &dep.wheels, &downloads)
-                    .await?;
+            let paths = fetch::fetch_all(
+                &http,
+                store.root(),
+                Some(&lock_dir),
+                &dep.wheels,
+                &downloads,
+            )
+            .await?;
             {
                 let mut at = fetched_at.lock().expect("not poisoned");
                 *at = (*at).max(Instant::now());
@@ -328,8 +341,14 @@ async fn build_all(
             drop(slot);
             let uploaded = !reg.blob_exists(&repo, &layer.digest).await?;
             if uploaded {
-                reg.upload_file(&repo, &layer.digest, &store.path(&layer.digest), layer.size, None)
-                    .await?;
+                reg.upload_file(
+                    &repo,
+                    &layer.digest,
+                    &store.path(&layer.digest),
+                    layer.size,
+                    None,
+                )
+                .await?;
             }
             anyhow::Ok((g, dep.key.clone(), layer, uploaded))
         }));

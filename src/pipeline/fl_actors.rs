@@ -56,7 +56,10 @@ pub async fn build(req: &BuildRequest, notifier: &Notifier) -> Result<FlReport> 
     build_fl(
         req,
         notifier,
-        &[("learner", &augment::LEARNER), ("aggregator", &augment::AGGREGATOR)],
+        &[
+            ("learner", &augment::LEARNER),
+            ("aggregator", &augment::AGGREGATOR),
+        ],
     )
     .await
 }
@@ -79,7 +82,11 @@ pub async fn build_fl(
     let src = source::source(&sess, &req.repo, &req.clone, &runtime).await?;
     let check = &src.check;
     let id = check.repo.clone().expect("a checked repo has an id");
-    let scheme = if opts.registry.starts_with("http://") { "http://" } else { "" };
+    let scheme = if opts.registry.starts_with("http://") {
+        "http://"
+    } else {
+        ""
+    };
     let targets = images
         .iter()
         .map(|(role, _)| {
@@ -99,7 +106,15 @@ pub async fn build_fl(
         opts: &opts.registry_opts,
         platforms: &opts.platforms,
     };
-    let (base, locked) = lock::base_and_lock(&sess, &finder, &src, &sets, opts.strict_python).await?;
+    let (base, locked) = lock::base_and_lock(
+        &sess,
+        &finder,
+        check,
+        src.checkout.root(),
+        &sets,
+        opts.strict_python,
+    )
+    .await?;
 
     // Runtime and code layers are built while the dependency layers are.
     let epoch = src.checkout.commit_time.max(0) as u64;
@@ -118,15 +133,23 @@ pub async fn build_fl(
                 .iter()
                 .map(|rt| augment::runtime_layer(&store, rt, &workdir, DEPS_PREFIX, c))
                 .collect::<Result<Vec<_>>>()?;
-            let (code, _) = crate::oci::layer::tree_layer(&store, &root, &workdir, &skip, c, epoch)?;
+            let (code, _) =
+                crate::oci::layer::tree_layer(&store, &root, &workdir, &skip, c, epoch)?;
             anyhow::Ok((rts, code))
         })
     };
     let home: Vec<String> = targets.iter().map(|t| t.repository.clone()).collect();
     let roles: Vec<&'static str> = images.iter().map(|(r, _)| *r).collect();
-    let deps =
-        deps::dependency_layers(&sess, &reg, &base, &locked, &roles, &home, src.checkout.root())
-            .await?;
+    let deps = deps::dependency_layers(
+        &sess,
+        &reg,
+        &base,
+        &locked,
+        &roles,
+        &home,
+        src.checkout.root(),
+    )
+    .await?;
     let (runtime_layers, code) = own_layers.await??;
 
     let mut extra_env = Vec::new();
@@ -156,11 +179,17 @@ pub async fn build_fl(
             top: vec![
                 (
                     runtime_layers[i].clone(),
-                    format!("flops-image-builder: COPY base-layers/{} {}", rt.name, opts.workdir),
+                    format!(
+                        "flops-image-builder: COPY base-layers/{} {}",
+                        rt.name, opts.workdir
+                    ),
                 ),
                 (
                     code.clone(),
-                    format!("flops-image-builder: COPY {} {}", check.source, opts.workdir),
+                    format!(
+                        "flops-image-builder: COPY {} {}",
+                        check.source, opts.workdir
+                    ),
                 ),
             ],
             changes: changes.clone(),
@@ -216,7 +245,11 @@ pub async fn build_fl(
 /// explicit `--base-image` on the same registry.
 pub fn base_pulls(opts: &Options, target: &Reference) -> Vec<String> {
     let mut pulls = vec!["library/python".to_string()];
-    if let Some(b) = opts.base_image.as_deref().and_then(|b| Reference::parse(b).ok()) {
+    if let Some(b) = opts
+        .base_image
+        .as_deref()
+        .and_then(|b| Reference::parse(b).ok())
+    {
         if b.registry == target.registry {
             pulls.push(b.repository);
         }

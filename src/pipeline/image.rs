@@ -60,7 +60,8 @@ pub fn assemble_image(
     spec: &ImageSpec,
 ) -> Result<Assembled> {
     let added = |p: &image::PlatformSpec| {
-        let mut v: Vec<AddedLayer> = deps.for_image(&format!("{}/{}", p.os, p.architecture), spec.level);
+        let mut v: Vec<AddedLayer> =
+            deps.for_image(&format!("{}/{}", p.os, p.architecture), spec.level);
         for (l, created_by) in &spec.top {
             v.push(AddedLayer {
                 descriptor: Descriptor::new(&l.media_type, &l.digest, l.size),

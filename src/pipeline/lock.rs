@@ -4,7 +4,7 @@
 //! that has a base must also be one the lock resolves for.
 
 use super::base::{candidates, python_minor, Base, Finder};
-use super::source::Source;
+use super::source::CheckReport;
 use super::Session;
 use crate::deps::doctor::{unpinned, unprovided_warning, Fired};
 use crate::deps::imports::{normalize, provided_by};
@@ -15,7 +15,7 @@ use crate::oci::registry::Registry;
 use anyhow::Result;
 use pep508_rs::Requirement;
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -51,7 +51,11 @@ impl Locked {
     pub fn annotate(&self, fired: &mut [Fired]) {
         let versions = self.versions();
         for f in fired.iter_mut() {
-            if let Some(v) = f.package.as_deref().and_then(|p| versions.get(&normalize(p))) {
+            if let Some(v) = f
+                .package
+                .as_deref()
+                .and_then(|p| versions.get(&normalize(p)))
+            {
                 f.detail.push_str(&format!(
                     " (locked: {} {v})",
                     f.package.as_deref().unwrap_or("")
@@ -63,25 +67,35 @@ impl Locked {
 
 /// Chooses the base and locks for it: the spec's Python, else the nearest newer one that has a
 /// base and for which the lock resolves (unless `strict_python`).
+/// `check` describes the dependencies (a repo's, or a model's); `root` is the directory a
+/// shipped `pylock.toml` and its `path` wheels are read from.
 pub async fn base_and_lock(
     sess: &Session<'_>,
     finder: &Finder<'_>,
-    src: &Source,
+    check: &CheckReport,
+    root: &Path,
     sets: &Sets<'_>,
     strict_python: bool,
 ) -> Result<(Base, Locked)> {
-    let check = &src.check;
     let t = Instant::now();
     if let Some(b) = &sess.opts.base_image {
-        let assume = check.python.as_deref().unwrap_or(super::base::DEFAULT_PYTHON);
+        let assume = check
+            .python
+            .as_deref()
+            .unwrap_or(super::base::DEFAULT_PYTHON);
         let base = finder.explicit(b, assume).await?;
         sess.done("base", t);
-        let mut locked = lock(sess, finder.target_reg, src, sets, &base).await?;
+        let mut locked = lock(sess, finder.target_reg, check, root, sets, &base).await?;
         if let Some(p) = check.python.as_deref().filter(|p| *p != base.python) {
             if strict_python {
-                return Err(bad_input(format!("{} pins Python {p} but base image {} has Python {} (--strict-python)", check.spec, base.reference, base.python_full)));
+                return Err(bad_input(format!(
+                    "{} pins Python {p} but base image {} has Python {} (--strict-python)",
+                    check.spec, base.reference, base.python_full
+                )));
             }
-            locked.fired.insert(0, python_minor(p, &base.python, check.spec, &[]));
+            locked
+                .fired
+                .insert(0, python_minor(p, &base.python, check.spec, &[]));
         }
         return Ok((base, locked));
     }
@@ -98,7 +112,7 @@ pub async fn base_and_lock(
         };
         sess.done("base", t);
         let more = i + 1 < pythons.len() && check.python.is_some();
-        match lock(sess, finder.target_reg, src, sets, &base).await {
+        match lock(sess, finder.target_reg, check, root, sets, &base).await {
             Ok(mut locked) => {
                 if let Some(p) = check.python.as_deref().filter(|p| *p != base.python) {
                     let none_found = if missing.iter().any(|m| m == p) {
@@ -123,7 +137,11 @@ pub async fn base_and_lock(
     if let Some(e) = last_err {
         return Err(e);
     }
-    let strict = if strict_python { " (--strict-python)" } else { "" };
+    let strict = if strict_python {
+        " (--strict-python)"
+    } else {
+        ""
+    };
     Err(bad_input(format!(
         "no python:{}-slim base image for Python {} in {}{strict}: pass --base-image, or add a mirror that has one (--registry-mirror docker.io=HOST)",
         missing.first().map(String::as_str).unwrap_or("X.Y"),
@@ -154,25 +172,23 @@ fn targets(sess: &Session<'_>, base: &Base) -> Result<Vec<ResolveTarget>> {
 async fn lock(
     sess: &Session<'_>,
     reg: &Arc<Registry>,
-    src: &Source,
+    check: &CheckReport,
+    root: &Path,
     sets: &Sets<'_>,
     base: &Base,
 ) -> Result<Locked> {
     let t = Instant::now();
-    let check = &src.check;
     let spin = crate::progress::Bar::spinner("locking dependencies");
     let (text, source) = if check.spec == "pylock.toml" {
-        let text = crate::repo::read_inside(
-            src.checkout.root(),
-            std::path::Path::new("pylock.toml"),
-        )?;
+        let text = crate::repo::read_inside(root, Path::new("pylock.toml"))?;
         (text, "repo")
     } else {
         let mut opts = sess.opts.resolve.clone();
         if opts.index_url.is_none() {
             opts.index_url = check.index_url.clone();
         }
-        opts.extra_index_urls.extend(check.extra_index_urls.iter().cloned());
+        opts.extra_index_urls
+            .extend(check.extra_index_urls.iter().cloned());
         if !check.unverified.is_empty() {
             let http = crate::deps::fetch::http_client()?;
             let index = opts.effective_index();
@@ -191,8 +207,17 @@ async fn lock(
                 .map(|(n, rt)| (*n, resolve::lock_input(reqs, &[rt])))
                 .collect()
         };
-        let key = resolve::lock_key(&input_sets(&check.requirements), &base.python, &targets, &opts);
-        let local = sess.store.root().join("locks").join(format!("pylock.{key}.toml"));
+        let key = resolve::lock_key(
+            &input_sets(&check.requirements),
+            &base.python,
+            &targets,
+            &opts,
+        );
+        let local = sess
+            .store
+            .root()
+            .join("locks")
+            .join(format!("pylock.{key}.toml"));
         let cached = (!sess.opts.refresh_lock)
             .then(|| std::fs::read_to_string(&local).ok())
             .flatten();
@@ -206,7 +231,7 @@ async fn lock(
             (None, None) => {
                 let (reqs, imported, python) = (
                     check.requirements.clone(),
-                    check_imports(src),
+                    check_imports(check),
                     base.python.clone(),
                 );
                 let sets: Vec<(&'static str, String)> = sets.to_vec();
@@ -263,8 +288,8 @@ async fn lock(
 }
 
 /// Module → files importing it, for the resolver's conflict rule.
-fn check_imports(src: &Source) -> BTreeMap<String, Vec<String>> {
-    src.check
+fn check_imports(check: &CheckReport) -> BTreeMap<String, Vec<String>> {
+    check
         .imports
         .iter()
         .map(|(m, files)| (m.clone(), files.iter().cloned().collect()))
@@ -302,9 +327,13 @@ fn resolve_relaxing(
         let mut changed = false;
         let mut pinned_imported = Vec::new();
         for r in reqs.iter_mut() {
-            let Ok(req) = r.parse::<Requirement>() else { continue };
+            let Ok(req) = r.parse::<Requirement>() else {
+                continue;
+            };
             let name = normalize(req.name.as_ref());
-            let Some(v) = pinned_version(&req) else { continue };
+            let Some(v) = pinned_version(&req) else {
+                continue;
+            };
             if !why.contains(&format!("{name}=={v}")) || name == "flwr" {
                 continue;
             }
@@ -343,7 +372,8 @@ fn pinned_version(r: &Requirement) -> Option<String> {
     match &r.version_or_url {
         Some(pep508_rs::VersionOrUrl::VersionSpecifier(s)) if s.len() == 1 => {
             let s = s.iter().next()?;
-            (s.operator() == &pep508_rs::pep440_rs::Operator::Equal).then(|| s.version().to_string())
+            (s.operator() == &pep508_rs::pep440_rs::Operator::Equal)
+                .then(|| s.version().to_string())
         }
         _ => None,
     }

@@ -58,7 +58,9 @@ pub async fn push_all(
         };
         for img in &assembled.images {
             for l in img.base_layers.iter().chain(&img.new_layers) {
-                remote.entry(l.digest.clone()).or_insert_with(|| here.clone());
+                remote
+                    .entry(l.digest.clone())
+                    .or_insert_with(|| here.clone());
             }
         }
         pushed.push((result.statuses, bytes));

@@ -189,10 +189,9 @@ pub async fn source(
         sess.opts.registry.clone(),
         runtime.to_string(),
     );
-    let (check, checkout) = tokio::task::spawn_blocking(move || {
-        check(&repo, &clone_opts, Some(&registry), &runtime)
-    })
-    .await??;
+    let (check, checkout) =
+        tokio::task::spawn_blocking(move || check(&repo, &clone_opts, Some(&registry), &runtime))
+            .await??;
     for (name, ms) in &check.phases_ms {
         sess.record(name, *ms);
     }
@@ -223,7 +222,10 @@ pub fn platform_warnings(
     }
     let python = format!(
         "{}.0",
-        report.python.as_deref().unwrap_or(super::base::DEFAULT_PYTHON)
+        report
+            .python
+            .as_deref()
+            .unwrap_or(super::base::DEFAULT_PYTHON)
     );
     let mut envs = Vec::new();
     for p in platforms {

@@ -1,1 +1,297 @@
-//! Plan trained_model (issue 14).
+//! Plan `trained_model`: an image serving an MLflow model (from a tracking server run, MLflow
+//! 3's logged models, or a local model directory) with MLflow's scoring server on port 8080:
+//! base + dependency layers (shared with the FL images where the packages match) + the model
+//! at `/opt/ml/model` in its own layer, tags last.
+
+use super::base::{BaseReport, Finder};
+use super::deps::DepLayerReport;
+use super::fl_actors::base_pulls;
+use super::image::{assemble_image, env, labels, ImageSpec};
+use super::source::CheckReport;
+use super::{deps, lock, push, target, Options, Session, DEPS_PREFIX};
+use crate::deps::doctor::{doctor, Facts, Fired};
+use crate::deps::spec::{self, Loaded, SpecKind};
+use crate::error::bad_input;
+use crate::model::{self, mlmodel, ModelSource};
+use crate::notify::Notifier;
+use crate::oci::append::Report;
+use crate::oci::image::{rfc3339, ConfigChanges};
+use crate::oci::reference::Reference;
+use crate::repo::augment::{self, Runtime};
+use crate::repo::naming::trained_model_image;
+use anyhow::Result;
+use serde::Serialize;
+use std::path::Path;
+use std::time::Instant;
+
+/// Where the model goes in the image, and the port it is served on.
+pub const MODEL_DIR: &str = "/opt/ml/model";
+pub const PORT: u16 = 8080;
+/// The scoring server's user: no root, and no name the base must know.
+pub const USER: &str = "65532:65532";
+
+#[derive(Debug, Clone)]
+pub struct ModelRequest {
+    pub source: ModelSource,
+    /// The FLOps customer the image belongs to (lowercased into the repository name).
+    pub customer_id: String,
+    pub opts: Options,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ModelReport {
+    pub image: Report,
+    pub run_id: Option<String>,
+    /// `run artifacts`, `logged model <id>` or `local directory`.
+    pub model_origin: String,
+    pub flavors: Vec<String>,
+    pub mlflow_version: Option<String>,
+    pub python: String,
+    pub base: BaseReport,
+    pub doctor: Vec<Fired>,
+    pub warnings: Vec<String>,
+    pub dependency_layers: Vec<DepLayerReport>,
+    pub sdists: Vec<crate::deps::sdist::Built>,
+    pub lock: std::path::PathBuf,
+    pub lock_source: &'static str,
+}
+
+/// The site hook only: a model image has no runtime files of ours.
+const SERVING: Runtime = Runtime {
+    name: "mlflow-serving",
+    files: &[],
+    requirements: "",
+};
+
+pub async fn build(req: &ModelRequest, notifier: &Notifier) -> Result<ModelReport> {
+    let sess = Session::new(&req.opts, notifier)?;
+    let opts = &req.opts;
+    let tag = match &req.source {
+        ModelSource::Run { run_id, .. } => run_id.clone(),
+        ModelSource::Dir(_) => opts.extra_tags.first().cloned().ok_or_else(|| {
+            crate::error::usage(
+                "a model directory needs --tag (the image's tag; a run gives its id)",
+            )
+        })?,
+    };
+    let scheme = if opts.registry.starts_with("http://") {
+        "http://"
+    } else {
+        ""
+    };
+    let target = Reference::parse(&format!(
+        "{scheme}{}",
+        trained_model_image(&opts.registry, &req.customer_id, &tag)?
+    ))?;
+    // Push access first: a bad credential fails before the model is downloaded.
+    let reg = target::connect(&sess, &[&target], &base_pulls(opts, &target)).await?;
+    let t = Instant::now();
+    let fetched = model::fetch(&req.source, sess.store.root()).await?;
+    let ml = mlmodel::read(&fetched.dir)?;
+    sess.done("model", t);
+    sess.observe(&format!(
+        "model fetched ({}): flavors {}, saved by MLflow {}",
+        fetched.origin,
+        ml.flavors.join(", "),
+        ml.mlflow_version.as_deref().unwrap_or("?")
+    ))
+    .await;
+    let runtime = ml.serving_requirements();
+    let check = model_check(&fetched.dir, &ml, &runtime, &target)?;
+    for f in &check.doctor {
+        sess.observe(&format!("dependency doctor [{}]: {}", f.rule, f.detail))
+            .await;
+    }
+    let finder = Finder {
+        target: &target,
+        target_reg: &reg,
+        mirrors: &opts.mirrors,
+        opts: &opts.registry_opts,
+        platforms: &opts.platforms,
+    };
+    let sets = [("trained_model", runtime)];
+    let (base, locked) = lock::base_and_lock(
+        &sess,
+        &finder,
+        &check,
+        &fetched.dir,
+        &sets,
+        opts.strict_python,
+    )
+    .await?;
+    let home = [target.repository.clone()];
+    let deps = deps::dependency_layers(
+        &sess,
+        &reg,
+        &base,
+        &locked,
+        &["trained_model"],
+        &home,
+        &fetched.dir,
+    )
+    .await?;
+    let (site, model_layer) = {
+        let (store, dir, c, epoch) = (
+            sess.store.clone(),
+            fetched.dir.clone(),
+            opts.compression,
+            fetched.epoch,
+        );
+        tokio::task::spawn_blocking(move || {
+            let site = augment::runtime_layer(&store, &SERVING, "/opt/ml", DEPS_PREFIX, c)?;
+            // The run's start time as every mtime: the same run gives the same digest.
+            let (model, _) = crate::oci::layer::tree_layer(&store, &dir, MODEL_DIR, &[], c, epoch)?;
+            anyhow::Ok((site, model))
+        })
+        .await??
+    };
+    let mut extra_labels = vec![
+        ("io.oakestra.flops.model.origin", fetched.origin.clone()),
+        ("org.opencontainers.image.created", rfc3339(fetched.epoch)),
+    ];
+    if let ModelSource::Run {
+        tracking_uri,
+        run_id,
+        artifact_path,
+    } = &req.source
+    {
+        extra_labels.push(("io.oakestra.flops.mlflow.run-id", run_id.clone()));
+        extra_labels.push((
+            "io.oakestra.flops.mlflow.tracking-uri",
+            model::mlflow::shown(tracking_uri),
+        ));
+        extra_labels.push((
+            "io.oakestra.flops.mlflow.artifact-path",
+            artifact_path.clone(),
+        ));
+    }
+    let serve: Vec<String> = [
+        &format!("{DEPS_PREFIX}/bin/mlflow"),
+        "models",
+        "serve",
+        "-m",
+        MODEL_DIR,
+        "--env-manager",
+        "local",
+        "-h",
+        "0.0.0.0",
+        "-p",
+        &PORT.to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut tags = vec![tag];
+    tags.extend(opts.extra_tags.iter().skip(1).cloned());
+    tags.dedup();
+    let spec = ImageSpec {
+        role: "trained_model",
+        target: target.clone(),
+        tags,
+        level: 0,
+        top: vec![
+            (
+                site,
+                "flops-image-builder: site hook of the dependency prefix".into(),
+            ),
+            (
+                model_layer,
+                format!(
+                    "flops-image-builder: COPY model ({}) {MODEL_DIR}",
+                    fetched.origin
+                ),
+            ),
+        ],
+        changes: ConfigChanges {
+            // HOME: the scoring server's user has no home directory in the base.
+            env: env(&base, &[("HOME", "/tmp".to_string())]),
+            // Writable for the server user (MLflow tracing writes ./mlruns there).
+            workdir: Some("/tmp".into()),
+            entrypoint: Some(serve),
+            user: Some(USER.into()),
+            exposed_ports: vec![format!("{PORT}/tcp")],
+            labels: labels(&extra_labels),
+            created: rfc3339(fetched.epoch),
+            ..Default::default()
+        },
+    };
+    let assembled = assemble_image(&sess, &base, &deps, &spec)?;
+    let mut reports =
+        push::push_all(&sess, &reg, &base, &deps, &[(spec, assembled)], &home).await?;
+    let image = reports.remove(0);
+    sess.observe(&format!("pushed {}", image.reference)).await;
+    let mut doctor = check.doctor.clone();
+    doctor.extend(locked.fired.iter().cloned());
+    locked.annotate(&mut doctor);
+    let mut warnings = check.warnings.clone();
+    warnings.extend(deps.warnings.iter().cloned());
+    Ok(ModelReport {
+        image,
+        run_id: fetched.run_id.clone(),
+        model_origin: fetched.origin.clone(),
+        flavors: ml.flavors.clone(),
+        mlflow_version: ml.mlflow_version.clone(),
+        python: base.python_full.clone(),
+        base: base.report.clone(),
+        doctor,
+        warnings,
+        dependency_layers: deps.reports,
+        sdists: deps.sdists,
+        lock: locked.path.clone(),
+        lock_source: locked.source,
+    })
+}
+
+/// The model's dependencies (its requirements.txt, else conda.yaml) through the doctor, as
+/// the report a repo's `check` gives: Python from MLmodel, no code to scan.
+fn model_check(
+    dir: &Path,
+    ml: &mlmodel::MlModel,
+    runtime: &str,
+    target: &Reference,
+) -> Result<CheckReport> {
+    let (file, kind) = [
+        ("requirements.txt", SpecKind::RequirementsTxt),
+        ("conda.yaml", SpecKind::CondaYaml),
+    ]
+    .into_iter()
+    .find(|(f, _)| dir.join(f).is_file())
+    .ok_or_else(|| bad_input("the model has neither requirements.txt nor conda.yaml (MLflow writes both when it logs a model)"))?;
+    let mut dep = match spec::load(dir, file, kind)? {
+        Loaded::Spec(s) => *s,
+        Loaded::Empty(why) => return Err(bad_input(why)),
+    };
+    if let Some(p) = &ml.python {
+        dep.python = Some(p.clone());
+    }
+    let facts = Facts {
+        code_scanned: false,
+        runtime: runtime.to_string(),
+        serving: true,
+        ..Default::default()
+    };
+    let d = doctor(&dep, &facts)?;
+    Ok(CheckReport {
+        source: dir.display().to_string(),
+        commit: String::new(),
+        commit_time: 0,
+        shallow: false,
+        image: target.to_string(),
+        spec: dep.file,
+        ignored_specs: Vec::new(),
+        notes: dep.notes.clone(),
+        python: d.python,
+        python_constraint: d.python_constraint,
+        requirements: d.requirements.iter().map(|r| r.to_string()).collect(),
+        doctor: d.fired,
+        warnings: d.warnings,
+        phases_ms: Default::default(),
+        unverified: d.unverified,
+        unprovided: d.unprovided,
+        index_url: dep.index_url.clone(),
+        extra_index_urls: dep.extra_index_urls.clone(),
+        replaced_by_runtime: Vec::new(),
+        repo: None,
+        imports: Default::default(),
+    })
+}

@@ -127,7 +127,9 @@ mod tests {
             ("fl-aggregator", AGGREGATOR.files),
             ("site-packages", SITE_FILES),
         ] {
-            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("base-layers").join(dir);
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("base-layers")
+                .join(dir);
             let mut on_disk: Vec<String> = std::fs::read_dir(path)
                 .unwrap()
                 .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

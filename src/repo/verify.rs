@@ -57,7 +57,10 @@ pub fn verify(root: &Path) -> Result<Verified> {
         )));
     };
     if !notes.is_empty() {
-        notes.last_mut().expect("a note").push_str(&format!("; using {}", spec.file));
+        notes
+            .last_mut()
+            .expect("a note")
+            .push_str(&format!("; using {}", spec.file));
     }
     for n in &notes {
         tracing::info!("{n}");
@@ -165,7 +168,11 @@ mod tests {
         let v = verify(d.path()).unwrap();
         assert_eq!(v.spec.file, "requirements.txt");
         assert_eq!(v.notes.len(), 1);
-        assert!(v.notes[0].ends_with("; using requirements.txt"), "{:?}", v.notes);
+        assert!(
+            v.notes[0].ends_with("; using requirements.txt"),
+            "{:?}",
+            v.notes
+        );
         let mods: Vec<&str> = v.imports.keys().map(String::as_str).collect();
         assert_eq!(mods, ["helpers", "mlflow", "numpy"]);
         assert!(v.imports["mlflow"].contains("helpers/io.py"));

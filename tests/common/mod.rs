@@ -368,7 +368,10 @@ pub fn require_mirror() {
             .output()
             .map(|o| o.status.success())
             .unwrap_or(false);
-        assert!(ok, "{MIRROR}/library/python:{tag} is missing: run `sudo scripts/rig.sh services base`");
+        assert!(
+            ok,
+            "{MIRROR}/library/python:{tag} is missing: run `sudo scripts/rig.sh services base`"
+        );
     }
 }
 
@@ -455,7 +458,8 @@ pub fn image_process(rootfs: &Path) -> (Vec<String>, String) {
 /// explicitly; there is no binfmt here) for arm64. Returns (success, output).
 pub fn python_in_image(rootfs: &Path, arch: &str, code: &str) -> (bool, String) {
     let (env, cwd) = image_process(rootfs);
-    let script = format!("import os, sys\nos.chdir({cwd:?})\nsys.path.insert(0, {cwd:?})\n{code}\n");
+    let script =
+        format!("import os, sys\nos.chdir({cwd:?})\nsys.path.insert(0, {cwd:?})\n{code}\n");
     // A runtime would mount /dev (Python opens /dev/null and /dev/urandom).
     let _dev = DevMount::new(rootfs);
     let mut c = Command::new("chroot");
@@ -492,9 +496,16 @@ pub fn python_in_image(rootfs: &Path, arch: &str, code: &str) -> (bool, String) 
 
 /// Pulls `reference` for `arch`, unpacks it, and imports the repo's `model_manager` there.
 pub fn import_model_manager(reference: &str, arch: &str, work: &Path) -> PathBuf {
-    let rootfs = unpack(reference, &work.join(arch), &format!("--override-arch {arch}"));
+    let rootfs = unpack(
+        reference,
+        &work.join(arch),
+        &format!("--override-arch {arch}"),
+    );
     let (ok, out) = python_in_image(&rootfs, arch, "import model_manager; print('imported')");
-    assert!(ok && out.contains("imported"), "import model_manager failed in {reference} ({arch}):\n{out}");
+    assert!(
+        ok && out.contains("imported"),
+        "import model_manager failed in {reference} ({arch}):\n{out}"
+    );
     rootfs
 }
 
@@ -599,4 +610,3 @@ pub fn observer() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
     });
     (port, got)
 }
-

@@ -32,31 +32,40 @@ def free_port() -> int:
 @pytest.fixture
 def data_server(monkeypatch):
     port = free_port()
+    # Listening from construction on. Not serve() in a thread: when shut down, pyarrow's serve()
+    # turns the cancellation into a simulated SIGINT (KeyboardInterrupt) in the main thread.
     server = flight_server.DataServer(f"grpc+tcp://127.0.0.1:{port}", flight_server.default_tables())
-    thread = threading.Thread(target=server.serve, daemon=True)
-    thread.start()
     monkeypatch.setenv("ML_DATA_SERVER_HOST", "127.0.0.1")
     monkeypatch.setenv("ML_DATA_SERVER_PORT", str(port))
     yield server
     server.shutdown()
 
 
-# A small ML repo as FLOps users write them: numpy logistic regression on (x1, x2) -> label.
+# A small ML repo as FLOps users write them: softmax regression on the flattened pixels of the
+# image partitions (flight_server.py: 12x12 grayscale, 3 classes), in numpy. It prints when it
+# is built and when it loads data, so tests can tell that sessions reuse both;
+# TEST_MODEL_FAIL=fit makes fit_model raise.
 MODEL_MANAGER = textwrap.dedent(
     '''
+    import os
+
     import numpy as np
     from flops_utils.ml_repo_building_blocks import load_dataset
     from flops_utils.ml_repo_templates import ModelManagerTemplate
 
+    PIXELS, CLASSES = 12 * 12, 3
+
 
     class ModelManager(ModelManagerTemplate):
         def __init__(self):
-            self.w, self.b = np.zeros(2), np.zeros(1)
+            print("MODEL_MANAGER built", flush=True)
+            self.w, self.b = np.zeros((PIXELS, CLASSES)), np.zeros(CLASSES)
 
         def set_model_data(self):
+            print("MODEL_MANAGER data loaded", flush=True)
             d = load_dataset().with_format("numpy")
-            x = np.stack([d["x1"], d["x2"]], axis=1)
-            y = d["label"].astype(float)
+            x = d["image"].reshape(len(d), -1) / 255.0
+            y = d["label"].astype(int)
             cut = int(len(x) * 0.8)
             self.train, self.test = (x[:cut], y[:cut]), (x[cut:], y[cut:])
 
@@ -70,23 +79,29 @@ MODEL_MANAGER = textwrap.dedent(
             self.w, self.b = np.asarray(parameters[0]), np.asarray(parameters[1])
 
         def _p(self, x):
-            return 1 / (1 + np.exp(-(x @ self.w + self.b)))
+            z = x @ self.w + self.b
+            e = np.exp(z - z.max(axis=1, keepdims=True))
+            return e / e.sum(axis=1, keepdims=True)
 
         def fit_model(self):
+            if os.environ.get("TEST_MODEL_FAIL") == "fit":
+                raise RuntimeError("training diverged")
             x, y = self.train
-            for _ in range(200):
-                g = self._p(x) - y
+            target = np.eye(CLASSES)[y]
+            for _ in range(100):
+                g = self._p(x) - target
                 self.w = self.w - 0.5 * x.T @ g / len(x)
-                self.b = self.b - 0.5 * g.mean(keepdims=True)
+                self.b = self.b - 0.5 * g.mean(axis=0)
             return len(x)
 
         def evaluate_model(self):
             x, y = self.test
-            p = np.clip(self._p(x), 1e-9, 1 - 1e-9)
-            loss = float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())
-            return loss, float(((p > 0.5) == y).mean()), len(x)
+            p = np.clip(self._p(x), 1e-9, 1.0)
+            loss = float(-np.log(p[np.arange(len(y)), y]).mean())
+            return loss, float((p.argmax(axis=1) == y).mean()), len(x)
     '''
 )
+IMAGE_TAGS = "images-a,images-b"
 
 
 @pytest.fixture
@@ -96,8 +111,16 @@ def ml_repo(tmp_path):
 
 
 def learner_env(**extra) -> dict:
+    """As in the image (no telemetry), retrying fast; one session unless a test says otherwise."""
     env = dict(os.environ)
-    env.update({"PYTHONUNBUFFERED": "1", "FLOPS_LEARNER_RETRY_DELAY": "0.5"})
+    env.update(
+        {
+            "PYTHONUNBUFFERED": "1",
+            "FLWR_TELEMETRY_ENABLED": "0",
+            "FLOPS_LEARNER_RETRY_DELAY": "0.5",
+            "FLOPS_LEARNER_MAX_SESSIONS": "1",
+        }
+    )
     env.update(extra)
     return env
 
@@ -113,13 +136,36 @@ def start_learner(repo: Path, args, **env) -> subprocess.Popen:
     )
 
 
-def start_flower(port: int) -> subprocess.Popen:
+def start_flower(port: int, rounds: int = 1, min_clients: int = 1) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, str(HERE / "flower_server.py"), f"127.0.0.1:{port}"],
+        [sys.executable, str(HERE / "flower_server.py"), f"127.0.0.1:{port}", str(rounds), str(min_clients)],
+        env=learner_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+
+class Output:
+    """A process's output lines, read by a thread as they come."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.lines = []
+        self.thread = threading.Thread(target=lambda: self.lines.extend(proc.stdout), daemon=True)
+        self.thread.start()
+
+    def __str__(self):
+        return "".join(self.lines)
+
+    def has(self, text: str) -> bool:
+        return any(text in line for line in self.lines)
+
+    def count(self, text: str) -> int:
+        return sum(text in line for line in self.lines)
+
+    def finish(self):
+        self.thread.join(timeout=10)
+        return str(self)
 
 
 def flower_result(output: str) -> dict:

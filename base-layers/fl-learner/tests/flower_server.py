@@ -1,6 +1,9 @@
-"""A Flower 1.8 server for one round (fit + evaluate) with a single client, for tests.
+"""A Flower server (the legacy start_server API FLOps uses) for tests.
 
-    python flower_server.py [address] [rounds]
+    python flower_server.py [address] [rounds] [min_clients]
+
+Runs `rounds` rounds (default 1) of fit + evaluate once `min_clients` clients (default 1) are
+connected, then ends the session.
 
 Prints one JSON line `FLOWER_RESULT {"fit": n, "evaluate": n, "loss": x, "accuracy": y}` at
 the end. The integration test runs this file with the flwr inside the learner image.
@@ -35,8 +38,12 @@ class Counting(FedAvg):
 def main() -> None:
     address = sys.argv[1] if len(sys.argv) > 1 else "0.0.0.0:8080"
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 1
+    clients = int(sys.argv[3]) if len(sys.argv) > 3 else 1
     strategy = Counting(
-        min_fit_clients=1, min_evaluate_clients=1, min_available_clients=1, fraction_evaluate=1.0
+        min_fit_clients=clients,
+        min_evaluate_clients=clients,
+        min_available_clients=clients,
+        fraction_evaluate=1.0,
     )
     history = flwr.server.start_server(
         server_address=address,

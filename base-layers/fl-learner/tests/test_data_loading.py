@@ -1,28 +1,117 @@
+import json
+import subprocess
+import sys
+
+import datasets
+import numpy as np
 import pyarrow
+import pyarrow.flight as flight
 import pytest
 
 import data_loading
+import flight_server
+from conftest import HERE, free_port, learner_env, wait_for
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def test_matching_tags_are_fetched_and_joined(data_server):
-    ds = data_loading.load_data_from_ml_data_server(["synthetic-a", "synthetic-b", "other"])
+def test_image_partitions_come_back_with_their_features(data_server):
+    ds = data_loading.load_data_from_ml_data_server(["images-a", "images-b", "other"])
+    assert ds.num_rows == 260
+    assert ds.column_names == ["image", "label"]
+    assert isinstance(ds.features["image"], datasets.Image)
+    assert ds.features["label"] == datasets.ClassLabel(names=flight_server.CLASS_NAMES)
+    # Arrow format, as flops_utils documents: the images as FLOps stores them, PNG bytes.
+    first = ds[:3]
+    assert isinstance(first, pyarrow.Table)
+    assert first.column("image")[0]["bytes"].as_py().startswith(PNG_MAGIC)
+    assert data_server.requests == [["images-a", "images-b", "other"]]
+
+
+def test_images_decode_with_numpy_format(data_server):
+    ds = data_loading.load_data_from_ml_data_server(["images-a", "images-b"])
+    for d in (ds.with_format("numpy"), _set_numpy(ds)):
+        images, labels = d["image"], d["label"]
+        assert isinstance(images, np.ndarray) and images.shape == (260, 12, 12), type(images)
+        assert images.dtype == np.uint8 and images.max() > 150
+        assert isinstance(labels, np.ndarray) and set(labels.tolist()) == {0, 1, 2}
+    # Row access decodes through Pillow too (the "python" format gives PIL images).
+    row = ds.with_format(None)[0]
+    assert row["image"].size == (12, 12) and row["image"].mode == "L"
+    assert ds.features["label"].int2str(row["label"]) in flight_server.CLASS_NAMES
+
+
+def _set_numpy(ds):
+    ds = ds.with_format(None)
+    ds.set_format("numpy")
+    return ds
+
+
+def test_served_partitions_are_shaped_as_flops_sends_them(data_server):
+    """datasets' to_parquet output: image structs and the `huggingface` schema metadata."""
+    table = data_server.tables["images-a"]
+    image = table.schema.field("image").type
+    assert pyarrow.types.is_struct(image)
+    assert {image.field(i).name for i in range(image.num_fields)} == {"bytes", "path"}
+    meta = json.loads(table.schema.metadata[b"huggingface"])
+    assert meta["info"]["features"]["image"]["_type"] == "Image"
+    assert meta["info"]["features"]["label"]["names"] == flight_server.CLASS_NAMES
+    # Different partitions, not copies.
+    other = data_server.tables["images-b"]
+    assert not table.slice(0, other.num_rows).column("image").equals(other.column("image"))
+
+
+def test_tensor_features_read_as_rows_and_arrays(monkeypatch):
+    """Array2D columns are datasets extension arrays; pyarrow 20+ calls their to_pylist with
+    arguments datasets < 3.6 does not take (requirements.txt excludes that pair)."""
+    features = datasets.Features(
+        {"x": datasets.Array2D((2, 3), "float32"), "label": datasets.ClassLabel(names=["a", "b"])}
+    )
+    rng = np.random.default_rng(3)
+    ds = datasets.Dataset.from_dict(
+        {"x": rng.normal(size=(5, 2, 3)).astype(np.float32), "label": [0, 1, 0, 1, 1]}, features=features
+    )
+    port = free_port()
+    server = flight_server.DataServer(
+        f"grpc+tcp://127.0.0.1:{port}", {"tensors": flight_server.as_flops_sends(ds)}
+    )
+    monkeypatch.setenv("ML_DATA_SERVER_HOST", "127.0.0.1")
+    monkeypatch.setenv("ML_DATA_SERVER_PORT", str(port))
+    try:
+        got = data_loading.load_data_from_ml_data_server(["tensors"])
+    finally:
+        server.shutdown()
+    assert got.features["x"] == features["x"]
+    rows = got.with_format(None)
+    assert np.allclose(rows[0]["x"], ds[0]["x"]) and rows["label"] == [0, 1, 0, 1, 1]
+    assert got.with_format("numpy")["x"].shape == (5, 2, 3)
+
+
+def test_tabular_tags_still_work(data_server):
+    ds = data_loading.load_data_from_ml_data_server(["synthetic-a", "synthetic-b"])
     assert ds.num_rows == 400
     assert ds.column_names == ["x1", "x2", "label"]
-    assert isinstance(ds[:3], pyarrow.Table)  # arrow format, as flops_utils documents
-    assert data_server.requests == [["synthetic-a", "synthetic-b", "other"]]
+    assert ds.with_format("numpy")["x1"].shape == (400,)
 
 
 def test_tags_come_from_the_environment(data_server, monkeypatch):
-    monkeypatch.setenv("FLOPS_DATA_TAGS", " synthetic-b ,")
-    assert data_loading.load_data_from_ml_data_server().num_rows == 200
-    assert data_server.requests == [["synthetic-b"]]
+    monkeypatch.setenv("FLOPS_DATA_TAGS", " images-b ,")
+    assert data_loading.load_data_from_ml_data_server().num_rows == 100
+    assert data_server.requests == [["images-b"]]
 
 
 def test_flops_utils_load_dataset_uses_this_module(data_server, monkeypatch):
     from flops_utils.ml_repo_building_blocks import load_dataset
 
-    monkeypatch.setenv("FLOPS_DATA_TAGS", "synthetic-a")
-    assert load_dataset().num_rows == 200
+    monkeypatch.setenv("FLOPS_DATA_TAGS", "images-a")
+    ds = load_dataset()
+    assert ds.num_rows == 160
+    assert ds.with_format("numpy")["image"].shape == (160, 12, 12)
+
+
+def test_incompatible_partitions_are_a_clear_error(data_server):
+    with pytest.raises(data_loading.DataLoadingError, match="incompatible schemas"):
+        data_loading.load_data_from_ml_data_server(["images-a", "synthetic-a"])
 
 
 def test_no_matching_data_is_a_clear_error(data_server):
@@ -37,16 +126,36 @@ def test_no_tags_is_a_clear_error(monkeypatch):
 
 
 def test_unreachable_server_names_it(monkeypatch):
-    from conftest import free_port
-
     port = free_port()
     monkeypatch.setenv("ML_DATA_SERVER_HOST", "127.0.0.1")
     monkeypatch.setenv("ML_DATA_SERVER_PORT", str(port))
     with pytest.raises(data_loading.DataLoadingError, match=f"127.0.0.1:{port} is unreachable"):
-        data_loading.load_data_from_ml_data_server(["synthetic-a"])
+        data_loading.load_data_from_ml_data_server(["images-a"])
 
 
 def test_default_server_is_the_docker_host(monkeypatch):
     monkeypatch.delenv("ML_DATA_SERVER_HOST", raising=False)
     monkeypatch.delenv("ML_DATA_SERVER_PORT", raising=False)
     assert data_loading.server_location() == "grpc+tcp://172.17.0.1:11027"
+
+
+def test_flight_server_script_serves_every_tag():
+    """`python flight_server.py HOST:PORT`, as the image tests and the aggregator's tests run it."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, str(HERE / "flight_server.py"), f"127.0.0.1:{port}"],
+        env=learner_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout.readline().strip() == f"serving on 127.0.0.1:{port}"
+        criteria = json.dumps({"data_tags": ["images-a", "images-b", "synthetic-a", "synthetic-b"]})
+        with flight.connect(f"grpc+tcp://127.0.0.1:{port}") as client:
+            infos = list(client.list_flights(criteria.encode()))
+            rows = {i.descriptor.path[0].decode(): i.total_records for i in infos}
+        assert rows == {"images-a": 160, "images-b": 100, "synthetic-a": 200, "synthetic-b": 200}
+    finally:
+        proc.terminate()
+        assert wait_for(lambda: proc.poll() is not None, 10)
