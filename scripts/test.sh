@@ -20,3 +20,5 @@ for env in pyenv pyenv-lowest; do
     /var/lib/flops-rig/$env/bin/python -m pytest -q "$suite"
   done
 done
+# The whole FLOps flow from this builder's images (the debug binary the tests just built).
+BIN=$PWD/target/debug/flops-image-builder scripts/flops-e2e.sh

@@ -7,7 +7,7 @@ fn readme_documents_every_flag() {
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let mut missing = Vec::new();
-    for sub in ["build", "check", "append"] {
+    for sub in ["build", "model", "check", "append"] {
         let help = run(&[sub, "--help"]).ok().stdout;
         for word in help.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-')) {
             let is_flag = word.starts_with("--") && word.len() > 2 && word != "--help";

@@ -7,14 +7,8 @@ use common::*;
 use serde_json::Value;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-const PYENV: &str = "/var/lib/flops-rig/pyenv/bin/python";
-
-fn runtime_tests() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("base-layers/fl-learner/tests")
-}
+use std::process::Command;
+use std::time::Duration;
 
 fn require_learner_rig() {
     require_rig();
@@ -30,87 +24,6 @@ fn require_learner_rig() {
         TcpStream::connect_timeout(&agg, Duration::from_millis(500)).is_err(),
         "127.0.0.1:8080 (the aggregator port of the learner contract) is taken by another process"
     );
-}
-
-/// A background command whose output goes to a log file; killed on drop.
-struct Bg {
-    child: Child,
-    log: PathBuf,
-    name: String,
-}
-
-impl Bg {
-    fn start(name: &str, mut cmd: Command, dir: &Path) -> Self {
-        let log = dir.join(format!("{name}.log"));
-        let out = std::fs::File::create(&log).unwrap();
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap();
-        Bg {
-            child,
-            log,
-            name: name.into(),
-        }
-    }
-
-    fn output(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn wait_for_output(&mut self, needle: &str, timeout: Duration) {
-        let end = Instant::now() + timeout;
-        while Instant::now() < end {
-            if self.output().contains(needle) {
-                return;
-            }
-            if let Ok(Some(st)) = self.child.try_wait() {
-                panic!(
-                    "{} exited ({st}) before printing {needle:?}:\n{}",
-                    self.name,
-                    self.output()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!(
-            "{} did not print {needle:?} within {timeout:?}:\n{}",
-            self.name,
-            self.output()
-        );
-    }
-
-    fn wait(&mut self, timeout: Duration) -> i32 {
-        let end = Instant::now() + timeout;
-        while Instant::now() < end {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st.code().unwrap_or(-1);
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        panic!(
-            "{} still running after {timeout:?}:\n{}",
-            self.name,
-            self.output()
-        );
-    }
-}
-
-impl Drop for Bg {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The learner's environment for tests, as K=V for both `ctr run --env` and `env -i`: the
@@ -243,18 +156,6 @@ fn chroot_round(image: &str, work: &Path, env: &[String], project: &str) -> Path
         },
     );
     rootfs
-}
-
-/// The Flight data server with FLOps-shaped image partitions, on a free port.
-fn data_server(work: &Path) -> (Bg, u16) {
-    let port = free_port();
-    let mut flight = Command::new(PYENV);
-    flight
-        .arg(runtime_tests().join("flight_server.py"))
-        .arg(format!("127.0.0.1:{port}"));
-    let mut data = Bg::start("flight-server", flight, work);
-    data.wait_for_output("serving on", Duration::from_secs(60));
-    (data, port)
 }
 
 /// Repos as real users write them train a round on image data in their pushed images: one

@@ -5,8 +5,8 @@
 use std::io::Read as _;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::time::Duration;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 pub const PLAIN: &str = "127.0.0.1:5000";
 pub const TLS: &str = "127.0.0.1:5443";
@@ -375,14 +375,6 @@ pub fn require_mirror() {
     }
 }
 
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A new, empty CNCF distribution registry on a free 127.0.0.1 port (what a fresh FLOps
 /// cluster has: no Python base); stopped and deleted on drop.
 pub struct FreshRegistry {
@@ -394,7 +386,7 @@ pub struct FreshRegistry {
 impl FreshRegistry {
     pub fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_tcp_port();
+        let port = free_port();
         let addr = format!("127.0.0.1:{port}");
         let conf = dir.path().join("config.yml");
         std::fs::write(
@@ -412,17 +404,19 @@ impl FreshRegistry {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("docker-registry (run `sudo scripts/rig.sh install`)");
+        // Dropped (killed and waited for) on every path from here on.
+        let registry = FreshRegistry {
+            child,
+            _dir: dir,
+            addr,
+        };
         for _ in 0..100 {
-            if TcpStream::connect(&addr).is_ok() {
-                return FreshRegistry {
-                    child,
-                    _dir: dir,
-                    addr,
-                };
+            if TcpStream::connect(&registry.addr).is_ok() {
+                return registry;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("a fresh docker-registry did not start on {addr}");
+        panic!("a fresh docker-registry did not start on {}", registry.addr);
     }
 
     pub fn url(&self) -> String {
@@ -609,4 +603,105 @@ pub fn observer() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
         }
     });
     (port, got)
+}
+
+/// The runtimes' pytest env (the Flight data server and Flower run with it).
+pub const PYENV: &str = "/var/lib/flops-rig/pyenv/bin/python";
+
+/// The learner runtime's test helpers (flight_server.py, flower_server.py).
+pub fn runtime_tests() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("base-layers/fl-learner/tests")
+}
+
+/// A background command whose output goes to a log file; killed on drop.
+pub struct Bg {
+    child: Child,
+    log: PathBuf,
+    name: String,
+}
+
+impl Bg {
+    pub fn start(name: &str, mut cmd: Command, dir: &Path) -> Self {
+        let log = dir.join(format!("{name}.log"));
+        let out = std::fs::File::create(&log).unwrap();
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        Bg {
+            child,
+            log,
+            name: name.into(),
+        }
+    }
+
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn wait_for_output(&mut self, needle: &str, timeout: Duration) {
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            if self.output().contains(needle) {
+                return;
+            }
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!(
+                    "{} exited ({st}) before printing {needle:?}:\n{}",
+                    self.name,
+                    self.output()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "{} did not print {needle:?} within {timeout:?}:\n{}",
+            self.name,
+            self.output()
+        );
+    }
+
+    pub fn wait(&mut self, timeout: Duration) -> i32 {
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st.code().unwrap_or(-1);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!(
+            "{} still running after {timeout:?}:\n{}",
+            self.name,
+            self.output()
+        );
+    }
+}
+
+impl Drop for Bg {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The Flight data server with FLOps-shaped image partitions, on a free port.
+pub fn data_server(work: &Path) -> (Bg, u16) {
+    let port = free_port();
+    let mut flight = Command::new(PYENV);
+    flight
+        .arg(runtime_tests().join("flight_server.py"))
+        .arg(format!("127.0.0.1:{port}"));
+    let mut data = Bg::start("flight-server", flight, work);
+    data.wait_for_output("serving on", Duration::from_secs(60));
+    (data, port)
 }
