@@ -458,27 +458,14 @@ async fn run_build(a: BuildArgs) -> anyhow::Result<()> {
                 .join("\n")
         }
     };
-    if aggregator {
-        notified(
-            &notifier,
-            &source,
-            started,
-            json,
-            reference,
-            pipeline::fl_actors::build(&req, &notifier),
-        )
-        .await
-    } else {
-        notified(
-            &notifier,
-            &source,
-            started,
-            json,
-            reference,
-            pipeline::learner::build(&req, &notifier),
-        )
-        .await
-    }
+    let plan = async {
+        if aggregator {
+            pipeline::fl_actors::build(&req, &notifier).await
+        } else {
+            pipeline::learner::build(&req, &notifier).await
+        }
+    };
+    notified(&notifier, &source, started, json, reference, plan).await
 }
 
 async fn run_model(a: ModelArgs) -> anyhow::Result<()> {

@@ -311,13 +311,8 @@ fn bad_credentials_fail_before_any_dependency_work() {
         let written = std::fs::read_dir(cache.path().join(dir)).map_or(0, |d| d.count());
         assert_eq!(written, 0, "{dir} was written before the access check");
     }
-    let msgs = sub.messages();
-    let failed: Vec<&Value> = msgs
-        .iter()
-        .filter(|(e, _)| e == "failed")
-        .map(|(_, p)| p)
-        .collect();
-    assert_eq!(failed.len(), 1, "{msgs:?}");
+    let failed = sub.failed();
+    assert_eq!(failed.len(), 1, "{failed:?}");
     assert!(
         failed[0]["error_msg"]
             .as_str()

@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-const TRACKING: &str = "http://127.0.0.1:5080";
 const MLFLOW_PY: &str = "/var/lib/flops-rig/mlflow/bin/python";
 /// The classic project uses the contract's port 8080 (no port on the command line).
 static PORT_8080: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -20,19 +19,7 @@ fn require_flow_rig() {
     require_uv();
     require_broker();
     require_containerd();
-    let ok = std::process::Command::new("curl")
-        .args(["-fsS", &format!("{TRACKING}/health")])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    assert!(
-        ok,
-        "no MLflow tracking server at {TRACKING}: run `sudo scripts/rig.sh pyenv services`"
-    );
-    assert!(
-        Path::new(PYENV).exists() && Path::new(MLFLOW_PY).exists(),
-        "run `sudo scripts/rig.sh pyenv`"
-    );
+    require_tracking();
 }
 
 /// A containerd task on the host network, output to a log file; killed on drop.
@@ -265,11 +252,7 @@ fn classic_fl_project_runs_from_the_pushed_images() {
         assert_eq!(l.wait(Duration::from_secs(120)), 0, "{}", l.output());
     }
     drop(data);
-    let mine: Vec<(String, Value)> = sub
-        .messages()
-        .into_iter()
-        .filter(|(_, p)| p["flops_project_id"] == project.as_str())
-        .collect();
+    let mine = sub.messages_of(&project);
     let events: Vec<&str> = mine.iter().map(|(e, _)| e.as_str()).collect();
     assert_eq!(events, ["started", "success"], "{mine:?}");
     let success = &mine[1].1;
@@ -378,11 +361,7 @@ fn hierarchical_fl_project_with_learners_that_serve_every_cycle() {
         root.output(),
         clusters[0].output()
     );
-    let mine: Vec<(String, Value)> = sub
-        .messages()
-        .into_iter()
-        .filter(|(_, p)| p["flops_project_id"] == project.as_str())
-        .collect();
+    let mine = sub.messages_of(&project);
     let events: Vec<&str> = mine.iter().map(|(e, _)| e.as_str()).collect();
     assert_eq!(events, ["started", "success"], "{mine:?}");
     assert_eq!(mine[1].1["aggregator_type"], "ROOT_AGGREGATOR");

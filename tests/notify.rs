@@ -294,11 +294,7 @@ fn managers_command_line_with_a_bad_flavor_is_a_usage_error_published_as_failed(
         2,
         "unknown ML model flavor \"scikit\": use one of sklearn, pytorch, tensorflow, keras",
     );
-    let mine: Vec<(String, Value)> = sub
-        .messages()
-        .into_iter()
-        .filter(|(_, p)| p["flops_project_id"] == project.as_str())
-        .collect();
+    let mine = sub.messages_of(&project);
     assert_eq!(mine.len(), 1, "{mine:?}");
     assert_eq!(mine[0].0, "failed");
     assert!(mine[0].1["error_msg"]

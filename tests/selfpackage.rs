@@ -201,11 +201,7 @@ fn self_packaged_builder_matches_the_dockerfile_and_builds_as_an_unprivileged_ta
         ));
         assert!(env.contains("ML_MODEL_FLAVOR=sklearn"), "{role}: {env}");
     }
-    let msgs: Vec<(String, Value)> = sub
-        .messages()
-        .into_iter()
-        .filter(|(_, p)| p["flops_project_id"] == project.as_str())
-        .collect();
+    let msgs = sub.messages_of(&project);
     let events: Vec<&str> = msgs.iter().map(|(e, _)| e.as_str()).collect();
     assert_eq!(events, ["started", "success"], "{msgs:?}");
     let report = &msgs[1].1;

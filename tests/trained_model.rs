@@ -9,31 +9,12 @@ use serde_json::Value;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-const TRACKING: &str = "http://127.0.0.1:5080";
 /// MLflow 2 client (mlflow-skinny 2.x with scikit-learn: the runtimes' pytest env).
 const PY_MLFLOW2: &str = "/var/lib/flops-rig/pyenv/bin/python";
 /// MLflow 2.0 client (the runtimes' env at its lowest versions): the Flask scoring server.
 const PY_MLFLOW2_OLD: &str = "/var/lib/flops-rig/pyenv-lowest/bin/python";
 /// MLflow 3 client (the tracking server's own env).
 const PY_MLFLOW3: &str = "/var/lib/flops-rig/mlflow/bin/python";
-
-fn require_tracking() {
-    let ok = std::process::Command::new("curl")
-        .args(["-fsS", &format!("{TRACKING}/health")])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    assert!(
-        ok,
-        "no MLflow tracking server at {TRACKING}: run `sudo scripts/rig.sh pyenv services`"
-    );
-    for py in [PY_MLFLOW2, PY_MLFLOW2_OLD, PY_MLFLOW3] {
-        assert!(
-            Path::new(py).exists(),
-            "{py} is missing: run `sudo scripts/rig.sh pyenv`"
-        );
-    }
-}
 
 /// Logs an sklearn model under `logged_model_artifact` with `python` (its MLflow), prints
 /// `RUN <id>` and `PRED <json predictions of INPUT>` as the model predicts in Python.
@@ -150,11 +131,7 @@ fn managers_build(customer: &str, run_id: &str, project: &str) -> Value {
         "{}",
         r.stdout
     );
-    let mine: Vec<(String, Value)> = sub
-        .messages()
-        .into_iter()
-        .filter(|(_, p)| p["flops_project_id"] == project)
-        .collect();
+    let mine = sub.messages_of(project);
     let events: Vec<&str> = mine.iter().map(|(e, _)| e.as_str()).collect();
     assert_eq!(events, ["started", "success"], "{mine:?}");
     mine[1].1.clone()

@@ -10,7 +10,6 @@
 //! Poetry's documented ones, <https://python-poetry.org/docs/dependency-specification/>).
 
 use crate::deps::spec::{requirement, DepSpec};
-use crate::error::bad_input;
 use anyhow::Result;
 
 /// Reads the main dependency table into `spec`.
@@ -73,15 +72,7 @@ pub fn read(
             "{file}: [tool.poetry.dev-dependencies] left out (development tools)"
         ));
     }
-    if problems.is_empty() {
-        return Ok(());
-    }
-    let n = problems.len();
-    let head = format!(
-        "{file}: {n} {} cannot be installed from a package index",
-        if n == 1 { "entry" } else { "entries" }
-    );
-    Err(bad_input(crate::error::listed(&head, &problems)))
+    crate::deps::spec::refusals(file, problems)
 }
 
 /// One dependency value as a PEP 508 string; `None` for optional ones.

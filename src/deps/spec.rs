@@ -115,7 +115,7 @@ pub fn load(root: &Path, file: &'static str, kind: SpecKind) -> Result<Loaded> {
 }
 
 /// One error for every line that cannot be installed from an index, one line each.
-fn refusals(file: &str, problems: Vec<String>) -> Result<()> {
+pub(crate) fn refusals(file: &str, problems: Vec<String>) -> Result<()> {
     if problems.is_empty() {
         return Ok(());
     }

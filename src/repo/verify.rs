@@ -78,11 +78,17 @@ pub fn verify(root: &Path) -> Result<Verified> {
     })
 }
 
+/// `class ModelManager…` here, or `from <module> import …ModelManager…` (defined elsewhere).
 fn defines_class(src: &str, name: &str) -> bool {
     src.lines().any(|l| {
-        l.strip_prefix("class ")
+        let defined = l
+            .strip_prefix("class ")
             .and_then(|r| r.strip_prefix(name))
-            .is_some_and(|r| r.starts_with(['(', ':', ' ']))
+            .is_some_and(|r| r.starts_with(['(', ':', ' ']));
+        let imported = l.starts_with("from ")
+            && l.split_once(" import ")
+                .is_some_and(|(_, names)| names.split([',', ' ', '(', ')']).any(|n| n == name));
+        defined || imported
     })
 }
 
@@ -151,6 +157,14 @@ mod tests {
             "ModelManager"
         ));
         assert!(!defines_class("class ModelManagerX:\n", "ModelManager"));
+        assert!(defines_class(
+            "from image_model import ModelManager  # noqa\n",
+            "ModelManager"
+        ));
+        assert!(!defines_class(
+            "from x import ModelManagerTemplate\n",
+            "ModelManager"
+        ));
     }
 
     #[test]

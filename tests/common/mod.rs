@@ -183,6 +183,12 @@ pub fn git_repo(fixture: &str, parent: &Path, repo_name: &str) -> PathBuf {
     let dest = parent.join(repo_name);
     std::fs::create_dir_all(&dest).unwrap();
     sh(&format!("cp -a {}/. {}", src.display(), dest.display()));
+    // Most fixtures differ in specs and imports, not in the model: theirs is shared.
+    let mm = std::fs::read_to_string(dest.join("model_manager.py")).unwrap_or_default();
+    if mm.contains("from image_model import") {
+        let shared = src.parent().unwrap().join("_shared/image_model.py");
+        std::fs::copy(shared, dest.join("image_model.py")).unwrap();
+    }
     git(&dest, "init -q -b main");
     commit_all(&dest, "initial");
     dest
@@ -557,6 +563,23 @@ impl Sub {
         out
     }
 
+    /// (event, payload) of the messages of one FLOps project, in order.
+    pub fn messages_of(self, project: &str) -> Vec<(String, serde_json::Value)> {
+        self.messages()
+            .into_iter()
+            .filter(|(_, p)| p["flops_project_id"] == project)
+            .collect()
+    }
+
+    /// The payloads of the `failed` messages received so far.
+    pub fn failed(self) -> Vec<serde_json::Value> {
+        self.messages()
+            .into_iter()
+            .filter(|(e, _)| e == "failed")
+            .map(|(_, p)| p)
+            .collect()
+    }
+
     pub fn messages(mut self) -> Vec<(String, serde_json::Value)> {
         std::thread::sleep(Duration::from_millis(500));
         let _ = self.0.kill();
@@ -704,4 +727,30 @@ pub fn data_server(work: &Path) -> (Bg, u16) {
     let mut data = Bg::start("flight-server", flight, work);
     data.wait_for_output("serving on", Duration::from_secs(60));
     (data, port)
+}
+
+/// The rig's MLflow tracking server.
+pub const TRACKING: &str = "http://127.0.0.1:5080";
+
+/// Fails (never skips) without the rig's MLflow tracking server and Python envs.
+pub fn require_tracking() {
+    let ok = Command::new("curl")
+        .args(["-fsS", &format!("{TRACKING}/health")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        ok,
+        "no MLflow tracking server at {TRACKING}: run `sudo scripts/rig.sh pyenv services`"
+    );
+    for py in [
+        PYENV,
+        "/var/lib/flops-rig/pyenv-lowest/bin/python",
+        "/var/lib/flops-rig/mlflow/bin/python",
+    ] {
+        assert!(
+            Path::new(py).exists(),
+            "{py} is missing: run `sudo scripts/rig.sh pyenv`"
+        );
+    }
 }

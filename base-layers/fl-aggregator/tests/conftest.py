@@ -28,25 +28,11 @@ LEARNER = RUNTIME.parent / "fl-learner"
 sys.path.append(str(LEARNER / "tests"))
 
 import flight_server  # noqa: E402
+from peers import free_port, project_observer, wait_for  # noqa: E402,F401
 
 MQTT = ("127.0.0.1", 9027)
 MLFLOW = "http://127.0.0.1:5080"
 SERVICES_HINT = "start it with `scripts/rig.sh services`"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(predicate, timeout=10.0, step=0.1):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -301,23 +287,8 @@ def messages_of(got, project_id, prefix="flops_manager/aggregator/"):
 @pytest.fixture
 def observer():
     """A project observer on a free port: collects one message per connection."""
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen()
-    got = []
-
-    def accept():
-        while True:
-            try:
-                conn, _ = srv.accept()
-            except OSError:
-                return
-            with conn:
-                got.append(conn.makefile("rb").read().decode())
-
-    threading.Thread(target=accept, daemon=True).start()
-    yield f"127.0.0.1:{srv.getsockname()[1]}", got
-    srv.close()
+    with project_observer() as o:
+        yield o
 
 
 @pytest.fixture

@@ -19,14 +19,9 @@ sys.path.insert(0, str(RUNTIME))
 sys.path.insert(0, str(HERE))
 
 import flight_server  # noqa: E402
+from peers import free_port, project_observer, wait_for  # noqa: E402,F401
 
 MQTT = ("127.0.0.1", 9027)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -200,29 +195,5 @@ def mqtt_messages():
 @pytest.fixture
 def observer():
     """A project observer on a free port: collects one message per connection."""
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen()
-    got = []
-
-    def accept():
-        while True:
-            try:
-                conn, _ = srv.accept()
-            except OSError:
-                return
-            with conn:
-                got.append(conn.makefile("rb").read().decode())
-
-    threading.Thread(target=accept, daemon=True).start()
-    yield f"127.0.0.1:{srv.getsockname()[1]}", got
-    srv.close()
-
-
-def wait_for(predicate, timeout=10.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
+    with project_observer() as o:
+        yield o
