@@ -586,10 +586,16 @@ const RUNTIME_FLOORS: &[(&str, &str, &str)] = &[
 ];
 
 /// The runtime's constraint on `name`: (specifiers, who asks), from its requirements text
-/// or [`RUNTIME_FLOORS`].
-fn runtime_constraint(runtime: &str, name: &str) -> Option<(VersionSpecifiers, String)> {
+/// or, for the FL images, [`RUNTIME_FLOORS`].
+fn runtime_constraint(facts: &Facts, name: &str) -> Option<(VersionSpecifiers, String)> {
     let norm = imports::normalize(name);
-    for line in runtime
+    let who = if facts.serving {
+        "the scoring server"
+    } else {
+        "the FL runtime"
+    };
+    for line in facts
+        .runtime
         .lines()
         .map(|l| l.split('#').next().unwrap_or("").trim())
     {
@@ -598,17 +604,20 @@ fn runtime_constraint(runtime: &str, name: &str) -> Option<(VersionSpecifiers, S
         };
         if imports::normalize(r.name.as_ref()) == norm {
             if let Some(VersionOrUrl::VersionSpecifier(s)) = r.version_or_url {
-                return Some((s, "the FL runtime".into()));
+                return Some((s, who.into()));
             }
         }
+    }
+    if facts.serving {
+        return None;
     }
     RUNTIME_FLOORS
         .iter()
         .find(|(n, _, _)| imports::normalize(n) == norm)
-        .and_then(|(_, spec, who)| {
+        .and_then(|(_, spec, by)| {
             Some((
                 VersionSpecifiers::from_str(spec).ok()?,
-                format!("the FL runtime ({who})"),
+                format!("{who} ({by})"),
             ))
         })
 }
@@ -638,7 +647,7 @@ fn runtime_pin_conflict(c: &mut Ctx) -> Result<Vec<Fired>> {
     for i in 0..c.reqs.len() {
         let r = &c.reqs[i];
         let Some(v) = exact_pin(r) else { continue };
-        let Some((specs, who)) = runtime_constraint(&c.facts.runtime, r.name.as_ref()) else {
+        let Some((specs, who)) = runtime_constraint(c.facts, r.name.as_ref()) else {
             continue;
         };
         if specs.contains(&v) {

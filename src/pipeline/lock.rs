@@ -419,7 +419,7 @@ fn relaxed_by_resolver(lock: &pylock::Lock) -> Vec<Fired> {
             let req = pin.parse::<Requirement>().ok()?;
             Some(Fired {
                 rule: "runtime-pin-conflict",
-                detail: format!("{pin} relaxed: it conflicts with the FL runtime's requirements (found by the resolver) and no code imports it"),
+                detail: format!("{pin} relaxed: it conflicts with what the builder adds (the FL runtime's or the scoring server's requirements; found by the resolver) and no code imports it"),
                 package: Some(req.name.to_string()),
             })
         })
