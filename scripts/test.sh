@@ -1,24 +1,49 @@
 #!/usr/bin/env bash
 # The project's test command (README, second command; .ci/run calls it): sets up the rig
-# (packages, registries, broker, base image), then lints and runs every test.
+# (packages, registries, broker, MLflow, containerd, Python envs, bases), then lints and runs
+# every test: the Rust tests, the runtimes' pytest suites at both ends of their requirement
+# ranges, and the whole FLOps flow (scripts/flops-e2e.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+log() { printf '[test %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 if [ "$(id -u)" = 0 ]; then
   scripts/rig.sh all
 else
   sudo scripts/rig.sh all
 fi
+log "lint"
 cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings
-cargo test --locked 2>&1
+log "build the tests"
+cargo test --locked --no-run 2>&1 | grep -v '^  Executable' >&2
 # The runtimes' own tests (real Flower, Arrow Flight and MLflow servers, mosquitto), at both
-# ends of their requirement ranges.
-# One pytest run per runtime: each puts its own main.py first on sys.path.
-for env in pyenv pyenv-lowest; do
-  for suite in base-layers/*/tests; do
-    echo "== pytest $suite ($env)"
-    /var/lib/flops-rig/$env/bin/python -m pytest -q "$suite"
+# ends of their requirement ranges, one pytest run per runtime (each puts its own main.py
+# first on sys.path). They mostly wait on their servers, so they run beside the Rust tests
+# (free ports only; the Rust tests own 127.0.0.1:8080).
+mkdir -p target
+PYTEST_LOG=$PWD/target/pytest.log
+(
+  for env in pyenv pyenv-lowest; do
+    for suite in base-layers/*/tests; do
+      echo "== pytest $suite ($env)"
+      /var/lib/flops-rig/$env/bin/python -m pytest -q -p no:cacheprovider "$suite"
+    done
   done
-done
+) >"$PYTEST_LOG" 2>&1 &
+PYTEST=$!
+log "rust tests (pytest suites beside them, log in $PYTEST_LOG)"
+if ! cargo test --locked 2>&1; then
+  kill "$PYTEST" 2>/dev/null || true
+  exit 1
+fi
+log "waiting for the pytest suites"
+if ! wait "$PYTEST"; then
+  cat "$PYTEST_LOG"
+  echo "a pytest suite failed (above)" >&2
+  exit 1
+fi
+grep -E '^== |passed|failed' "$PYTEST_LOG" >&2
 # The whole FLOps flow from this builder's images (the debug binary the tests just built).
+log "the FLOps flow (scripts/flops-e2e.sh)"
 BIN=$PWD/target/debug/flops-image-builder scripts/flops-e2e.sh
+log "all tests passed"
