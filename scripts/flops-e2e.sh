@@ -121,11 +121,15 @@ builder_task "$RUN-trained-model" "http://$REG" "$PROJECT" 127.0.0.1 127.0.0.1 \
 wait "$SUBPID" || { echo "no trained_model_image_builder/success on MQTT" >&2; exit 1; }
 MODEL=$REG/e2e-customer/trained_model:$RUN_ID
 # Its dependency layers that the FL images have too (numpy, scipy, scikit-learn, …) come from
-# the shared pool: mounted, not uploaded.
-SHARED=$(jq '[.dependency_layers[] | select(.source == "pool")] | length' "$W/served.json")
-MOUNTED=$(jq '[.image.platforms[].layers[] | select(.status == "mounted")] | length' "$W/served.json")
-echo "[e2e] trained-model image: $SHARED dependency layers from the FL images' pool, $MOUNTED blobs mounted" >&2
-[ "$SHARED" -gt 0 ] && [ "$MOUNTED" -gt 0 ] || { echo "no dependency layer was shared with the FL images" >&2; exit 1; }
+# the shared pool (or, on a rig that ran this before, the repository's earlier images): none
+# of them is built or uploaded again.
+SHARED=$(jq -r '[.dependency_layers[] | select(.source == "pool" or .source == "registry") | .digest] | unique | .[]' "$W/served.json")
+UPLOADED=$(jq -r '[.image.platforms[].layers[] | select(.status == "uploaded") | .digest] | .[]' "$W/served.json")
+echo "[e2e] trained-model image: $(echo "$SHARED" | grep -c . || true) dependency layers shared with earlier images (pool or repository), $(echo "$UPLOADED" | grep -c . || true) blobs uploaded" >&2
+[ -n "$SHARED" ] || { echo "no dependency layer was shared with the FL images" >&2; exit 1; }
+if [ -n "$UPLOADED" ] && echo "$SHARED" | grep -qxF -f <(echo "$UPLOADED"); then
+  echo "a dependency layer the FL images have was uploaded again" >&2; exit 1
+fi
 stage "trained_model plan: the best model's image" "$(since "$t")"
 
 t=$(now)

@@ -32,7 +32,8 @@ PYTEST_LOG=$PWD/target/pytest.log
 ) >"$PYTEST_LOG" 2>&1 &
 PYTEST=$!
 log "rust tests (pytest suites beside them, log in $PYTEST_LOG)"
-if ! cargo test --locked 2>&1; then
+# Three at a time: most integration tests wait on registries, servers and PyPI, not on a core.
+if ! cargo test --locked -- --test-threads 3 2>&1; then
   kill "$PYTEST" 2>/dev/null || true
   exit 1
 fi
