@@ -452,6 +452,18 @@ struct Verify<R> {
     what: String,
 }
 
+impl<R> Verify<R> {
+    fn new(inner: R, expected: &(String, u64), what: String) -> Self {
+        Self {
+            inner,
+            hasher: Sha256::new(),
+            seen: 0,
+            expected: expected.clone(),
+            what,
+        }
+    }
+}
+
 impl<R: Read> Read for Verify<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
@@ -542,18 +554,27 @@ pub fn install(w: &mut LayerWriter, prefix: &Prefix, wheels: &[PathBuf]) -> Resu
                     },
                 ..
             }) => {
-                let member = zips[*wheel]
-                    .by_index(*index)
+                let zip = &mut zips[*wheel];
+                let deflated = zip
+                    .by_index_raw(*index)
+                    .map(|m| m.compression() == zip::CompressionMethod::Deflated)
                     .map_err(|e| bad_input(format!("{}: {e}", names[*wheel])))?;
-                let what = format!("{}: {}", names[*wheel], member.name().unwrap_or_default());
-                let reader = Verify {
-                    inner: member,
-                    hasher: Sha256::new(),
-                    seen: 0,
-                    expected: expected.clone(),
-                    what,
+                let wrote = if deflated && expected.1 > 0 {
+                    // The member's DEFLATE stream as the wheel stores it (see LayerWriter::deflated).
+                    let member = zip
+                        .by_index_raw(*index)
+                        .map_err(|e| bad_input(format!("{}: {e}", names[*wheel])))?;
+                    let what = format!("{}: {}", names[*wheel], member.name().unwrap_or_default());
+                    let data = w.deflated(member, expected.1);
+                    w.file(path, *exec, expected.1, Verify::new(data, expected, what))
+                } else {
+                    let member = zip
+                        .by_index(*index)
+                        .map_err(|e| bad_input(format!("{}: {e}", names[*wheel])))?;
+                    let what = format!("{}: {}", names[*wheel], member.name().unwrap_or_default());
+                    w.file(path, *exec, expected.1, Verify::new(member, expected, what))
                 };
-                w.file(path, *exec, expected.1, reader).map_err(|e| {
+                wrote.map_err(|e| {
                     let root = e.chain().last().map(|c| c.to_string()).unwrap_or_default();
                     bad_input(format!("installing {path}: {root}"))
                 })?;

@@ -129,8 +129,9 @@ pub fn build(
     prefix: &Prefix,
     compression: Compression,
 ) -> Result<Layer> {
-    // Dependency layers are built one per core at once: one zstd worker each.
-    let mut w = LayerWriter::with_workers(store, compression, 0, 1)?;
+    // Dependency layers are built one per core at once: one zstd worker each; gzip copies the
+    // wheels' DEFLATE streams instead of compressing again.
+    let mut w = LayerWriter::for_wheels(store, compression)?;
     install(&mut w, prefix, paths)?;
     let layer = w.finish(store)?;
     crate::oci::layer::remember_layer(store, &format!("deps-{}", dep.key), &layer);

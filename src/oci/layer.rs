@@ -5,6 +5,14 @@
 //! Reproducible by construction: entries come in sorted order (callers walk sorted), uid/gid 0,
 //! no user/group names, modes normalised to 0755/0644 (0777 for symlinks), one fixed mtime
 //! (SOURCE_DATE_EPOCH), and a gzip header without name or time.
+//!
+//! Wheel layers ([`LayerWriter::for_wheels`]) are multi-member gzip (RFC 1952 allows any number
+//! of members; container runtimes and Go's `compress/gzip` read them all): a file a wheel
+//! stores DEFLATE-compressed has its DEFLATE stream copied verbatim into a gzip member of its
+//! own, with the CRC-32 and length of the inflated bytes as the member's trailer, so the bulk of
+//! a layer is never compressed again; tar headers, padding, rewritten files and stored members
+//! go into fresh members. Every copied stream is still inflated once, for the diff_id and the
+//! RECORD check. The bytes depend only on the wheels, never on the machine or core count.
 
 use crate::error::bad_input;
 use crate::oci::blobstore::BlobStore;
@@ -14,9 +22,11 @@ use sha2::{Digest as _, Sha256};
 use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 /// Bumped whenever the bytes a layer is made of could change for the same input.
-pub const LAYER_FORMAT_VERSION: u32 = 1;
+/// 2: wheel layers copy DEFLATE streams into gzip members of their own.
+pub const LAYER_FORMAT_VERSION: u32 = 2;
 
 pub const MEDIA_TYPE_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 pub const MEDIA_TYPE_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
@@ -107,6 +117,208 @@ impl<W: Write> Write for Hashing<W> {
 enum Encoder<W: Write> {
     Gzip(flate2::write::GzEncoder<W>),
     Zstd(zstd::stream::write::Encoder<'static, W>),
+    Members(Members<W>),
+}
+
+/// A gzip member header as `GzBuilder::new()` writes it: no name, no time, OS unknown.
+const MEMBER_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
+
+/// What the reader of a copied DEFLATE stream ([`Deflated`]) tells the encoder: the stream's
+/// raw bytes as they are read, and (once, at its first read) the inflated size that follows.
+#[derive(Default)]
+struct Passing {
+    raw: Vec<u8>,
+    start: Option<u64>,
+}
+
+type Channel = Arc<Mutex<Passing>>;
+
+fn lock(c: &Channel) -> std::sync::MutexGuard<'_, Passing> {
+    c.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Multi-member gzip output: what the tar builder writes goes into fresh members, except the
+/// data of a file whose DEFLATE stream is being copied (announced on the channel): that
+/// member's body is the copied stream, and the inflated bytes only update its trailer.
+struct Members<W: Write> {
+    sink: Option<W>,
+    fresh: Option<flate2::write::GzEncoder<W>>,
+    level: u32,
+    channel: Channel,
+    /// Inflated bytes still to come, and their CRC so far, while copying.
+    copying: Option<(u64, flate2::Crc)>,
+}
+
+impl<W: Write> Members<W> {
+    /// The compressed output, with any fresh member closed.
+    fn sink(&mut self) -> io::Result<&mut W> {
+        if let Some(f) = self.fresh.take() {
+            self.sink = Some(f.finish()?);
+        }
+        Ok(self
+            .sink
+            .as_mut()
+            .expect("the sink is here when no member is open"))
+    }
+
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.copying.is_none() {
+            let start = lock(&self.channel).start.take();
+            if let Some(size) = start {
+                self.sink()?.write_all(&MEMBER_HEADER)?;
+                self.copying = Some((size, flate2::Crc::new()));
+            }
+        }
+        let Some((remaining, crc)) = self.copying.as_mut() else {
+            if self.fresh.is_none() {
+                let w = self
+                    .sink
+                    .take()
+                    .expect("the sink is here when no member is open");
+                self.fresh =
+                    Some(flate2::GzBuilder::new().write(w, flate2::Compression::new(self.level)));
+            }
+            return self.fresh.as_mut().expect("just opened").write(buf);
+        };
+        let n = (buf.len() as u64).min(*remaining) as usize;
+        crc.update(&buf[..n]);
+        *remaining -= n as u64;
+        let raw = std::mem::take(&mut lock(&self.channel).raw);
+        let done = (*remaining == 0).then(|| (crc.sum(), crc.amount()));
+        let w = self.sink()?;
+        w.write_all(&raw)?;
+        if let Some((sum, amount)) = done {
+            w.write_all(&sum.to_le_bytes())?;
+            w.write_all(&amount.to_le_bytes())?;
+            self.copying = None;
+        }
+        Ok(n)
+    }
+
+    fn finish(mut self) -> io::Result<W> {
+        if self.copying.is_some() {
+            return Err(io::Error::other(
+                "a copied DEFLATE member was left unfinished",
+            ));
+        }
+        match self.fresh.take() {
+            Some(f) => f.finish(),
+            None => Ok(self.sink.take().expect("the sink")),
+        }
+    }
+}
+
+/// Reads the inflated bytes of a raw DEFLATE stream (a zip member's data). With a channel, it
+/// also hands every raw byte it reads to the [`Members`] encoder, which copies them into the
+/// file's own gzip member; before its last byte it has read the stream to its end.
+pub struct Deflated<R> {
+    raw: R,
+    inflate: flate2::Decompress,
+    input: Vec<u8>,
+    at: usize,
+    filled: usize,
+    output: Vec<u8>,
+    out_at: usize,
+    out_filled: usize,
+    channel: Option<Channel>,
+    size: u64,
+    delivered: u64,
+    started: bool,
+    ended: bool,
+}
+
+impl<R: Read> Deflated<R> {
+    fn refill(&mut self) -> io::Result<usize> {
+        let n = self.raw.read(&mut self.input)?;
+        if let Some(c) = &self.channel {
+            lock(c).raw.extend_from_slice(&self.input[..n]);
+        }
+        self.at = 0;
+        self.filled = n;
+        Ok(n)
+    }
+
+    /// Inflates into `output`; false when the raw stream ran out before the DEFLATE end.
+    fn step(&mut self) -> io::Result<bool> {
+        if self.at == self.filled && self.refill()? == 0 {
+            return Ok(false);
+        }
+        let (in0, out0) = (self.inflate.total_in(), self.inflate.total_out());
+        let status = self
+            .inflate
+            .decompress(
+                &self.input[self.at..self.filled],
+                &mut self.output,
+                flate2::FlushDecompress::None,
+            )
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        self.at += (self.inflate.total_in() - in0) as usize;
+        self.out_at = 0;
+        self.out_filled = (self.inflate.total_out() - out0) as usize;
+        self.ended = status == flate2::Status::StreamEnd;
+        Ok(true)
+    }
+
+    /// After the last inflated byte: the stream must end there, and every raw byte is read.
+    fn finish_stream(&mut self) -> io::Result<()> {
+        while !self.ended {
+            if !self.step()? {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "truncated DEFLATE stream",
+                ));
+            }
+            if self.out_filled > 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "more data than its size",
+                ));
+            }
+        }
+        while self.refill()? > 0 {}
+        Ok(())
+    }
+}
+
+impl<R: Read> Read for Deflated<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if !self.started {
+            self.started = true;
+            if let Some(c) = &self.channel {
+                lock(c).start = Some(self.size);
+            }
+        }
+        loop {
+            if self.out_at < self.out_filled {
+                let n = buf
+                    .len()
+                    .min(self.out_filled - self.out_at)
+                    .min((self.size - self.delivered) as usize);
+                buf[..n].copy_from_slice(&self.output[self.out_at..self.out_at + n]);
+                self.out_at += n;
+                self.delivered += n as u64;
+                if self.delivered == self.size {
+                    if self.out_at < self.out_filled {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            "more data than its size",
+                        ));
+                    }
+                    self.finish_stream()?;
+                }
+                return Ok(n);
+            }
+            if self.delivered == self.size || (self.ended && self.out_at == self.out_filled) {
+                return Ok(0);
+            }
+            if !self.step()? {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "truncated DEFLATE stream",
+                ));
+            }
+        }
+    }
 }
 
 impl<W: Write> Encoder<W> {
@@ -129,6 +341,7 @@ impl<W: Write> Encoder<W> {
         match self {
             Encoder::Gzip(e) => e.finish(),
             Encoder::Zstd(e) => e.finish(),
+            Encoder::Members(m) => m.finish(),
         }
     }
 }
@@ -138,12 +351,15 @@ impl<W: Write> Write for Encoder<W> {
         match self {
             Encoder::Gzip(e) => e.write(buf),
             Encoder::Zstd(e) => e.write(buf),
+            Encoder::Members(m) => m.write(buf),
         }
     }
     fn flush(&mut self) -> io::Result<()> {
         match self {
             Encoder::Gzip(e) => e.flush(),
             Encoder::Zstd(e) => e.flush(),
+            // Members are closed when a copied stream starts and at the end; nothing to push.
+            Encoder::Members(_) => Ok(()),
         }
     }
 }
@@ -155,6 +371,8 @@ pub struct LayerWriter {
     tar: tar::Builder<Sink>,
     mtime: u64,
     compression: Compression,
+    /// Set for multi-member gzip output: where copied DEFLATE streams are announced.
+    channel: Option<Channel>,
 }
 
 fn header(kind: tar::EntryType, mode: u32, size: u64, mtime: u64) -> tar::Header {
@@ -203,13 +421,63 @@ impl LayerWriter {
     ) -> Result<Self> {
         let file = BufWriter::with_capacity(1 << 20, store.temp_file()?);
         let enc = Encoder::new(Hashing::new(file), compression, zstd_workers)?;
+        Ok(Self::around(enc, compression, mtime, None))
+    }
+
+    fn around(
+        enc: Encoder<Hashing<BufWriter<tempfile::NamedTempFile>>>,
+        compression: Compression,
+        mtime: u64,
+        channel: Option<Channel>,
+    ) -> Self {
         let mut tar = tar::Builder::new(Hashing::new(enc));
         tar.mode(tar::HeaderMode::Deterministic);
-        Ok(Self {
+        Self {
             tar,
             mtime,
             compression,
-        })
+            channel,
+        }
+    }
+
+    /// A layer of installed wheels (mtime 0, one zstd worker): with gzip, multi-member output
+    /// that copies the wheels' DEFLATE streams ([`LayerWriter::deflated`]) instead of
+    /// compressing their files again.
+    pub fn for_wheels(store: &BlobStore, compression: Compression) -> Result<Self> {
+        let Compression::Gzip(level) = compression else {
+            return Self::with_workers(store, compression, 0, 1);
+        };
+        let file = BufWriter::with_capacity(1 << 20, store.temp_file()?);
+        let channel = Channel::default();
+        let enc = Encoder::Members(Members {
+            sink: Some(Hashing::new(file)),
+            fresh: None,
+            level,
+            channel: channel.clone(),
+            copying: None,
+        });
+        Ok(Self::around(enc, compression, 0, Some(channel)))
+    }
+
+    /// The inflated bytes of `raw`, a DEFLATE stream (a zip member's data) of `size` bytes
+    /// inflated, to pass to [`LayerWriter::file`] as the file's data: on multi-member output
+    /// the stream itself becomes the file's gzip member. Files of size 0 are not streams.
+    pub fn deflated<R: Read>(&self, raw: R, size: u64) -> Deflated<R> {
+        Deflated {
+            raw,
+            inflate: flate2::Decompress::new(false),
+            input: vec![0; 64 << 10],
+            at: 0,
+            filled: 0,
+            output: vec![0; 256 << 10],
+            out_at: 0,
+            out_filled: 0,
+            channel: self.channel.clone().filter(|_| size > 0),
+            size,
+            delivered: 0,
+            started: false,
+            ended: false,
+        }
     }
 
     pub fn dir(&mut self, path: &str) -> Result<()> {
@@ -499,6 +767,119 @@ pub fn verify_file_digest(path: &Path, digest: &str) -> Result<()> {
 mod tests {
     use super::*;
 
+    /// A zip whose members are DEFLATE-compressed (big, repetitive) or stored (small).
+    fn zip_of(files: &[(&str, Vec<u8>)]) -> tempfile::NamedTempFile {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        let mut z = zip::ZipWriter::new(f.reopen().unwrap());
+        for (name, data) in files {
+            let method = if data.len() > 100 {
+                zip::CompressionMethod::Deflated
+            } else {
+                zip::CompressionMethod::Stored
+            };
+            let opts = zip::write::SimpleFileOptions::default().compression_method(method);
+            z.start_file(*name, opts).unwrap();
+            z.write_all(data).unwrap();
+        }
+        z.finish().unwrap();
+        f
+    }
+
+    /// Writes the zip's members as files of a wheel layer; returns the layer.
+    fn wheel_layer(store: &BlobStore, zip_path: &Path) -> Result<Layer> {
+        let mut archive = zip::ZipArchive::new(std::fs::File::open(zip_path)?)?;
+        let mut w = LayerWriter::for_wheels(store, Compression::Gzip(6))?;
+        for i in 0..archive.len() {
+            let (name, size, deflated) = {
+                let m = archive.by_index_raw(i)?;
+                (
+                    m.name().unwrap_or_default().to_string(),
+                    m.size(),
+                    m.compression() == zip::CompressionMethod::Deflated,
+                )
+            };
+            if deflated && size > 0 {
+                let raw = archive.by_index_raw(i)?;
+                let data = w.deflated(raw, size);
+                w.file(&name, false, size, data)?;
+            } else {
+                w.file(&name, false, size, archive.by_index(i)?)?;
+            }
+        }
+        w.finish(store)
+    }
+
+    #[test]
+    fn wheel_layers_copy_deflate_streams_into_gzip_members() {
+        let d = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(d.path()).unwrap();
+        let big: Vec<u8> = (0..400_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
+        let files = vec![
+            ("a/big.bin", big.clone()),
+            ("a/small.txt", b"stored as is".to_vec()),
+            ("b/empty", Vec::new()),
+            ("b/text.py", "print('hello')\n".repeat(500).into_bytes()),
+        ];
+        let z = zip_of(&files);
+        let layer = wheel_layer(&store, z.path()).unwrap();
+        // Any gzip reader that follows members sees exactly the tar of the files.
+        let blob = std::fs::read(store.path(&layer.digest)).unwrap();
+        let mut tar_bytes = Vec::new();
+        flate2::read::MultiGzDecoder::new(&blob[..])
+            .read_to_end(&mut tar_bytes)
+            .unwrap();
+        assert_eq!(crate::oci::sha256_digest(&tar_bytes), layer.diff_id);
+        let mut got = Vec::new();
+        for e in tar::Archive::new(&tar_bytes[..]).entries().unwrap() {
+            let mut e = e.unwrap();
+            let mut data = Vec::new();
+            e.read_to_end(&mut data).unwrap();
+            got.push((e.path().unwrap().display().to_string(), data));
+        }
+        let want: Vec<(String, Vec<u8>)> = files
+            .iter()
+            .map(|(n, d)| (n.to_string(), d.clone()))
+            .collect();
+        assert_eq!(got, want);
+        // Several members: the two deflated files have their own (headers, stored and empty
+        // files go into fresh ones), and the big file's stream is the zip's, byte for byte.
+        let mut members = 0;
+        let mut rest = &blob[..];
+        while !rest.is_empty() {
+            let mut dec = flate2::bufread::GzDecoder::new(rest);
+            std::io::copy(&mut dec, &mut std::io::sink()).unwrap();
+            rest = dec.into_inner();
+            members += 1;
+        }
+        assert!(members >= 5, "{members} gzip members");
+        let raw_big = {
+            let mut a = zip::ZipArchive::new(std::fs::File::open(z.path()).unwrap()).unwrap();
+            let mut m = a.by_name_raw(b"a/big.bin").unwrap();
+            let mut v = Vec::new();
+            m.read_to_end(&mut v).unwrap();
+            v
+        };
+        assert!(blob.windows(raw_big.len()).any(|w| w == raw_big.as_slice()));
+        // Reproducible: the same zip gives the same blob.
+        assert_eq!(wheel_layer(&store, z.path()).unwrap().digest, layer.digest);
+    }
+
+    #[test]
+    fn a_stream_that_lies_about_its_size_fails() {
+        let d = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(d.path()).unwrap();
+        let z = zip_of(&[("x.bin", vec![7u8; 10_000])]);
+        let mut archive = zip::ZipArchive::new(std::fs::File::open(z.path()).unwrap()).unwrap();
+        for claimed in [9_999u64, 10_001] {
+            let mut w = LayerWriter::for_wheels(&store, Compression::Gzip(6)).unwrap();
+            let raw = archive.by_index_raw(0).unwrap();
+            let data = w.deflated(raw, claimed);
+            assert!(w.file("x.bin", false, claimed, data).is_err(), "{claimed}");
+        }
+    }
+
     #[test]
     fn parent_dirs_are_the_prefixes() {
         assert_eq!(parent_dirs("a/b/c"), ["a", "a/b"]);
@@ -573,7 +954,7 @@ mod tests {
         .unwrap();
         assert_eq!(l1, l2);
         let f = std::fs::File::open(st1.path(&l1.digest)).unwrap();
-        let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(f));
+        let mut ar = tar::Archive::new(flate2::read::MultiGzDecoder::new(f));
         for e in ar.entries().unwrap() {
             let e = e.unwrap();
             let h = e.header();

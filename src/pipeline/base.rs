@@ -14,6 +14,7 @@ use crate::oci::reference::{Reference, DOCKER_HUB};
 use crate::oci::registry::{self, Registry};
 use anyhow::Result;
 use serde::Serialize;
+use std::str::FromStr;
 use std::sync::Arc;
 
 /// Pythons official `python:<X.Y>-slim` bases exist for, oldest first (the search for the
@@ -232,8 +233,6 @@ pub fn candidates(pin: Option<&str>, constraint: Option<&str>) -> Vec<String> {
     }
     vec![DEFAULT_PYTHON.to_string()]
 }
-
-use std::str::FromStr;
 
 fn newer(a: &str, b: &str) -> bool {
     let parse = |s: &str| -> (u32, u32) {

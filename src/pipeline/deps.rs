@@ -242,7 +242,7 @@ pub async fn dependency_layers(
             }
         }
     }
-    let built = build_all(sess, reg, home, to_build, lock_dir, t).await?;
+    let built = build_all(sess, reg, &http, home, to_build, lock_dir, t).await?;
     let mut uploaded_early = vec![(HashSet::new(), 0u64); groups.len()];
     for (g, key, layer, uploaded) in built {
         if uploaded {
@@ -298,12 +298,12 @@ pub async fn dependency_layers(
 async fn build_all(
     sess: &Session<'_>,
     reg: &Arc<Registry>,
+    http: &reqwest::Client,
     home: &[String],
     to_build: Vec<(usize, layers::DepLayer)>,
     lock_dir: &std::path::Path,
     t: Instant,
 ) -> Result<Vec<(usize, String, Layer, bool)>> {
-    let http = fetch::http_client()?;
     let downloads = Arc::new(tokio::sync::Semaphore::new(fetch::CONCURRENCY));
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let slots = Arc::new(tokio::sync::Semaphore::new(cores));
