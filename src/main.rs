@@ -104,6 +104,10 @@ struct ImageArgs {
     /// Most dependency layers per image: the largest packages alone, the rest together.
     #[arg(long, default_value_t = 12)]
     max_dep_layers: usize,
+    /// Layers built at once, each on one thread [default: the number of cores]. The layers'
+    /// bytes do not depend on it.
+    #[arg(long, short = 'j', env = "FLOPS_JOBS", value_parser = clap::value_parser!(u16).range(1..))]
+    jobs: Option<u16>,
     /// Cache directory (wheels, layers, blobs) [default: $XDG_CACHE_HOME/flops-image-builder].
     #[arg(long, env = "FLOPS_CACHE_DIR")]
     cache_dir: Option<PathBuf>,
@@ -545,6 +549,10 @@ fn options(a: &ImageArgs, model_flavor: Option<String>) -> anyhow::Result<pipeli
         compression: Compression::parse(&a.compression, a.compression_level)?,
         cache_dir: a.cache_dir.clone().unwrap_or_else(default_cache_dir),
         max_dep_layers: a.max_dep_layers,
+        jobs: a.jobs.map_or_else(
+            || std::thread::available_parallelism().map_or(2, |n| n.get()),
+            usize::from,
+        ),
         resolve: flops_image_builder::deps::resolve::ResolveOptions {
             uv: a.uv.clone(),
             index_url: a.index_url.clone(),

@@ -294,7 +294,7 @@ pub async fn dependency_layers(
 /// One task per missing dependency layer: fetch its wheels, build when a core is free, upload
 /// the blob to its group's repository right away. Downloads, builds and uploads of different
 /// layers overlap; downloads and builds are bounded (network slots; one build per core, since
-/// more only adds codec buffers). Returns (group, key, layer, uploaded now).
+/// `--jobs`; more only adds codec buffers). Returns (group, key, layer, uploaded now).
 async fn build_all(
     sess: &Session<'_>,
     reg: &Arc<Registry>,
@@ -305,8 +305,7 @@ async fn build_all(
     t: Instant,
 ) -> Result<Vec<(usize, String, Layer, bool)>> {
     let downloads = Arc::new(tokio::sync::Semaphore::new(fetch::CONCURRENCY));
-    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let slots = Arc::new(tokio::sync::Semaphore::new(cores));
+    let slots = Arc::new(tokio::sync::Semaphore::new(sess.opts.jobs.max(1)));
     let fetched_at = Arc::new(std::sync::Mutex::new(t));
     let spin = crate::progress::Bar::spinner("installing wheels into layers");
     let prefix = Prefix::new(super::DEPS_PREFIX, &sess.opts.python);

@@ -67,6 +67,8 @@ pub struct Options {
     pub compression: Compression,
     pub cache_dir: PathBuf,
     pub max_dep_layers: usize,
+    /// Dependency layers built at once (threads), at least 1.
+    pub jobs: usize,
     pub resolve: ResolveOptions,
     /// glibc of the base image, bounding manylinux wheels.
     pub glibc: (u32, u32),
