@@ -6,7 +6,7 @@
 # Every run pushes to a fresh, empty registry started for this benchmark, so "cold" is cold.
 # Prints ratios and peak RSS; writes bench/out/build-<date>.md and a bar chart
 # bench/out/build-<date>.png (matplotlib, in a uv venv). Run as root.
-#   BENCH_TORCH=1 adds a torch-sized (>= 2 GB) dependency set, to show peak RSS stays flat.
+# Torch-sized images: bench/big.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
@@ -56,20 +56,7 @@ run mirror "$BIN" -q build "$R" --registry "http://$REG3" --registry-mirror dock
 
 echo "== buildah: cold build + push, then a one-file code change" >&2
 CTX=$T/ctx
-mkdir -p "$CTX/ca"
-cp -a "$A/." "$CTX/"; rm -rf "$CTX/.git"
-cp /usr/local/share/ca-certificates/* "$CTX/ca/" 2>/dev/null || true
-# The same requirements the builder locks: the doctored spec plus the FL runtime's.
-"$BIN" -q check "$A" --json | jq -r '.requirements[]' >"$CTX/requirements.txt"
-grep -v '^#' base-layers/fl-learner/requirements.txt >>"$CTX/requirements.txt"
-cat >"$CTX/Dockerfile" <<EOF
-FROM $REG/library/python:3.11-pip
-COPY ca/ /usr/local/share/ca-certificates/
-RUN update-ca-certificates
-COPY . /app
-WORKDIR /app
-RUN pip install --no-cache-dir --break-system-packages -r requirements.txt
-EOF
+upstream_ctx "$A" "$CTX" "$REG/library/python:3.11-pip"
 B_="buildah --storage-driver vfs"
 $B_ rm --all >/dev/null 2>&1 || true
 $B_ rmi --all --force >/dev/null 2>&1 || true
@@ -100,15 +87,6 @@ mb() { awk -v b="$1" 'BEGIN{printf "%.1f MB", b/1e6}'; }
 STREAMED=$(jq '[.image.platforms[].layers[] | select(.status=="streamed") | .size] | add // 0' "$T/mirror.out")
 PIPBASE=$(skopeo inspect --raw --tls-verify=false "docker://$MIRROR/library/python:3.11-pip" | jq '[.layers[].size] | add')
 
-TORCH_ROW=""
-if [ -n "${BENCH_TORCH:-}" ]; then
-  echo "== ours: torch-sized dependency set" >&2
-  TDIR=$(repo torch sklearn-conda)
-  (cd "$TDIR" && sed -i 's/  - scikit-learn==1.4.2/  - scikit-learn==1.4.2\n  - torch==2.5.1/' conda.yaml && git -c user.name=b -c user.email=b@b commit -qam torch)
-  ours torch "$TDIR"
-  TSIZE=$(du -sm "$T/cache-torch/wheels" | cut -f1)
-  TORCH_ROW="| ours cold, torch 2.5.1 set ($TSIZE MB of wheels) | ($(secs torch) s) | $(rss torch) MB | $(up torch) |"
-fi
 
 stage_sum() { echo "$(phase "$1" resolve) $(phase "$1" fetch) $(phase "$1" layers) $(phase "$1" push)" | awk '{printf "%.2f", ($1+$2+$3+$4)/1000}'; }
 shared_again=$(jq '[.image.platforms[].layers[] | select(.status=="uploaded")] | length' "$T/second.out")
@@ -134,7 +112,6 @@ mkdir -p bench/out
   echo "| buildah cold FROM the mirror's pip base (pulled: $(mb "$PIPBASE"), pushed with the image) to an empty registry | 1.0× | $(max_rss bbuildm bpushm) MB | |"
   echo "| ours cold, NO base in the target: default python:3.11-slim via the docker.io mirror (pulled: manifests + config; $(mb "$STREAMED") of base layers streamed mirror → target, $(jq -r .base.origin "$T/mirror.out")) | $(ratio "$BM" "$(secs mirror)") faster | $(rss mirror) MB | $(up mirror) |"
   echo "| ours, a second repo sharing the deps, empty cache | $(ratio "$BC" "$(secs second)") faster | $(rss second) MB | $(up second) ($dep_from_pool of $dep_total dependency layers mounted from the pool, $shared_again blobs uploaded) |"
-  [ -n "$TORCH_ROW" ] && echo "$TORCH_ROW"
   echo
   echo "Cold gzip run: total $(secs cold) s vs the sum of its stages (resolve + download + install/tar/compress + upload) $(stage_sum cold) s = $(awk -v a="$(secs cold)" -v b="$(stage_sum cold)" 'BEGIN{printf "%.2f×", a/b}')."
   echo "Absolute seconds (noisy): buildah cold $BC (build $(secs bbuild), push $(secs bpush)), warm $BW, code change $BK; ours cold $(secs cold), warm $(secs warm), zstd $(secs zstd), code-only $(secs code), second repo $(secs second), two platforms $(secs multi); base via the mirror: buildah $BM (build $(secs bbuildm), push $(secs bpushm)), ours $(secs mirror) (push phase $(phase mirror push) ms vs $(phase cold push) ms with the base in the target)."

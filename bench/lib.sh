@@ -10,7 +10,7 @@ bench_setup() {
   BIN=$PWD/target/release/flops-image-builder
   T=$(mktemp -d)
   REGPIDS=()
-  trap 'for p in "${REGPIDS[@]}"; do kill "$p" 2>/dev/null; done; rm -rf "$T"' EXIT
+  trap 'for p in "${REGPIDS[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null; rm -rf "$T" || true' EXIT
 }
 
 # fresh_registry HOST:PORT IMAGE... — a new, empty registry holding only the given images
@@ -18,6 +18,10 @@ bench_setup() {
 fresh_registry() {
   local addr=$1 port=${1##*:} img
   shift
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "bench: port $port is in use (a registry left from another run?)" >&2
+    return 1
+  fi
   printf 'version: 0.1\nlog: { level: error }\nstorage: { filesystem: { rootdirectory: %s/registry-%s } }\nhttp: { addr: %s }\n' "$T" "$port" "$addr" >"$T/registry-$port.yml"
   docker-registry serve "$T/registry-$port.yml" >"$T/registry-$port.log" 2>&1 &
   REGPIDS+=($!)
@@ -36,3 +40,24 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.1f×", a/b}'; }
 sum_secs() { local n; for n in "$@"; do cat "$T/$n.time"; done | awk '{s+=$1} END{print s}'; }
 max_rss() { local n; for n in "$@"; do cat "$T/$n.time"; done | awk '{if ($2>m) m=$2} END{printf "%.0f", m/1024}'; }
 machine() { echo "$(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(. /etc/os-release; echo "$PRETTY_NAME"), $(uname -r)"; }
+
+# upstream_ctx REPO CTX FROM — the build context of the upstream-style learner Dockerfile
+# (FROM a pip base; COPY the repo; RUN pip install the doctored requirements + the learner
+# runtime's), with the system's extra CA certificates (this network re-signs TLS).
+upstream_ctx() {
+  local dir=$1 ctx=$2 from=$3
+  mkdir -p "$ctx/ca"
+  cp -a "$dir/." "$ctx/"
+  rm -rf "$ctx/.git"
+  cp /usr/local/share/ca-certificates/* "$ctx/ca/" 2>/dev/null || true
+  "$BIN" -q check "$dir" --json | jq -r '.requirements[]' >"$ctx/requirements.txt"
+  grep -v '^#' base-layers/fl-learner/requirements.txt >>"$ctx/requirements.txt"
+  cat >"$ctx/Dockerfile" <<DOCKERFILE
+FROM $from
+COPY ca/ /usr/local/share/ca-certificates/
+RUN update-ca-certificates
+COPY . /app
+WORKDIR /app
+RUN pip install --no-cache-dir --break-system-packages -r requirements.txt
+DOCKERFILE
+}

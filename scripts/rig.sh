@@ -29,7 +29,7 @@ MQTT_PORT=9027
 MLFLOW_PORT=5080
 # The tracking server the aggregator logs to and the trained-model plan reads from.
 MLFLOW_SERVER=("mlflow==3.1.4" "sqlalchemy<2.1")
-PACKAGES=(docker-registry mosquitto mosquitto-clients containerd skopeo umoci mmdebstrap apache2-utils openssl curl jq ca-certificates git file zstd binutils libssl-dev pkg-config qemu-user-static)
+PACKAGES=(docker-registry mosquitto mosquitto-clients containerd skopeo umoci mmdebstrap apache2-utils openssl curl jq ca-certificates git file zstd binutils libssl-dev pkg-config gcc libc6-dev qemu-user-static)
 
 log() { printf '[rig %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 
@@ -54,7 +54,13 @@ install_uv() {
   if [ "$(uv --version 2>/dev/null | awk '{print $2}')" != "$want" ]; then
     log "installing uv $want"
     rm -rf /opt/flops-uv
-    python3 -m pip install -q --disable-pip-version-check --target /opt/flops-uv "uv==$want" 2>&1 | grep -v 'Running pip as the' >&2 || true
+    command -v python3 >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-pip python3-venv >/dev/null; }
+    mkdir -p "$RIG_STATE"
+    if ! python3 -m pip install -q --disable-pip-version-check --target /opt/flops-uv "uv==$want" >"$RIG_STATE/uv-install.log" 2>&1; then
+      cat "$RIG_STATE/uv-install.log" >&2
+      echo "installing uv $want with pip failed (see above)" >&2
+      return 1
+    fi
     ln -sf /opt/flops-uv/bin/uv /usr/local/bin/uv
     uv --version >/dev/null
   fi

@@ -26,8 +26,8 @@ const VERSION: &str = concat!(
     name = "flops-image-builder",
     version = VERSION,
     args_override_self = true,
-    about = "Daemonless OCI image assembler for Oakestra FLOps learner images",
-    after_help = "Seed-compatible form (upstream FLOps):\n  flops-image-builder <repo_url> <registry_url> <project_id> <mqtt_ip> <mqtt_port> <observer_ip>"
+    about = "Daemonless OCI image assembler for Oakestra FLOps: learner and aggregator images of an ML repo, and images serving a trained MLflow model",
+    after_help = "FLOps manager forms (rewritten to `build --aggregator` / `model`):\n  flops-image-builder <registry_url> <flops_project_id> <mqtt_ip> <project_observer_ip> [--supported_platforms=P1[,P2]] [--deactivate-notifications] fl_actors <repo_url> <ml_model_flavor> [--use-devel-base-images]\n  flops-image-builder <registry_url> <flops_project_id> <mqtt_ip> <project_observer_ip> [--supported_platforms=P1[,P2]] [--deactivate-notifications] trained_model <customer_id> <tracking_server_uri> <run_id>\nSeed form (the first FLOps builder):\n  flops-image-builder <repo_url> <registry_url> <project_id> <mqtt_ip> <mqtt_port> <observer_ip>"
 )]
 struct Cli {
     /// More log output (-v debug, -vv trace).
@@ -47,7 +47,8 @@ enum Command {
         after_help = "Example:\n  flops-image-builder append --base http://127.0.0.1:5000/library/python:3.11-slim \\\n      --tag http://127.0.0.1:5000/demo/app:v1 --dir ./app:/app --workdir /app --cmd python3 --cmd main.py"
     )]
     Append(Box<AppendArgs>),
-    /// Build the FLOps learner image of an ML repo and push it.
+    /// Build the FLOps learner image of an ML repo (with `--aggregator` also the aggregator
+    /// image: FLOps' `fl_actors` plan) and push it.
     #[command(
         after_help = "Example:\n  flops-image-builder build https://github.com/Malyuk-A/flops-ml-repo-sklearn --registry http://127.0.0.1:5000 --platform linux/amd64,linux/arm64"
     )]
@@ -353,7 +354,7 @@ async fn run_check(a: CheckArgs) -> anyhow::Result<()> {
         max_bytes: a.max_repo_size * 1_000_000,
     };
     let platforms = Platform::parse_list(&a.platform)?;
-    let runtime = runtime_requirements(a.aggregator);
+    let (runtime, aggregator) = (runtime_requirements(a.aggregator), a.aggregator);
     let (mut report, _checkout) = tokio::task::spawn_blocking(move || {
         pipeline::check(&a.repo, &opts, a.registry.as_deref(), &runtime)
     })
@@ -361,6 +362,13 @@ async fn run_check(a: CheckArgs) -> anyhow::Result<()> {
     report
         .warnings
         .extend(pipeline::source::platform_warnings(&report, &platforms)?);
+    if aggregator {
+        // Named as fl_actors names it: the learner's repository with the role swapped.
+        report.aggregator_image = report
+            .image
+            .rsplit_once("/learner:")
+            .map(|(repo, tag)| format!("{repo}/aggregator:{tag}"));
+    }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -576,8 +584,11 @@ fn options(a: &ImageArgs, model_flavor: Option<String>) -> anyhow::Result<pipeli
 /// <observer_ip>`, rewritten to `build`. Upstream pushed with TLS verification off, so the
 /// registry host is treated as insecure (self-signed or plain HTTP) here too.
 fn seed_args(args: Vec<String>) -> Vec<String> {
-    let known = ["build", "check", "append", "help"];
-    if args.len() == 7 && !args[1].starts_with('-') && !known.contains(&args[1].as_str()) {
+    let subcommand = <Cli as clap::CommandFactory>::command()
+        .get_subcommands()
+        .any(|c| c.get_name() == args[1])
+        || args[1] == "help";
+    if args.len() == 7 && !args[1].starts_with('-') && !subcommand {
         let host = flops_image_builder::repo::naming::registry_host(&args[2]);
         let mut v: Vec<String> = vec![
             args[0].clone(),
@@ -707,15 +718,15 @@ fn main() -> ExitCode {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("FLOPS_LOG")
         .unwrap_or_else(|_| format!("warn,flops_image_builder={level}").into());
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(terminal && std::env::var_os("NO_COLOR").is_none())
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
     // Bars only for a person at a terminal; logs (containerd, CI) get plain timestamped lines.
-    flops_image_builder::progress::init(
-        !cli.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
-    );
+    flops_image_builder::progress::init(!cli.quiet && terminal);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

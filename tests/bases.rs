@@ -30,16 +30,6 @@ fn shared_cache() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("bases-cache")
 }
 
-fn reference(r: &Value) -> String {
-    r["image"]["reference"]
-        .as_str()
-        .unwrap()
-        .split('@')
-        .next()
-        .unwrap()
-        .to_string()
-}
-
 fn base_layer_statuses(r: &Value) -> Vec<String> {
     // The base is the first layer of every platform (the rig's bases have one layer).
     r["image"]["platforms"]
@@ -98,7 +88,7 @@ fn default_base_from_the_mirror_streams_into_a_fresh_registry() {
         format!("{MIRROR}/library/python:3.11-slim")
     );
     assert_eq!(base_layer_statuses(&r), ["streamed", "streamed"], "{r}");
-    let name = reference(&r);
+    let name = tagged_name(&r["image"]);
     import_model_manager(&name, "amd64", d.path());
 
     // registries.conf form, with a dead mirror first: logged, skipped, and the location used.
@@ -146,7 +136,7 @@ fn every_python_a_repo_pins() {
         "{}",
         r["python"]
     );
-    let rootfs = unpack(&reference(&r), &d.path().join("313"), "");
+    let rootfs = unpack(&tagged_name(&r["image"]), &d.path().join("313"), "");
     let (ok, out) = python_in_image(
         &rootfs,
         "amd64",
@@ -174,7 +164,7 @@ fn every_python_a_repo_pins() {
         detail.starts_with("python 3.10 (conda.yaml) → 3.11: no python:3.10-slim base in"),
         "{detail}"
     );
-    import_model_manager(&reference(&r), "amd64", d.path());
+    import_model_manager(&tagged_name(&r["image"]), "amd64", d.path());
     // …unless --strict-python, which names 3.10.
     let e = build(
         &py310,
@@ -212,7 +202,7 @@ fn pure_sdists_are_built_once_per_fleet() {
         sdists[0]["wheel"],
         "antlr4_python3_runtime-4.9.3-py3-none-any.whl"
     );
-    let name = reference(&r);
+    let name = tagged_name(&r["image"]);
     for arch in ["amd64", "arm64"] {
         let rootfs = unpack(
             &name,

@@ -2,7 +2,6 @@
 //! checked with skopeo/umoci/chroot and against `uv pip install --target`.
 mod common;
 use common::*;
-use serde_json::Value;
 use std::path::{Path, PathBuf};
 
 /// Wheels and layers shared by the tests of this file (downloads happen once per machine).
@@ -22,11 +21,6 @@ fn build(repo: &Path, cache: &Path, extra: &[&str]) -> Run {
     ];
     args.extend_from_slice(extra);
     run(&args)
-}
-
-fn image_name(report: &Value) -> String {
-    let r = report["image"]["reference"].as_str().unwrap();
-    r.split('@').next().unwrap().to_string()
 }
 
 /// Python run inside the image: every RECORD row with a hash matches the installed file.
@@ -66,7 +60,7 @@ fn multi_platform_learner_image_with_dependency_layers() {
     let r = build(&repo, &cache, &["--platform", "linux/amd64,linux/arm64"])
         .ok()
         .json();
-    let name = image_name(&r);
+    let name = tagged_name(&r["image"]);
     assert!(
         name.ends_with(&format!(
             "/sklearn-conda/learner:{}",
@@ -273,4 +267,31 @@ fn bad_dependencies_fail_clearly_and_tag_nothing() {
     );
     assert!(!cached.exists(), "the tampered wheel was not deleted");
     assert!(!tagged(&owner, "tampered"));
+
+    // Mistakes, not conflicts: two names the index does not know and a pin of a version that
+    // does not exist are all named at once, and no pin is "relaxed" to hide them.
+    let repo = git_repo("requirements-repo", &parent, "typos");
+    write(
+        &repo.join("requirements.txt"),
+        "numpy==1.26.4\nsurely-not-a-real-pkg-xyz==1.0  # typo\nanother-fake-pkg-qqq-zzz>=2\nrequests==99.0\n",
+    );
+    commit_all(&repo, "typos");
+    let r = build(&repo, cache.path(), &[]);
+    expect_failure(
+        &r,
+        "requirements.txt: requirements the package index cannot satisfy",
+    );
+    for name in [
+        "surely-not-a-real-pkg-xyz: not on",
+        "another-fake-pkg-qqq-zzz: not on",
+        "requests==99.0: no such version on",
+    ] {
+        assert!(
+            r.stderr.contains(&format!("\n  {name}")),
+            "{name}: {}",
+            r.stderr
+        );
+    }
+    assert!(!r.stderr.contains("relaxing"), "{}", r.stderr);
+    assert!(!tagged(&owner, "typos"));
 }

@@ -106,15 +106,7 @@ fn fl_images(work: &Path) -> (String, String) {
     ])
     .ok()
     .json();
-    let name = |role: &str| {
-        r["images"][role]["reference"]
-            .as_str()
-            .unwrap()
-            .split('@')
-            .next()
-            .unwrap()
-            .to_string()
-    };
+    let name = |role: &str| tagged_name(&r["images"][role]);
     let (learner, aggregator) = (name("learner"), name("aggregator"));
     for image in [&learner, &aggregator] {
         sh(&ctr(&format!(

@@ -183,13 +183,7 @@ fn real_repos_train_a_round_on_image_data() {
             rules.contains(&"implicit-setuptools"),
             "{fixture}: {rules:?}"
         );
-        let tagged = report["image"]["reference"]
-            .as_str()
-            .unwrap()
-            .split('@')
-            .next()
-            .unwrap()
-            .to_string();
+        let tagged = tagged_name(&report["image"]);
         let rootfs = chroot_round(&tagged, &work.join(fixture), &learner_env(port), fixture);
         if fixture == "distutils-shim" {
             let (ok, out) = python_in_image(

@@ -91,13 +91,7 @@ fn pass_through_layers_are_reproducible_unpack_and_run() {
 
     // The biggest dependency layer is made of many gzip members (the copied streams), and
     // every one is a complete gzip member.
-    let name = a["image"]["reference"]
-        .as_str()
-        .unwrap()
-        .split('@')
-        .next()
-        .unwrap()
-        .to_string();
+    let name = tagged_name(&a["image"]);
     let dir = d.path().join("dir");
     sh(&format!(
         "skopeo copy -q --src-tls-verify=false docker://{name} dir:{}",

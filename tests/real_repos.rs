@@ -47,11 +47,6 @@ fn build_json(repo: &Path, extra: &[&str]) -> Value {
     build_run(repo, extra).ok().json()
 }
 
-fn reference(report: &Value) -> String {
-    let r = report["image"]["reference"].as_str().unwrap();
-    r.split('@').next().unwrap().to_string()
-}
-
 fn strs(v: &Value) -> Vec<String> {
     v.as_array()
         .unwrap()
@@ -98,7 +93,7 @@ fn old_numpy_pins_resolve_for_the_images_python_only() {
     );
     let lock = std::fs::read_to_string(r["lock"].as_str().unwrap()).unwrap();
     assert!(lock.contains("requires-python = \"==3.11.*\""), "{lock}");
-    import_model_manager(&reference(&r), "amd64", d.path());
+    import_model_manager(&tagged_name(&r["image"]), "amd64", d.path());
 }
 
 /// Item 6: MLflow writes every package it saw; pins the code never imports give way to the
@@ -127,7 +122,7 @@ fn incidental_pins_give_way_to_the_fl_runtime() {
         pkgs.iter().any(|p| p.starts_with("absl-py==1.4.0")),
         "{pkgs:?}"
     );
-    import_model_manager(&reference(&r), "amd64", d.path());
+    import_model_manager(&tagged_name(&r["image"]), "amd64", d.path());
 
     // The same pin on a package the code imports fails, naming the pin, the file and the runtime.
     let mm = repo.join("model_manager.py");
@@ -190,7 +185,7 @@ fn imports_no_dependency_provides() {
             && pkgs.iter().any(|p| p.starts_with("python-dotenv==")),
         "{pkgs:?}"
     );
-    import_model_manager(&reference(&r), "amd64", d.path());
+    import_model_manager(&tagged_name(&r["image"]), "amd64", d.path());
 }
 
 /// Item 8: conda's own file names are conda specs.
@@ -205,7 +200,7 @@ fn environment_yml_is_a_conda_spec() {
     assert!(rules(&c).contains(&"conda-to-pypi".to_string()), "{c}");
     let r = build_json(&repo, &[]);
     assert_eq!(r["spec"], "environment.yml");
-    import_model_manager(&reference(&r), "amd64", d.path());
+    import_model_manager(&tagged_name(&r["image"]), "amd64", d.path());
 }
 
 /// Item 9: a pyproject.toml without dependencies falls through; Poetry projects are read.
@@ -251,7 +246,7 @@ fn pyproject_fall_through_and_poetry() {
             .collect::<Vec<_>>(),
         ["3", "11"]
     );
-    import_model_manager(&reference(&r), "amd64", d.path());
+    import_model_manager(&tagged_name(&r["image"]), "amd64", d.path());
 
     // git, path and URL dependencies are refused by name, all in one error.
     let py = poetry.join("pyproject.toml");
@@ -304,7 +299,7 @@ fn conda_exports_from_real_environments() {
             && pkgs.contains(&"fsspec==2024.3.1".to_string()),
         "{pkgs:?}"
     );
-    import_model_manager(&reference(&r), "amd64", d.path());
+    import_model_manager(&tagged_name(&r["image"]), "amd64", d.path());
 
     // Names the index does not know are an error naming every one of them.
     let env = repo.join("environment.yaml");
@@ -339,7 +334,7 @@ fn editable_self_and_uninstallable_lines() {
         "{c}"
     );
     let r = build_json(&repo, &[]);
-    import_model_manager(&reference(&r), "amd64", d.path());
+    import_model_manager(&tagged_name(&r["image"]), "amd64", d.path());
 
     write(
         &repo.join("requirements.txt"),
@@ -379,7 +374,7 @@ fn platforms_that_lack_a_package_are_named() {
         w.contains("linux/arm64 has no tabulate (linux/amd64 has tabulate 0.9.0"),
         "{w}"
     );
-    let name = reference(&r);
+    let name = tagged_name(&r["image"]);
     assert_eq!(
         index_architectures(&skopeo_raw(&name, "")),
         ["amd64", "arm64"]

@@ -233,13 +233,7 @@ fn an_mlflow_2_0_model_is_served_with_flask() {
     expect_error(&e, 3, "psutil 5.9.4 for linux/arm64");
     let r = build("linux/amd64").ok().json();
     assert_eq!(r["mlflow_version"], "2.0.1");
-    let name = r["image"]["reference"]
-        .as_str()
-        .unwrap()
-        .split('@')
-        .next()
-        .unwrap()
-        .to_string();
+    let name = tagged_name(&r["image"]);
     check_config(&name, &run_id);
     let (_, answer) = serve_and_predict(&name, "old-mlflow-serve", work.path());
     assert_eq!(answer["predictions"], expected);

@@ -108,10 +108,9 @@ pub fn find_uv(explicit: Option<&Path>) -> Result<PathBuf> {
                     .map(|d| d.join("uv"))
                     .find(|p| p.is_file())
             })
+            // Exit 1: the machine lacks a tool, the input is fine.
             .ok_or_else(|| {
-                bad_input(format!(
-                    "uv is needed to resolve dependencies but is not on PATH: {how}"
-                ))
+                anyhow::anyhow!("uv is needed to resolve dependencies but is not on PATH: {how}")
             })?,
     };
     let out = Command::new(&candidate)
@@ -178,7 +177,12 @@ fn one_line(stderr: &str) -> String {
         .filter(|c| !matches!(c, '╰' | '─' | '▶' | '│' | '├' | '└'))
         .collect();
     let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    text.trim_start_matches("×").trim().to_string()
+    let text = text.trim_start_matches("×").trim();
+    // uv's own `error:` prefix; ours comes in front of the whole message.
+    text.strip_prefix("error:")
+        .unwrap_or(text)
+        .trim()
+        .to_string()
 }
 
 /// One `uv pip compile` for one platform; returns the lock as a TOML table.
@@ -421,6 +425,56 @@ pub async fn unknown_to_index(
                 _ => None,
             }
         }
+    });
+    futures_util::future::join_all(checks)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// The repo's requirements the index alone cannot satisfy: names it does not know (404 for the
+/// project page) and exact pins (`==V`) of versions it does not list, each as
+/// `"NAME: not on INDEX"` or `"NAME==V: no such version on INDEX"`. Uses the simple API's JSON
+/// form (PEP 691, with PEP 700 `versions`); an index answering HTML, or unreachable, reports
+/// nothing for that name, and the resolver has the last word.
+pub async fn missing_on_index(
+    http: &reqwest::Client,
+    index: &str,
+    requirements: &[String],
+) -> Vec<String> {
+    let index = index.trim_end_matches('/');
+    let checks = requirements.iter().filter_map(|r| {
+        let req = r.parse::<pep508_rs::Requirement>().ok()?;
+        let name = crate::deps::imports::normalize(req.name.as_ref());
+        let pinned = match &req.version_or_url {
+            Some(pep508_rs::VersionOrUrl::VersionSpecifier(s)) if s.len() == 1 => s
+                .iter()
+                .next()
+                .filter(|s| s.operator() == &pep508_rs::pep440_rs::Operator::Equal)
+                .map(|s| s.version().clone()),
+            _ => None,
+        };
+        let url = format!("{index}/{name}/");
+        Some(async move {
+            let r = http
+                .get(&url)
+                .header("Accept", "application/vnd.pypi.simple.v1+json")
+                .send()
+                .await
+                .ok()?;
+            if r.status() == reqwest::StatusCode::NOT_FOUND {
+                return Some(format!("{name}: not on {index}"));
+            }
+            let v = pinned?;
+            let page: serde_json::Value = r.error_for_status().ok()?.json().await.ok()?;
+            let listed = page.get("versions")?.as_array()?;
+            let known = listed
+                .iter()
+                .filter_map(|x| x.as_str()?.parse::<pep508_rs::pep440_rs::Version>().ok())
+                .any(|x| x == v);
+            (!known).then(|| format!("{name}=={v}: no such version on {index}"))
+        })
     });
     futures_util::future::join_all(checks)
         .await

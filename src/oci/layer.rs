@@ -14,7 +14,7 @@
 //! go into fresh members. Every copied stream is still inflated once, for the diff_id and the
 //! RECORD check. The bytes depend only on the wheels, never on the machine or core count.
 
-use crate::error::bad_input;
+use crate::error::{bad_input, usage};
 use crate::oci::blobstore::BlobStore;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -51,18 +51,18 @@ impl Compression {
             "gzip" => {
                 let l = level.unwrap_or(6);
                 if !(0..=9).contains(&l) {
-                    return Err(bad_input(format!("gzip level {l} is out of range 0-9")));
+                    return Err(usage(format!("gzip level {l} is out of range 0-9")));
                 }
                 Ok(Compression::Gzip(l as u32))
             }
             "zstd" => {
                 let l = level.unwrap_or(3);
                 if !(1..=19).contains(&l) {
-                    return Err(bad_input(format!("zstd level {l} is out of range 1-19")));
+                    return Err(usage(format!("zstd level {l} is out of range 1-19")));
                 }
                 Ok(Compression::Zstd(l))
             }
-            other => Err(bad_input(format!(
+            other => Err(usage(format!(
                 "unknown compression {other:?} (use gzip or zstd)"
             ))),
         }

@@ -60,6 +60,13 @@ impl Options {
     }
 }
 
+/// How the first request to a registry failed: no answer at all (try the next scheme), or an
+/// answer that refuses (final).
+enum Ping {
+    Unreached(anyhow::Error),
+    Answered(anyhow::Error),
+}
+
 /// One registry host, authenticated for a fixed set of repository scopes.
 pub struct Registry {
     pub host: String,
@@ -229,7 +236,10 @@ impl Registry {
             };
             match reg.ping().await {
                 Ok(()) => return Ok(Arc::new(reg)),
-                Err(e) => last_err = Some(e),
+                // It answered (a 401 naming missing credentials, say): that is the answer, and
+                // a plain-HTTP retry of an HTTPS server would only hide it.
+                Err(Ping::Answered(e)) => return Err(e),
+                Err(Ping::Unreached(e)) => last_err = Some(e),
             }
         }
         Err(last_err.expect("at least one scheme"))
@@ -239,25 +249,28 @@ impl Registry {
         self.base.join(path).expect("valid path")
     }
 
-    async fn ping(&self) -> Result<()> {
+    async fn ping(&self) -> std::result::Result<(), Ping> {
         let url = self.url("v2/");
         let resp = self
             .http
             .get(url.clone())
             .send()
             .await
-            .map_err(|e| self.net_error("ping", &e))?;
+            .map_err(|e| Ping::Unreached(self.net_error("ping", &e)))?;
         match resp.status() {
             s if s.is_success() => {
                 // Anonymous access works; credentials, if any, are still used when asked for.
                 Ok(())
             }
-            StatusCode::UNAUTHORIZED => self.authenticate(resp.headers()).await,
-            _ => Err(reg_err(format!(
+            StatusCode::UNAUTHORIZED => self
+                .authenticate(resp.headers())
+                .await
+                .map_err(Ping::Answered),
+            _ => Err(Ping::Answered(reg_err(format!(
                 "registry {}: {url} answered {}",
                 self.host,
                 error_detail(resp).await
-            ))),
+            )))),
         }
     }
 

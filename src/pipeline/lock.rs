@@ -142,10 +142,12 @@ pub async fn base_and_lock(
     } else {
         ""
     };
+    let platforms: Vec<String> = finder.platforms.iter().map(|p| p.to_string()).collect();
     Err(bad_input(format!(
-        "no python:{}-slim base image for Python {} in {}{strict}: pass --base-image, or add a mirror that has one (--registry-mirror docker.io=HOST)",
+        "no python:{}-slim base image for Python {} with {} in {}{strict}: pass --base-image, or add a mirror that has one (--registry-mirror docker.io=HOST)",
         missing.first().map(String::as_str).unwrap_or("X.Y"),
         missing.join(", "),
+        platforms.join(" and "),
         finder.describe()
     )))
 }
@@ -235,10 +237,8 @@ async fn lock(
                     base.python.clone(),
                 );
                 let sets: Vec<(&'static str, String)> = sets.to_vec();
-                let text = tokio::task::spawn_blocking(move || {
-                    resolve_relaxing(&reqs, &imported, &sets, &python, &targets, &opts)
-                })
-                .await??;
+                let text = resolve_checked(check.spec, reqs, imported, sets, python, targets, opts)
+                    .await?;
                 layers::pool_put_lock(reg, layers::POOL_REPO, &key, &sess.store, &text).await;
                 (text, "resolved")
             }
@@ -298,8 +298,52 @@ fn check_imports(check: &CheckReport) -> BTreeMap<String, Vec<String>> {
 
 const RELAXED_KEY: &str = "relaxed";
 
+/// Resolves as the repo asks; when that fails, first names every requirement the index cannot
+/// have (unknown names, pins of versions that do not exist: those are mistakes, not
+/// conflicts), and only then relaxes pins that conflict ([`resolve_relaxing`]).
+async fn resolve_checked(
+    spec: &str,
+    reqs: Vec<String>,
+    imported: BTreeMap<String, Vec<String>>,
+    sets: Vec<(&'static str, String)>,
+    python: String,
+    targets: Vec<ResolveTarget>,
+    opts: ResolveOptions,
+) -> Result<String> {
+    let (r, s, p, t, o) = (
+        reqs.clone(),
+        sets.clone(),
+        python.clone(),
+        targets.clone(),
+        opts.clone(),
+    );
+    let as_asked = tokio::task::spawn_blocking(move || {
+        resolve_relaxing(&r, &BTreeMap::new(), &s, &p, &t, &o, false)
+    })
+    .await?;
+    let first = match as_asked {
+        Ok(text) => return Ok(text),
+        Err(e) => e,
+    };
+    let http = crate::deps::fetch::http_client()?;
+    let missing = resolve::missing_on_index(&http, &opts.effective_index(), &reqs).await;
+    if !missing.is_empty() {
+        return Err(bad_input(crate::error::listed(
+            &format!("{}: requirements the package index cannot satisfy", spec),
+            &missing,
+        )));
+    }
+    if first.downcast_ref::<Unsatisfiable>().is_none() {
+        return Err(first);
+    }
+    tokio::task::spawn_blocking(move || {
+        resolve_relaxing(&reqs, &imported, &sets, &python, &targets, &opts, true)
+    })
+    .await?
+}
+
 /// Resolves; when uv finds a conflict that involves exact pins of the repo that no code
-/// imports, relaxes those pins (the `runtime-pin-conflict` rule) and tries again. The relaxed
+/// imports (and `relax` is set), relaxes those pins (the `runtime-pin-conflict` rule) and tries again. The relaxed
 /// pins are recorded in the lock's tool table, so a lock from the cache reports them too.
 fn resolve_relaxing(
     reqs: &[String],
@@ -308,6 +352,7 @@ fn resolve_relaxing(
     python: &str,
     targets: &[ResolveTarget],
     opts: &ResolveOptions,
+    relax: bool,
 ) -> Result<String> {
     let mut reqs: Vec<String> = reqs.to_vec();
     let mut relaxed: Vec<String> = Vec::new();
@@ -320,7 +365,7 @@ fn resolve_relaxing(
             Ok(text) => return Ok(with_relaxed(&text, &relaxed)),
             Err(e) => e,
         };
-        let Some(u) = err.downcast_ref::<Unsatisfiable>() else {
+        let Some(u) = err.downcast_ref::<Unsatisfiable>().filter(|_| relax) else {
             return Err(err);
         };
         let why = u.explanation.to_lowercase();

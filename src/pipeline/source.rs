@@ -18,6 +18,9 @@ pub struct CheckReport {
     pub shallow: bool,
     /// The learner image `build` would push (`<registry>` when no registry was given).
     pub image: String,
+    /// With `--aggregator`: the aggregator image `build --aggregator` would push beside it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aggregator_image: Option<String>,
     /// The spec file used.
     pub spec: &'static str,
     pub ignored_specs: Vec<&'static str>,
@@ -105,6 +108,7 @@ pub fn check(
         commit_time: co.commit_time,
         shallow: co.shallow,
         image,
+        aggregator_image: None,
         spec: v.spec.file,
         ignored_specs: v.ignored_specs,
         notes,
@@ -133,6 +137,9 @@ impl CheckReport {
         line("source", &self.source);
         line("commit", &self.commit);
         line("image", &self.image);
+        if let Some(a) = &self.aggregator_image {
+            line("aggregator", a);
+        }
         let ignored = if self.ignored_specs.is_empty() {
             String::new()
         } else {

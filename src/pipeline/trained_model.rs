@@ -277,6 +277,7 @@ fn model_check(
         commit_time: 0,
         shallow: false,
         image: target.to_string(),
+        aggregator_image: None,
         spec: dep.file,
         ignored_specs: Vec::new(),
         notes: dep.notes.clone(),

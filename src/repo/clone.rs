@@ -103,6 +103,11 @@ fn fetch_options<'a>(l: &'a Limits<'a>, depth: Option<i32>) -> FetchOptions<'a> 
 /// Clones `source` (https/http/file URL or local path) at its default branch or `opts.git_ref`.
 pub fn clone(source: &str, opts: &CloneOptions) -> Result<Checkout> {
     let (clean, creds) = split_credentials(source);
+    if crate::repo::naming::is_local_path(&clean) && !Path::new(&clean).exists() {
+        return Err(bad_input(format!(
+            "cannot clone {clean}: no such directory (a repository is a local path or a URL)"
+        )));
+    }
     let url = clone_url(&clean);
     let too_big = Cell::new(false);
     let auth_tries = Cell::new(0);

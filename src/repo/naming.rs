@@ -36,6 +36,11 @@ fn percent_decode(s: &str) -> String {
 /// (the last two path segments), an scp-like `git@host:owner/repo.git`, or a local path.
 pub fn repo_id(source: &str) -> Result<RepoId> {
     let (clean, _) = split_credentials(source);
+    // `.`, `repo/` and `/tmp/repo` name the same repository the same way.
+    let clean = match is_local_path(&clean).then(|| std::fs::canonicalize(&clean)) {
+        Some(Ok(p)) => p.display().to_string(),
+        _ => clean,
+    };
     let path = match url::Url::parse(&clean) {
         Ok(u) if u.scheme().len() > 1 => u.path().to_string(),
         _ => match clean.split_once(':') {
@@ -62,6 +67,14 @@ pub fn repo_id(source: &str) -> Result<RepoId> {
             "cannot derive an image name from {clean:?}: it has no path"
         ))),
     }
+}
+
+/// Whether a repository source is a local path: no URL scheme and not scp-like `user@host:path`.
+pub fn is_local_path(source: &str) -> bool {
+    let scp = source
+        .split_once(':')
+        .is_some_and(|(host, _)| host.contains('@') && !host.contains('/'));
+    !source.contains("://") && !scp
 }
 
 /// `host:port` of a registry URL (`http://h:5000/`, `https://h`, `h:5000`).
@@ -152,6 +165,20 @@ mod tests {
             .ends_with("/team/cifar/learner:0123456789abcdef0123456789abcdef01234567"));
         assert!(name("file:///tmp/repos/sklearn-demo").contains("/repos/sklearn-demo/learner:"));
         assert!(name("/srv/x/My_Repo/").contains("/x/my_repo/learner:"));
+    }
+
+    #[test]
+    fn a_local_path_is_named_the_same_however_it_is_spelled() {
+        let d = tempfile::tempdir().unwrap();
+        let repo = d.path().join("team").join("Demo");
+        std::fs::create_dir_all(&repo).unwrap();
+        let abs = repo_id(repo.to_str().unwrap()).unwrap();
+        assert_eq!((abs.owner.as_str(), abs.name.as_str()), ("team", "Demo"));
+        let trailing = repo_id(&format!("{}/./", repo.display())).unwrap();
+        assert_eq!((trailing.owner, trailing.name), (abs.owner, abs.name));
+        // The working directory itself (`check .`) has a name too.
+        assert!(repo_id(".").is_ok());
+        assert!(!is_local_path("git@github.com:o/r.git") && !is_local_path("https://h/o/r"));
     }
 
     #[test]

@@ -145,6 +145,13 @@ pub fn index_architectures(index: &serde_json::Value) -> Vec<String> {
         .collect()
 }
 
+/// The tagged name of an image in a JSON report (`image` or any of `images`), without its
+/// `@sha256:` digest.
+pub fn tagged_name(image: &serde_json::Value) -> String {
+    let r = image["reference"].as_str().expect("a reference");
+    r.split('@').next().unwrap().to_string()
+}
+
 pub fn skopeo_raw(reference: &str, extra: &str) -> serde_json::Value {
     serde_json::from_str(&sh(&format!(
         "skopeo inspect --raw --tls-verify=false {extra} docker://{reference}"
