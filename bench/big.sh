@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Benchmark (not a test) for big ML images: a PyTorch repo (torch 2.1.1 with its CUDA wheels,
-# torchvision, pandas; the FL runtime), built cold by this builder and, in the same run:
+# torchvision, pandas; the FL runtime) or a TensorFlow one, built cold by this builder and, in the same run:
 #   - the hand-made pipeline: `uv pip install --target` of the same lock (cold uv cache) + tar
 #     + pigz -6 -p<cores> + upload of the same bytes (bench/hand.sh);
 #   - the physical floor: download + inflate + sha256 of every wheel member + upload,
@@ -8,9 +8,10 @@
 #   - `buildah build` of the upstream-style Dockerfile + `buildah push` (amd64);
 # for linux/amd64 and for linux/amd64 + linux/arm64; then the compression policy (gzip -6,
 # gzip -1, zstd -3) with the wheels already downloaded. Every run pushes to a fresh registry
-# and starts from empty caches. Writes bench/out/big-<date>.md. Run as root.
+# and starts from empty caches. Writes bench/out/big-<workload>-<date>.md. Run as root.
+#   WORKLOAD=tensorflow measures a TensorFlow repo (tensorflow 2.15.1, pandas) instead.
 #   OLD_BIN=path adds a row for another build of the builder (e.g. before a change).
-#   SKIP_BUILDAH=1 leaves buildah out (it takes several minutes here).
+#   SKIP_BUILDAH=1 leaves buildah out (it takes several minutes here); SKIP_TWO=1 the two-platform runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
@@ -33,11 +34,19 @@ reg() {
   fresh_registry "$R" "$@"
 }
 
-DIR=$T/repos/bench/torch
+WORKLOAD=${WORKLOAD:-torch}
+case $WORKLOAD in
+  torch) PINS='torch==2.1.1 torchvision==0.16.1 pandas==2.1.4'
+    WHAT='torch 2.1.1 (with its CUDA wheels on amd64), torchvision 0.16.1, pandas 2.1.4' ;;
+  tensorflow) PINS='tensorflow==2.15.1 pandas==2.1.4'
+    WHAT='tensorflow 2.15.1, pandas 2.1.4' ;;
+  *) echo "WORKLOAD is torch or tensorflow" >&2; exit 2 ;;
+esac
+DIR=$T/repos/bench/$WORKLOAD
 mkdir -p "$DIR"
 cp -a fixtures/sklearn-conda/. "$DIR/"
-sed -i 's/  - scikit-learn==1.4.2/  - scikit-learn==1.4.2\n  - torch==2.1.1\n  - torchvision==0.16.1\n  - pandas==2.1.4/' "$DIR/conda.yaml"
-(cd "$DIR" && git init -q -b main && git add -A && git -c user.name=b -c user.email=b@b commit -qm torch)
+for pin in $PINS; do sed -i "s/  - scikit-learn==1.4.2/&\n  - $pin/" "$DIR/conda.yaml"; done
+(cd "$DIR" && git init -q -b main && git add -A && git -c user.name=b -c user.email=b@b commit -qm "$WORKLOAD")
 
 r2() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.2f×", a/b}'; }
 mb() { awk -v b="$1" 'BEGIN{printf "%.0f MB", b/1e6}'; }
@@ -80,15 +89,23 @@ floor floor1 one
 echo "== hand-made: amd64" >&2
 hand hand1 one x86_64-manylinux_2_28
 
-echo "== ours: amd64 + arm64, cold" >&2
-ours two "$BIN" linux/amd64,linux/arm64
-wheel_names two
-WHEELS2=$(du -cb $(find "$T/cache-two/wheels" -name '*.whl') | tail -1 | cut -f1)
-rm -rf "$T/cache-two"
-echo "== floor: amd64 + arm64" >&2
-floor floor2 two
-echo "== hand-made: amd64 + arm64" >&2
-hand hand2 two x86_64-manylinux_2_28 aarch64-manylinux_2_28
+TWO_ROWS="" WHEELS2=""
+if [ -z "${SKIP_TWO:-}" ]; then
+  echo "== ours: amd64 + arm64, cold" >&2
+  ours two "$BIN" linux/amd64,linux/arm64
+  wheel_names two
+  WHEELS2=$(du -cb $(find "$T/cache-two/wheels" -name '*.whl') | tail -1 | cut -f1)
+  rm -rf "$T/cache-two"
+  echo "== floor: amd64 + arm64" >&2
+  floor floor2 two
+  echo "== hand-made: amd64 + arm64" >&2
+  hand hand2 two x86_64-manylinux_2_28 aarch64-manylinux_2_28
+  WHEELS2=" ($(mb "$WHEELS2") for both platforms)"
+  TWO_ROWS="| ours, amd64 + arm64 | $(r2 "$(secs two)" "$(secs hand2)") | $(r2 "$(secs two)" "$(secs floor2)") | $(rss two) MB | $(mb "$(up two)") | layers $(phase two layers) s |
+| hand-made, amd64 + arm64 | 1.0× | $(r2 "$(secs hand2)" "$(secs floor2)") | $(rss hand2) MB | $(mb "$(cat "$T/hand2.bytes")") | |
+| floor, amd64 + arm64 | $(r2 "$(secs floor2)" "$(secs hand2)") | 1.0× | $(rss floor2) MB | | |
+Two platforms, absolute seconds: ours $(secs two), hand-made $(secs hand2), floor $(secs floor2)."
+fi
 
 OLD_ROW=""
 if [ -n "${OLD_BIN:-}" ]; then
@@ -115,19 +132,19 @@ if [ -z "${SKIP_BUILDAH:-}" ]; then
   upstream_ctx "$DIR" "$CTX" "$R/library/python:3.11-pip"
   B_="buildah --storage-driver vfs"
   $B_ rmi --all --force >/dev/null 2>&1 || true
-  run bbuild $B_ build -q --layers --isolation chroot --tls-verify=false -t bench:torch "$CTX"
-  run bpush $B_ push -q --tls-verify=false bench:torch "docker://$R/bench/buildah:torch"
+  run bbuild $B_ build -q --layers --isolation chroot --tls-verify=false -t bench:$WORKLOAD "$CTX"
+  run bpush $B_ push -q --tls-verify=false bench:$WORKLOAD "docker://$R/bench/buildah:$WORKLOAD"
   $B_ rmi --all --force >/dev/null 2>&1 || true
   BT=$(sum_secs bbuild bpush)
   BROW="| buildah build + push (amd64) | $(r2 "$BT" "$(secs hand1)") | $(r2 "$BT" "$(secs floor1)") | $(max_rss bbuild bpush) MB | | build $(secs bbuild) s, push $(secs bpush) s; ours is $(ratio "$BT" "$(secs one)") faster |"
 fi
 
-OUT=bench/out/big-$(date +%F).md
+OUT=bench/out/big-$WORKLOAD-$(date +%F).md
 mkdir -p bench/out
 {
   echo "# big-image benchmark — $(date -u +'%F %H:%M UTC')"
   echo
-  echo "Machine: $(machine). Workload: fixtures/sklearn-conda + torch 2.1.1 (with its CUDA wheels on amd64), torchvision 0.16.1, pandas 2.1.4 + the FL runtime: $(jq '[.dependency_layers[].packages | split(",") | length] | add' "$T/one.out") packages, $(mb "$WHEELS") of amd64 wheels ($(mb "$WHEELS2") for both platforms). Cold: empty caches, a fresh registry per run, wheels from PyPI. Time is a multiple of the same run's anchors (lower is better): the hand-made pipeline (uv pip install --target + tar + pigz -6 -p$(nproc) + upload) and the physical floor (download + inflate + sha256 of every member + upload, overlapped)."
+  echo "Machine: $(machine). Workload: fixtures/sklearn-conda + $WHAT + the FL runtime: $(jq '[.dependency_layers[].packages | split(",") | length] | add' "$T/one.out") packages, $(mb "$WHEELS") of amd64 wheels$WHEELS2. Cold: empty caches, a fresh registry per run, wheels from PyPI. Time is a multiple of the same run's anchors (lower is better): the hand-made pipeline (uv pip install --target + tar + pigz -6 -p$(nproc) + upload) and the physical floor (download + inflate + sha256 of every member + upload, overlapped)."
   echo
   echo "| run | time vs hand-made | time vs floor | peak RSS | uploaded | notes |"
   echo "|---|---|---|---|---|---|"
@@ -136,9 +153,7 @@ mkdir -p bench/out
   echo "| floor, amd64 | $(r2 "$(secs floor1)" "$(secs hand1)") | 1.0× | $(rss floor1) MB | | |"
   echo "$BROW"
   [ -n "$OLD_ROW" ] && echo "$OLD_ROW"
-  echo "| ours, amd64 + arm64 | $(r2 "$(secs two)" "$(secs hand2)") | $(r2 "$(secs two)" "$(secs floor2)") | $(rss two) MB | $(mb "$(up two)") | layers $(phase two layers) s |"
-  echo "| hand-made, amd64 + arm64 | 1.0× | $(r2 "$(secs hand2)" "$(secs floor2)") | $(rss hand2) MB | $(mb "$(cat "$T/hand2.bytes")") | |"
-  echo "| floor, amd64 + arm64 | $(r2 "$(secs floor2)" "$(secs hand2)") | 1.0× | $(rss floor2) MB | | |"
+  [ -n "$TWO_ROWS" ] && echo "$TWO_ROWS" | grep "^|"
   echo
   echo "Compression policy (amd64, wheels already in the cache, so no download; fresh registry each):"
   echo
@@ -148,5 +163,7 @@ mkdir -p bench/out
   echo "| gzip -1 | $(r2 "$(secs gz1)" "$(secs gz6)") | $(mb "$(up gz1)") |"
   echo "| zstd -3 (compressed from scratch) | $(r2 "$(secs zstd3)" "$(secs gz6)") | $(mb "$(up zstd3)") |"
   echo
-  echo "Absolute seconds (noisy): ours $(secs one), hand-made $(secs hand1), floor $(secs floor1); two platforms: ours $(secs two), hand-made $(secs hand2), floor $(secs floor2)."
+  echo "Absolute seconds (noisy): ours $(secs one), hand-made $(secs hand1), floor $(secs floor1)."
+  [ -n "$TWO_ROWS" ] && echo "$TWO_ROWS" | grep -v "^|"
+  true
 } | tee "$OUT"
