@@ -10,7 +10,7 @@ bench_setup() {
   BIN=$PWD/target/release/flops-image-builder
   T=$(mktemp -d)
   REGPIDS=()
-  trap 'for p in "${REGPIDS[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null; rm -rf "$T" || true' EXIT
+  trap 'for p in "${REGPIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$T" || true' EXIT
 }
 
 # fresh_registry HOST:PORT IMAGE... — a new, empty registry holding only the given images
