@@ -6,9 +6,8 @@
 mod common;
 use common::*;
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-use std::process::Child;
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
 const MLFLOW_PY: &str = "/var/lib/flops-rig/mlflow/bin/python";
 /// The classic project uses the contract's port 8080 (no port on the command line).
@@ -22,11 +21,11 @@ fn require_flow_rig() {
     require_tracking();
 }
 
-/// A containerd task on the host network, output to a log file; killed on drop.
+/// A containerd task on the host network: a [`Bg`] running `ctr run`, whose task is killed on
+/// drop (before the `ctr` client itself).
 struct Task {
     id: String,
-    child: Child,
-    log: PathBuf,
+    bg: Bg,
 }
 
 impl Task {
@@ -37,49 +36,29 @@ impl Task {
         }
         args.extend([image, id]);
         args.extend_from_slice(argv);
-        let log = work.join(format!("{id}.log"));
-        let out = std::fs::File::create(&log).unwrap();
-        let child = ctr_run(&args)
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap();
         Task {
             id: id.into(),
-            child,
-            log,
+            bg: Bg::start(id, ctr_run(&args), work),
         }
     }
+}
 
-    fn output(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+impl std::ops::Deref for Task {
+    type Target = Bg;
+    fn deref(&self) -> &Bg {
+        &self.bg
     }
+}
 
-    fn running(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-
-    fn wait(&mut self, timeout: Duration) -> i32 {
-        let end = Instant::now() + timeout;
-        while Instant::now() < end {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st.code().unwrap_or(-1);
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
-        panic!(
-            "{} still running after {timeout:?}:\n{}",
-            self.id,
-            self.output()
-        );
+impl std::ops::DerefMut for Task {
+    fn deref_mut(&mut self) -> &mut Bg {
+        &mut self.bg
     }
 }
 
 impl Drop for Task {
     fn drop(&mut self) {
         let _ = sh_status(&ctr(&format!("tasks kill -s KILL {}", self.id)));
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -555,25 +555,19 @@ pub fn install(w: &mut LayerWriter, prefix: &Prefix, wheels: &[PathBuf]) -> Resu
                 ..
             }) => {
                 let zip = &mut zips[*wheel];
-                let deflated = zip
-                    .by_index_raw(*index)
-                    .map(|m| m.compression() == zip::CompressionMethod::Deflated)
-                    .map_err(|e| bad_input(format!("{}: {e}", names[*wheel])))?;
-                let wrote = if deflated && expected.1 > 0 {
-                    // The member's DEFLATE stream as the wheel stores it (see LayerWriter::deflated).
-                    let member = zip
-                        .by_index_raw(*index)
-                        .map_err(|e| bad_input(format!("{}: {e}", names[*wheel])))?;
-                    let what = format!("{}: {}", names[*wheel], member.name().unwrap_or_default());
-                    let data = w.deflated(member, expected.1);
-                    w.file(path, *exec, expected.1, Verify::new(data, expected, what))
-                } else {
-                    let member = zip
-                        .by_index(*index)
-                        .map_err(|e| bad_input(format!("{}: {e}", names[*wheel])))?;
-                    let what = format!("{}: {}", names[*wheel], member.name().unwrap_or_default());
-                    w.file(path, *exec, expected.1, Verify::new(member, expected, what))
-                };
+                let bad = |e: zip::result::ZipError| bad_input(format!("{}: {e}", names[*wheel]));
+                let raw = zip.by_index_raw(*index).map_err(bad)?;
+                let what = format!("{}: {}", names[*wheel], raw.name().unwrap_or_default());
+                let wrote =
+                    if raw.compression() == zip::CompressionMethod::Deflated && expected.1 > 0 {
+                        // The member's DEFLATE stream as the wheel stores it (see LayerWriter::deflated).
+                        let data = w.deflated(raw, expected.1);
+                        w.file(path, *exec, expected.1, Verify::new(data, expected, what))
+                    } else {
+                        drop(raw);
+                        let member = zip.by_index(*index).map_err(bad)?;
+                        w.file(path, *exec, expected.1, Verify::new(member, expected, what))
+                    };
                 wrote.map_err(|e| {
                     let root = e.chain().last().map(|c| c.to_string()).unwrap_or_default();
                     bad_input(format!("installing {path}: {root}"))

@@ -298,9 +298,9 @@ fn check_imports(check: &CheckReport) -> BTreeMap<String, Vec<String>> {
 
 const RELAXED_KEY: &str = "relaxed";
 
-/// Resolves as the repo asks; when that fails, first names every requirement the index cannot
-/// have (unknown names, pins of versions that do not exist: those are mistakes, not
-/// conflicts), and only then relaxes pins that conflict ([`resolve_relaxing`]).
+/// Resolves (see [`resolve_relaxing`]); at the first failure, before any pin is relaxed, names
+/// every requirement the index cannot have (unknown names, pins of versions that do not exist:
+/// those are mistakes, not conflicts).
 async fn resolve_checked(
     spec: &str,
     reqs: Vec<String>,
@@ -310,40 +310,40 @@ async fn resolve_checked(
     targets: Vec<ResolveTarget>,
     opts: ResolveOptions,
 ) -> Result<String> {
-    let (r, s, p, t, o) = (
-        reqs.clone(),
-        sets.clone(),
-        python.clone(),
-        targets.clone(),
-        opts.clone(),
-    );
-    let as_asked = tokio::task::spawn_blocking(move || {
-        resolve_relaxing(&r, &BTreeMap::new(), &s, &p, &t, &o, false)
-    })
-    .await?;
-    let first = match as_asked {
-        Ok(text) => return Ok(text),
-        Err(e) => e,
-    };
-    let http = crate::deps::fetch::http_client()?;
-    let missing = resolve::missing_on_index(&http, &opts.effective_index(), &reqs).await;
-    if !missing.is_empty() {
-        return Err(bad_input(crate::error::listed(
-            &format!("{}: requirements the package index cannot satisfy", spec),
-            &missing,
-        )));
-    }
-    if first.downcast_ref::<Unsatisfiable>().is_none() {
-        return Err(first);
-    }
+    let runtime = tokio::runtime::Handle::current();
+    let spec = spec.to_string();
     tokio::task::spawn_blocking(move || {
-        resolve_relaxing(&reqs, &imported, &sets, &python, &targets, &opts, true)
+        let on_first_failure = |reqs: &[String]| -> Result<()> {
+            let http = crate::deps::fetch::http_client()?;
+            let missing = runtime.block_on(resolve::missing_on_index(
+                &http,
+                &opts.effective_index(),
+                reqs,
+            ));
+            if missing.is_empty() {
+                return Ok(());
+            }
+            Err(bad_input(crate::error::listed(
+                &format!("{spec}: requirements the package index cannot satisfy"),
+                &missing,
+            )))
+        };
+        resolve_relaxing(
+            &reqs,
+            &imported,
+            &sets,
+            &python,
+            &targets,
+            &opts,
+            on_first_failure,
+        )
     })
     .await?
 }
 
-/// Resolves; when uv finds a conflict that involves exact pins of the repo that no code
-/// imports (and `relax` is set), relaxes those pins (the `runtime-pin-conflict` rule) and tries again. The relaxed
+/// Resolves; `on_first_failure` sees the first failure before anything else happens (an `Err`
+/// from it is the result). When uv finds a conflict that involves exact pins of the repo that
+/// no code imports, relaxes those pins (the `runtime-pin-conflict` rule) and tries again. The relaxed
 /// pins are recorded in the lock's tool table, so a lock from the cache reports them too.
 fn resolve_relaxing(
     reqs: &[String],
@@ -352,8 +352,9 @@ fn resolve_relaxing(
     python: &str,
     targets: &[ResolveTarget],
     opts: &ResolveOptions,
-    relax: bool,
+    on_first_failure: impl FnOnce(&[String]) -> Result<()>,
 ) -> Result<String> {
+    let mut on_first_failure = Some(on_first_failure);
     let mut reqs: Vec<String> = reqs.to_vec();
     let mut relaxed: Vec<String> = Vec::new();
     loop {
@@ -365,7 +366,10 @@ fn resolve_relaxing(
             Ok(text) => return Ok(with_relaxed(&text, &relaxed)),
             Err(e) => e,
         };
-        let Some(u) = err.downcast_ref::<Unsatisfiable>().filter(|_| relax) else {
+        if let Some(check) = on_first_failure.take() {
+            check(&reqs)?;
+        }
+        let Some(u) = err.downcast_ref::<Unsatisfiable>() else {
             return Err(err);
         };
         let why = u.explanation.to_lowercase();

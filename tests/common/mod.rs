@@ -671,6 +671,10 @@ impl Bg {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
     pub fn wait_for_output(&mut self, needle: &str, timeout: Duration) {
         let end = Instant::now() + timeout;
         while Instant::now() < end {
