@@ -1,7 +1,9 @@
 //! Fetching the locked wheels: concurrent (bounded), resumable after a dropped connection
 //! (HTTP Range), size- and sha256-verified, into a content-addressed cache
 //! (`<cache>/wheels/<sha256>/<file name>`) so a second build downloads nothing. A cached file
-//! is verified again before use; a mismatch deletes it and fails loudly.
+//! is verified again before use; a damaged one is deleted and downloaded again (a download that
+//! does not match the lock fails loudly). Builders sharing the cache download each wheel once
+//! (an entry lock per wheel).
 
 use crate::deps::pylock::Selected;
 use crate::error::{bad_input, registry as net_err};
@@ -114,10 +116,17 @@ async fn fetch_one(
 ) -> Result<PathBuf> {
     let what = format!("{} {}", w.name, w.version);
     let dest = cache_path(cache, w);
+    // One download per wheel, however many builders share the cache.
+    let _entry = crate::oci::blobstore::EntryLock::acquire(&dest).await?;
     if dest.exists() {
         let (d, ww, wh) = (dest.clone(), w.clone(), what.clone());
-        tokio::task::spawn_blocking(move || verify(&d, &ww, &wh)).await??;
-        return Ok(dest);
+        match tokio::task::spawn_blocking(move || verify(&d, &ww, &wh)).await? {
+            Ok(()) => return Ok(dest),
+            // A damaged cache entry (verify removed it): download it again. A repo's own
+            // `path = …` wheel is not downloaded, so its mismatch stays an error.
+            Err(e) if w.wheel.url.is_some() => tracing::warn!("cache: {e:#}; downloading again"),
+            Err(e) => return Err(e),
+        }
     }
     let dir = dest.parent().expect("has a parent");
     tokio::fs::create_dir_all(dir)

@@ -120,6 +120,13 @@ pub fn local_cached(store: &BlobStore, key: &str) -> Option<Layer> {
     crate::oci::layer::cached_layer(store, &format!("deps-{key}"))
 }
 
+/// The cache entry of a dependency layer's record (what its [`EntryLock`] locks).
+///
+/// [`EntryLock`]: crate::oci::blobstore::EntryLock
+pub fn local_entry(store: &BlobStore, key: &str) -> PathBuf {
+    store.root().join("layers").join(format!("deps-{key}"))
+}
+
 /// Installs the wheels (paths in the same order as `dep.wheels`) into a new layer; mtime 0 so
 /// the layer is the same whichever repo uses it.
 pub fn build(

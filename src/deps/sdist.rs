@@ -11,7 +11,7 @@ use crate::deps::fetch;
 use crate::deps::pylock::{Selected, Wheel};
 use crate::deps::wheel::WheelName;
 use crate::error::bad_input;
-use crate::oci::blobstore::BlobStore;
+use crate::oci::blobstore::{write_atomic, BlobStore, EntryLock};
 use crate::oci::image::{Descriptor, Manifest};
 use crate::oci::registry::Registry;
 use anyhow::{Context, Result};
@@ -77,16 +77,13 @@ fn keep(store: &BlobStore, sdist_sha: &str, file: &Path) -> Result<Record> {
     let bytes = std::fs::read(file)?;
     let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
     let dest = store.root().join("wheels").join(&sha).join(&name);
-    std::fs::create_dir_all(dest.parent().expect("parent"))?;
-    std::fs::write(&dest, &bytes)?;
+    write_atomic(&dest, &bytes)?;
     let r = Record {
         file: name,
         sha256: sha,
         size: bytes.len() as u64,
     };
-    let rec = record_path(store, sdist_sha);
-    std::fs::create_dir_all(rec.parent().expect("parent"))?;
-    std::fs::write(&rec, serde_json::to_vec(&r)?)?;
+    write_atomic(&record_path(store, sdist_sha), &serde_json::to_vec(&r)?)?;
     Ok(r)
 }
 
@@ -178,6 +175,8 @@ pub async fn materialize(
     let mut refused = Vec::new();
     for i in sdists {
         let s = selected[i].clone();
+        // One build per sdist on this node, however many builders share the cache.
+        let _entry = EntryLock::acquire(&record_path(store, &s.sha256)).await?;
         let (record, source) = if let Some(r) = local(store, &s.sha256) {
             (r, "cache")
         } else if let Some(r) = from_pool(reg, pool, store, &s.sha256).await {

@@ -737,17 +737,16 @@ pub fn tree_layer(
 pub fn cached_layer(store: &BlobStore, name: &str) -> Option<Layer> {
     let bytes = std::fs::read(store.root().join("layers").join(format!("{name}.json"))).ok()?;
     let layer: Layer = serde_json::from_slice(&bytes).ok()?;
-    store.has(&layer.digest, layer.size).then_some(layer)
+    store
+        .has_verified_blocking(&layer.digest, layer.size)
+        .then_some(layer)
 }
 
 /// Records a built layer under `name`. Best effort: a lost record only costs a rebuild.
 pub fn remember_layer(store: &BlobStore, name: &str, layer: &Layer) {
     let record = store.root().join("layers").join(format!("{name}.json"));
-    let tmp = record.with_extension("tmp");
     if let Ok(bytes) = serde_json::to_vec(layer) {
-        std::fs::write(&tmp, bytes)
-            .and_then(|_| std::fs::rename(&tmp, &record))
-            .ok();
+        crate::oci::blobstore::write_atomic(&record, &bytes).ok();
     }
 }
 

@@ -11,6 +11,7 @@ pub mod mirrors;
 pub mod push;
 pub mod reference;
 pub mod registry;
+pub mod retry;
 
 use sha2::{Digest as _, Sha256};
 

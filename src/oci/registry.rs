@@ -12,6 +12,7 @@ use crate::error::registry as reg_err;
 use crate::oci::blobstore::BlobStore;
 use crate::oci::credentials::{self, Credentials};
 use crate::oci::image::ACCEPT_MANIFESTS;
+use crate::oci::retry::{self, Backoff};
 use anyhow::{anyhow, Context, Result};
 use base64::Engine as _;
 use futures_util::StreamExt;
@@ -31,7 +32,6 @@ use url::Url;
 pub const MONOLITHIC_MAX: u64 = 64 << 20;
 /// Chunk size for chunked uploads, raised to the registry's `OCI-Chunk-Min-Length`.
 pub const CHUNK_SIZE: u64 = 32 << 20;
-const ATTEMPTS: u32 = 4;
 
 #[derive(Debug, Clone)]
 enum Challenge {
@@ -66,6 +66,14 @@ enum Ping {
     Unreached(anyhow::Error),
     Answered(anyhow::Error),
 }
+
+/// How one blob download ended when it did not succeed: its body was cut (worth another try),
+/// or anything else (final).
+enum Download {
+    Cut(reqwest::Error),
+    Failed(anyhow::Error),
+}
+use Download::{Cut, Failed};
 
 /// One registry host, authenticated for a fixed set of repository scopes.
 pub struct Registry {
@@ -107,16 +115,6 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
         cur = next;
     }
     cur.to_string()
-}
-
-fn transient(status: StatusCode) -> bool {
-    status == StatusCode::REQUEST_TIMEOUT
-        || status == StatusCode::TOO_MANY_REQUESTS
-        || status.is_server_error()
-}
-
-fn backoff(attempt: u32) -> Duration {
-    Duration::from_millis(250 * (1 << attempt.min(4)))
 }
 
 /// Parses `Bearer realm="…",service="…",scope="…"` (quoted values may hold commas).
@@ -220,7 +218,7 @@ impl Registry {
             &["https"]
         };
         let mut last_err = None;
-        for scheme in schemes {
+        for (i, scheme) in schemes.iter().enumerate() {
             let base = Url::parse(&format!("{scheme}://{api_host}/")).map_err(|e| {
                 crate::error::bad_input(format!("invalid registry host {host:?}: {e}"))
             })?;
@@ -234,7 +232,7 @@ impl Registry {
                 auth: std::sync::RwLock::new(None),
                 uploaded: AtomicU64::new(0),
             };
-            match reg.ping().await {
+            match reg.ping(i + 1 == schemes.len()).await {
                 Ok(()) => return Ok(Arc::new(reg)),
                 // It answered (a 401 naming missing credentials, say): that is the answer, and
                 // a plain-HTTP retry of an HTTPS server would only hide it.
@@ -249,14 +247,33 @@ impl Registry {
         self.base.join(path).expect("valid path")
     }
 
-    async fn ping(&self) -> std::result::Result<(), Ping> {
+    /// The access check (`GET /v2/`), retried like every other request. Network failures are
+    /// retried only when `last_scheme` (otherwise the next scheme is the better try).
+    async fn ping(&self, last_scheme: bool) -> std::result::Result<(), Ping> {
         let url = self.url("v2/");
-        let resp = self
-            .http
-            .get(url.clone())
-            .send()
-            .await
-            .map_err(|e| Ping::Unreached(self.net_error("ping", &e)))?;
+        let mut backoff = Backoff::new();
+        let resp = loop {
+            match self.http.get(url.clone()).send().await {
+                Ok(r) if retry::transient(r.status()) => {
+                    tracing::warn!(
+                        "ping: registry {} answered {}, retrying",
+                        self.host,
+                        r.status()
+                    );
+                    if !backoff.wait(retry::retry_after(&r)).await {
+                        break r;
+                    }
+                }
+                Ok(r) => break r,
+                Err(e) if last_scheme && retry::transient_net(&e) => {
+                    tracing::warn!("ping: {}, retrying", root_cause(&e));
+                    if !backoff.wait(None).await {
+                        return Err(Ping::Unreached(self.net_error("ping", &e)));
+                    }
+                }
+                Err(e) => return Err(Ping::Unreached(self.net_error("ping", &e))),
+            }
+        };
         match resp.status() {
             s if s.is_success() => {
                 // Anonymous access works; credentials, if any, are still used when asked for.
@@ -329,45 +346,43 @@ impl Registry {
                 self.host
             ))
         })?;
-        let resp = match &self.creds {
-            Some(Credentials::IdentityToken(tok)) => {
-                let mut form = vec![
-                    ("grant_type", "refresh_token".to_string()),
-                    ("refresh_token", tok.clone()),
-                    ("client_id", "flops-image-builder".into()),
-                ];
-                if let Some(s) = service {
-                    form.push(("service", s.into()));
-                }
-                form.push(("scope", self.scopes.join(" ")));
-                let body = url::form_urlencoded::Serializer::new(String::new())
-                    .extend_pairs(form.iter().map(|(k, v)| (*k, v.as_str())))
-                    .finish();
-                self.http
-                    .post(url.clone())
-                    .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
-                    .body(body)
-                    .send()
-                    .await
+        // The OAuth2 POST form carries service and scope in its body; the GET form in the query.
+        if !matches!(self.creds, Some(Credentials::IdentityToken(_))) {
+            let mut q = url.query_pairs_mut();
+            if let Some(s) = service {
+                q.append_pair("service", s);
             }
-            creds => {
-                {
-                    let mut q = url.query_pairs_mut();
-                    if let Some(s) = service {
-                        q.append_pair("service", s);
-                    }
-                    for s in &self.scopes {
-                        q.append_pair("scope", s);
-                    }
-                }
-                let mut rb = self.http.get(url.clone());
-                if let Some(Credentials::Basic { username, password }) = creds {
-                    rb = rb.basic_auth(username, Some(password));
-                }
-                rb.send().await
+            for s in &self.scopes {
+                q.append_pair("scope", s);
             }
         }
-        .map_err(|e| self.net_error("token", &e))?;
+        let resp = self
+            .request("token", false, |c| {
+                Ok(match &self.creds {
+                    Some(Credentials::IdentityToken(tok)) => {
+                        let mut form = vec![
+                            ("grant_type", "refresh_token".to_string()),
+                            ("refresh_token", tok.clone()),
+                            ("client_id", "flops-image-builder".into()),
+                        ];
+                        if let Some(s) = service {
+                            form.push(("service", s.into()));
+                        }
+                        form.push(("scope", self.scopes.join(" ")));
+                        let body = url::form_urlencoded::Serializer::new(String::new())
+                            .extend_pairs(form.iter().map(|(k, v)| (*k, v.as_str())))
+                            .finish();
+                        c.post(url.clone())
+                            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+                            .body(body)
+                    }
+                    Some(Credentials::Basic { username, password }) => {
+                        c.get(url.clone()).basic_auth(username, Some(password))
+                    }
+                    None => c.get(url.clone()),
+                })
+            })
+            .await?;
         let status = resp.status();
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
             let who = if self.creds.is_some() {
@@ -400,42 +415,55 @@ impl Registry {
     }
 
     /// Sends a request built by `make` (called again for each attempt, so bodies are rebuilt
-    /// from their files), with auth, one re-auth on 401, and retries with backoff on 408/429/5xx
-    /// and connection failures.
+    /// from their files), with auth and one re-auth on 401; transient failures are retried by
+    /// the policy in [`retry`]. The last answer is returned whatever its status.
     pub async fn send(
         &self,
         what: &str,
         make: impl Fn(&reqwest::Client) -> Result<RequestBuilder>,
     ) -> Result<Response> {
-        let mut reauthed = false;
-        let mut attempt = 0;
+        self.request(what, true, make).await
+    }
+
+    /// [`Registry::send`], with our Authorization attached (and renewed on a 401) or not (the
+    /// token endpoint).
+    async fn request(
+        &self,
+        what: &str,
+        authorize: bool,
+        make: impl Fn(&reqwest::Client) -> Result<RequestBuilder>,
+    ) -> Result<Response> {
+        let mut reauthed = !authorize;
+        let mut backoff = Backoff::new();
         loop {
             let mut rb = make(&self.http)?;
-            if let Some(h) = self.auth.read().expect("auth lock").clone() {
-                rb = rb.header(AUTHORIZATION, h);
+            if authorize {
+                if let Some(h) = self.auth.read().expect("auth lock").clone() {
+                    rb = rb.header(AUTHORIZATION, h);
+                }
             }
             match rb.send().await {
                 Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED && !reauthed => {
                     reauthed = true;
-                    self.authenticate(resp.headers()).await?;
+                    // Boxed: the token request is itself a `request` (without auth).
+                    Box::pin(self.authenticate(resp.headers())).await?;
                 }
-                Ok(resp) if transient(resp.status()) && attempt + 1 < ATTEMPTS => {
+                Ok(resp) if retry::transient(resp.status()) => {
                     tracing::warn!(
                         "{what}: registry {} answered {}, retrying",
                         self.host,
                         resp.status()
                     );
-                    tokio::time::sleep(backoff(attempt)).await;
-                    attempt += 1;
+                    if !backoff.wait(retry::retry_after(&resp)).await {
+                        return Ok(resp);
+                    }
                 }
                 Ok(resp) => return Ok(resp),
-                Err(e)
-                    if (e.is_connect() || e.is_timeout() || e.is_request() || e.is_body())
-                        && attempt + 1 < ATTEMPTS =>
-                {
+                Err(e) if retry::transient_net(&e) => {
                     tracing::warn!("{what}: {}, retrying", root_cause(&e));
-                    tokio::time::sleep(backoff(attempt)).await;
-                    attempt += 1;
+                    if !backoff.wait(None).await {
+                        return Err(self.net_error(what, &e));
+                    }
                 }
                 Err(e) => return Err(self.net_error(what, &e)),
             }
@@ -462,24 +490,30 @@ impl Registry {
     ) -> Result<(Vec<u8>, String, String)> {
         let url = self.url(&format!("v2/{repo}/manifests/{reference}"));
         let what = format!("manifest {}/{repo}:{reference}", self.host);
-        let resp = self
-            .send(&what, |c| {
-                Ok(c.get(url.clone()).header("Accept", ACCEPT_MANIFESTS))
-            })
-            .await?;
-        if !resp.status().is_success() {
-            return Err(self.fail(&what, resp).await);
-        }
-        let header_mt = resp
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(|s| s.split(';').next().unwrap_or(s).trim().to_string());
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| self.net_error(&what, &e))?
-            .to_vec();
+        let mut backoff = Backoff::new();
+        let (header_mt, bytes) = loop {
+            let resp = self
+                .send(&what, |c| {
+                    Ok(c.get(url.clone()).header("Accept", ACCEPT_MANIFESTS))
+                })
+                .await?;
+            if !resp.status().is_success() {
+                return Err(self.fail(&what, resp).await);
+            }
+            let header_mt = resp
+                .headers()
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(|s| s.split(';').next().unwrap_or(s).trim().to_string());
+            // A body cut short is asked for again, like a request that failed.
+            match resp.bytes().await {
+                Ok(b) => break (header_mt, b.to_vec()),
+                Err(e) if retry::transient_net(&e) && backoff.wait(None).await => {
+                    tracing::warn!("{what}: {}, retrying", root_cause(&e));
+                }
+                Err(e) => return Err(self.net_error(&what, &e)),
+            }
+        };
         let digest = crate::oci::sha256_digest(&bytes);
         if reference.starts_with("sha256:") && reference != digest {
             return Err(reg_err(format!("{what}: content has digest {digest}")));
@@ -519,22 +553,28 @@ impl Registry {
 
     /// Small blob (a config) as bytes, verified against its digest.
     pub async fn get_blob_bytes(&self, repo: &str, digest: &str) -> Result<Vec<u8>> {
-        let resp = self.get_blob(repo, digest).await?;
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| self.net_error("blob", &e))?
-            .to_vec();
-        if crate::oci::sha256_digest(&bytes) != digest {
-            return Err(reg_err(format!(
-                "registry {}: blob {repo}@{digest} has the wrong content",
-                self.host
-            )));
+        let mut backoff = Backoff::new();
+        loop {
+            let resp = self.get_blob(repo, digest).await?;
+            match resp.bytes().await {
+                Ok(b) if crate::oci::sha256_digest(&b) == digest => return Ok(b.to_vec()),
+                Ok(_) => {
+                    return Err(reg_err(format!(
+                        "registry {}: blob {repo}@{digest} has the wrong content",
+                        self.host
+                    )))
+                }
+                Err(e) if retry::transient_net(&e) && backoff.wait(None).await => {
+                    tracing::warn!("blob {digest}: {}, retrying", root_cause(&e));
+                }
+                Err(e) => return Err(self.net_error("blob", &e)),
+            }
         }
-        Ok(bytes)
     }
 
-    /// Downloads a blob into the store (streamed, verified), unless it is already there.
+    /// Downloads a blob into the store (streamed, verified), unless the store has it already
+    /// (verified by digest; a damaged entry is removed and downloaded again). A download cut
+    /// short starts over, by the policy in [`retry`].
     pub async fn download_blob(
         &self,
         repo: &str,
@@ -542,30 +582,47 @@ impl Registry {
         size: u64,
         store: &BlobStore,
     ) -> Result<()> {
-        if store.has(digest, size) {
+        if store.has_verified(digest, size).await? {
             return Ok(());
         }
-        let mut resp = self.get_blob(repo, digest).await?;
-        let tmp = store.temp_file()?;
-        let mut file = tokio::fs::File::from_std(tmp.reopen()?);
-        let mut h = Sha256::new();
-        while let Some(chunk) = resp
-            .chunk()
-            .await
-            .map_err(|e| self.net_error("blob download", &e))?
-        {
-            h.update(&chunk);
-            file.write_all(&chunk).await?;
+        let mut backoff = Backoff::new();
+        loop {
+            match self.download_once(repo, digest, store).await {
+                Ok(()) => return Ok(()),
+                Err(Cut(e)) if retry::transient_net(&e) && backoff.wait(None).await => {
+                    tracing::warn!("download of {digest}: {}, starting over", root_cause(&e));
+                }
+                Err(Cut(e)) => return Err(self.net_error("blob download", &e)),
+                Err(Failed(e)) => return Err(e),
+            }
         }
-        file.flush().await?;
+    }
+
+    /// One download into a temporary file, committed when its digest is right.
+    async fn download_once(
+        &self,
+        repo: &str,
+        digest: &str,
+        store: &BlobStore,
+    ) -> std::result::Result<(), Download> {
+        let mut resp = self.get_blob(repo, digest).await.map_err(Failed)?;
+        let tmp = store.temp_file().map_err(Failed)?;
+        let file = tmp.reopen().map_err(|e| Failed(e.into()))?;
+        let mut file = tokio::fs::File::from_std(file);
+        let mut h = Sha256::new();
+        while let Some(chunk) = resp.chunk().await.map_err(Cut)? {
+            h.update(&chunk);
+            file.write_all(&chunk).await.map_err(|e| Failed(e.into()))?;
+        }
+        file.flush().await.map_err(|e| Failed(e.into()))?;
         let got = format!("sha256:{}", hex::encode(h.finalize()));
         if got != digest {
-            return Err(reg_err(format!(
+            return Err(Failed(reg_err(format!(
                 "registry {}: blob {repo}@{digest} downloaded with digest {got}",
                 self.host
-            )));
+            ))));
         }
-        store.commit(tmp, digest)?;
+        store.commit(tmp, digest).map_err(Failed)?;
         Ok(())
     }
 
@@ -655,38 +712,59 @@ impl Registry {
         size: u64,
         session: Option<(Url, u64)>,
     ) -> Result<()> {
-        let mut session = session;
-        let mut attempt = 0;
-        crate::progress::uploads().grow(size);
-        loop {
-            let (loc, min) = match session.take() {
+        self.transfer(repo, digest, size, session, |session| async move {
+            let (loc, min) = match session {
                 Some(s) => s,
                 None => self.start_upload(repo).await?,
             };
-            let r = if size <= MONOLITHIC_MAX {
+            if size <= MONOLITHIC_MAX {
                 self.put_file(&loc, digest, path, size).await
             } else {
                 self.put_chunked(loc, digest, path, size, CHUNK_SIZE.max(min))
                     .await
-            };
-            match r {
+            }
+        })
+        .await
+    }
+
+    /// Runs a whole blob transfer (`attempt`: session, body, commit) again from its start
+    /// while it fails with a registry error, by the policy in [`retry`]. After each failure a
+    /// HEAD decides first: a blob the repository has by now is a success (another builder
+    /// committed the same blob at the same time, which some registries answer with 400
+    /// DIGEST_INVALID or BLOB_UPLOAD_INVALID to the loser). A DIGEST_INVALID that is not that
+    /// is final: our bytes are wrong, and sending them again cannot help.
+    async fn transfer<F, Fut>(
+        &self,
+        repo: &str,
+        digest: &str,
+        size: u64,
+        session: Option<(Url, u64)>,
+        mut attempt: F,
+    ) -> Result<()>
+    where
+        F: FnMut(Option<(Url, u64)>) -> Fut,
+        Fut: std::future::Future<Output = Result<()>>,
+    {
+        let mut session = session;
+        let mut backoff = Backoff::new();
+        crate::progress::uploads().grow(size);
+        loop {
+            let e = match attempt(session.take()).await {
                 Ok(()) => {
                     self.uploaded.fetch_add(size, Ordering::Relaxed);
                     return Ok(());
                 }
-                Err(e)
-                    if attempt + 1 < ATTEMPTS
-                        && crate::error::kind_of(&e) == crate::error::Kind::Registry
-                        && !e.to_string().contains("DIGEST_INVALID") =>
-                {
-                    tracing::warn!(
-                        "upload of {digest} failed ({e:#}); starting over from the stored blob"
-                    );
-                    tokio::time::sleep(backoff(attempt)).await;
-                    attempt += 1;
-                }
+                Err(e) if crate::error::kind_of(&e) == crate::error::Kind::Registry => e,
                 Err(e) => return Err(e),
+            };
+            if self.blob_exists(repo, digest).await.unwrap_or(false) {
+                tracing::info!("{digest}: {}/{repo} has it now ({e:#})", self.host);
+                return Ok(());
             }
+            if e.to_string().contains("DIGEST_INVALID") || !backoff.wait(None).await {
+                return Err(e);
+            }
+            tracing::warn!("transfer of {digest} failed ({e:#}); starting over");
         }
     }
 
@@ -806,60 +884,40 @@ impl Registry {
         src_repo: &str,
         session: Option<(Url, u64)>,
     ) -> Result<()> {
-        let mut session = session;
-        let mut attempt = 0;
-        crate::progress::uploads().grow(size);
-        loop {
-            let r = async {
-                let (loc, _) = match session.take() {
-                    Some(s) => s,
-                    None => self.start_upload(repo).await?,
-                };
-                let resp = src.get_blob(src_repo, digest).await?;
-                let body = std::sync::Mutex::new(Some(reqwest::Body::wrap_stream(
-                    resp.bytes_stream().inspect(|c| {
-                        if let Ok(b) = c {
-                            crate::progress::uploads().inc(b.len() as u64);
-                        }
-                    }),
-                )));
-                let url = Self::with_digest(&loc, digest);
-                let what = format!("copy of {digest} from {}", src.host);
-                let put = self
-                    .send(&what, |c| {
-                        let b = body
-                            .lock()
-                            .expect("body")
-                            .take()
-                            .ok_or_else(|| reg_err(format!("{what}: interrupted")))?;
-                        Ok(c.put(url.clone())
-                            .header(CONTENT_TYPE, "application/octet-stream")
-                            .header(CONTENT_LENGTH, size)
-                            .body(b))
-                    })
-                    .await?;
-                if !put.status().is_success() {
-                    return Err(self.fail(&what, put).await);
-                }
-                Ok(())
+        self.transfer(repo, digest, size, session, |session| async move {
+            let (loc, _) = match session {
+                Some(s) => s,
+                None => self.start_upload(repo).await?,
+            };
+            let resp = src.get_blob(src_repo, digest).await?;
+            let body = std::sync::Mutex::new(Some(reqwest::Body::wrap_stream(
+                resp.bytes_stream().inspect(|c| {
+                    if let Ok(b) = c {
+                        crate::progress::uploads().inc(b.len() as u64);
+                    }
+                }),
+            )));
+            let url = Self::with_digest(&loc, digest);
+            let what = format!("copy of {digest} from {}", src.host);
+            let put = self
+                .send(&what, |c| {
+                    let b = body
+                        .lock()
+                        .expect("body")
+                        .take()
+                        .ok_or_else(|| reg_err(format!("{what}: interrupted")))?;
+                    Ok(c.put(url.clone())
+                        .header(CONTENT_TYPE, "application/octet-stream")
+                        .header(CONTENT_LENGTH, size)
+                        .body(b))
+                })
+                .await?;
+            if !put.status().is_success() {
+                return Err(self.fail(&what, put).await);
             }
-            .await;
-            match r {
-                Ok(()) => {
-                    self.uploaded.fetch_add(size, Ordering::Relaxed);
-                    return Ok(());
-                }
-                Err(e)
-                    if attempt + 1 < ATTEMPTS
-                        && crate::error::kind_of(&e) == crate::error::Kind::Registry =>
-                {
-                    tracing::warn!("{e:#}; retrying");
-                    tokio::time::sleep(backoff(attempt)).await;
-                    attempt += 1;
-                }
-                Err(e) => return Err(e),
-            }
-        }
+            Ok(())
+        })
+        .await
     }
 
     /// PUT a manifest by digest or tag, with the exact bytes whose digest we computed.
@@ -880,10 +938,37 @@ impl Registry {
                     .body(body.clone()))
             })
             .await?;
-        if !resp.status().is_success() {
-            return Err(self.fail(&what, resp).await);
+        if resp.status().is_success() {
+            return Ok(());
         }
-        Ok(())
+        let err = self.fail(&what, resp).await;
+        // Another builder may have put the same bytes at the same time (the loser can get a
+        // 400 from some registries): what the reference holds now decides.
+        if self.manifest_digest(repo, reference).await.as_deref()
+            == Some(crate::oci::sha256_digest(bytes).as_str())
+        {
+            tracing::info!("{what}: the registry holds these bytes now ({err:#})");
+            return Ok(());
+        }
+        Err(err)
+    }
+
+    /// The digest a manifest reference resolves to now (HEAD), if it exists.
+    pub async fn manifest_digest(&self, repo: &str, reference: &str) -> Option<String> {
+        let url = self.url(&format!("v2/{repo}/manifests/{reference}"));
+        let resp = self
+            .send("manifest HEAD", |c| {
+                Ok(c.head(url.clone()).header("Accept", ACCEPT_MANIFESTS))
+            })
+            .await
+            .ok()?;
+        if !resp.status().is_success() {
+            return None;
+        }
+        resp.headers()
+            .get("Docker-Content-Digest")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
     }
 
     /// Tags of a repository (empty if the repository does not exist yet).

@@ -8,6 +8,7 @@ use crate::deps::install::Prefix;
 use crate::deps::pylock::{self, Selected};
 use crate::deps::{fetch, layers, sdist, wheel};
 use crate::error::bad_input;
+use crate::oci::blobstore::EntryLock;
 use crate::oci::layer::Layer;
 use crate::oci::push::BaseSource;
 use crate::oci::registry::Registry;
@@ -320,24 +321,32 @@ async fn build_all(
         );
         let (reg, repo, lock_dir) = (reg.clone(), home[g].clone(), lock_dir.to_path_buf());
         tasks.push(tokio::spawn(async move {
-            let paths = fetch::fetch_all(
-                &http,
-                store.root(),
-                Some(&lock_dir),
-                &dep.wheels,
-                &downloads,
-            )
-            .await?;
-            {
-                let mut at = fetched_at.lock().expect("not poisoned");
-                *at = (*at).max(Instant::now());
-            }
-            let slot = slots.acquire_owned().await.expect("semaphore open");
-            let (s, d) = (store.clone(), dep.clone());
-            let layer =
-                tokio::task::spawn_blocking(move || layers::build(&s, &d, &paths, &prefix, c))
-                    .await??;
-            drop(slot);
+            // Another builder sharing the cache may be making this very layer: wait for it and
+            // take its result rather than making it twice.
+            let _entry = EntryLock::acquire(&layers::local_entry(&store, &dep.key)).await?;
+            let (s, k) = (store.clone(), dep.key.clone());
+            let cached = tokio::task::spawn_blocking(move || layers::local_cached(&s, &k)).await?;
+            let layer = match cached {
+                Some(layer) => layer,
+                None => {
+                    let paths = fetch::fetch_all(
+                        &http,
+                        store.root(),
+                        Some(&lock_dir),
+                        &dep.wheels,
+                        &downloads,
+                    )
+                    .await?;
+                    {
+                        let mut at = fetched_at.lock().expect("not poisoned");
+                        *at = (*at).max(Instant::now());
+                    }
+                    let _slot = slots.acquire_owned().await.expect("semaphore open");
+                    let (s, d) = (store.clone(), dep.clone());
+                    tokio::task::spawn_blocking(move || layers::build(&s, &d, &paths, &prefix, c))
+                        .await??
+                }
+            };
             let uploaded = !reg.blob_exists(&repo, &layer.digest).await?;
             if uploaded {
                 reg.upload_file(

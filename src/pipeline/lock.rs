@@ -11,6 +11,7 @@ use crate::deps::imports::{normalize, provided_by};
 use crate::deps::resolve::{self, ResolveOptions, ResolveTarget, Unsatisfiable};
 use crate::deps::{layers, pylock};
 use crate::error::bad_input;
+use crate::oci::blobstore::{write_atomic, EntryLock};
 use crate::oci::registry::Registry;
 use anyhow::Result;
 use pep508_rs::Requirement;
@@ -220,6 +221,9 @@ async fn lock(
             .root()
             .join("locks")
             .join(format!("pylock.{key}.toml"));
+        // Builders sharing the cache resolve the same input once: the second waits, then
+        // reads the first one's lock.
+        let _entry = EntryLock::acquire(&local).await?;
         let cached = (!sess.opts.refresh_lock)
             .then(|| std::fs::read_to_string(&local).ok())
             .flatten();
@@ -243,8 +247,7 @@ async fn lock(
                 (text, "resolved")
             }
         };
-        std::fs::create_dir_all(local.parent().expect("parent"))?;
-        std::fs::write(&local, &text)?;
+        write_atomic(&local, text.as_bytes())?;
         (text, source)
     };
     let lock = pylock::parse(&text)?;
@@ -252,8 +255,7 @@ async fn lock(
         "pylock.{}.toml",
         crate::oci::short(&crate::oci::sha256_digest(text.as_bytes()))
     ));
-    std::fs::create_dir_all(path.parent().expect("parent"))?;
-    std::fs::write(&path, &text)?;
+    write_atomic(&path, text.as_bytes())?;
     let mut locked = Locked {
         lock,
         text,
