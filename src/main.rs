@@ -1,4 +1,5 @@
 use clap::{Args, Parser, Subcommand};
+use flops_image_builder::deps::sandbox;
 use flops_image_builder::error::{bad_input, kind_of, one_line};
 use flops_image_builder::notify::{
     Endpoint, Notifier, DEFAULT_MQTT_PORT, DEFAULT_OBSERVER_PORT, DEFAULT_TOPIC_PREFIX,
@@ -700,6 +701,11 @@ fn manager_args(args: &[String]) -> Option<Result<Vec<String>, String>> {
 }
 
 fn main() -> ExitCode {
+    // The package-code launcher (src/deps/sandbox.rs): restrict, then exec; before anything else.
+    let raw: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if raw.get(1).is_some_and(|a| a == sandbox::SANDBOX_ARG) {
+        return ExitCode::from(sandbox::launcher_main(&raw[2..]) as u8);
+    }
     let args: Vec<String> = std::env::args().collect();
     let args = match manager_args(&args) {
         Some(Ok(v)) => v,

@@ -38,31 +38,6 @@ fn instruction(stage: &[(String, String)], name: &str) -> Vec<String> {
         .collect()
 }
 
-/// `ctr run` as an Oakestra worker would run the builder: the image's user, no added
-/// capabilities, no --privileged, read-only rootfs, tmpfs /tmp; host network for the rig.
-/// The host's CA store is mounted (read-only) as an operator with a private CA would.
-/// Returns (success, stdout, stdout + stderr).
-fn run_task(image: &str, id: &str, cmd: &[&str]) -> (bool, String, String) {
-    let mut args = vec![
-        "--net-host",
-        "--read-only",
-        "--mount",
-        "type=tmpfs,src=tmpfs,dst=/tmp,options=rw:nosuid:nodev:mode=1777",
-        "--mount",
-        "type=bind,src=/etc/ssl/certs,dst=/etc/ssl/certs,options=rbind:ro",
-        image,
-        id,
-    ];
-    args.extend_from_slice(cmd);
-    let o = ctr_run(&args).output().unwrap();
-    let stdout = String::from_utf8_lossy(&o.stdout).to_string();
-    (
-        o.status.success(),
-        stdout.clone(),
-        format!("{stdout}{}", String::from_utf8_lossy(&o.stderr)),
-    )
-}
-
 #[test]
 fn self_packaged_builder_matches_the_dockerfile_and_builds_as_an_unprivileged_task() {
     require_rig();
@@ -143,6 +118,7 @@ fn self_packaged_builder_matches_the_dockerfile_and_builds_as_an_unprivileged_ta
     let (ok, _, out) = run_task(
         &image,
         &format!("{id}-id"),
+        &[],
         &[
             "sh",
             "-c",
@@ -171,6 +147,7 @@ fn self_packaged_builder_matches_the_dockerfile_and_builds_as_an_unprivileged_ta
     let (ok, stdout, out) = run_task(
         &image,
         &format!("{id}-build"),
+        &[],
         &[
             "python3",
             "main.py",

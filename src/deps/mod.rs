@@ -8,6 +8,7 @@ pub mod layers;
 pub mod poetry;
 pub mod pylock;
 pub mod resolve;
+pub mod sandbox;
 pub mod sdist;
 pub mod spec;
 pub mod wheel;

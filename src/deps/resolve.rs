@@ -32,7 +32,8 @@ const TOOL: &str = "flops-image-builder";
 pub struct ResolveOptions {
     /// `--uv PATH`; else `uv` on PATH.
     pub uv: Option<PathBuf>,
-    /// `--index-url`; uv also reads UV_INDEX_URL / PIP_INDEX_URL from the environment.
+    /// `--index-url`; else UV_INDEX_URL / UV_DEFAULT_INDEX / PIP_INDEX_URL (see
+    /// [`ResolveOptions::effective_index`]).
     pub index_url: Option<String>,
     /// More indexes (a spec's `--extra-index-url`).
     pub extra_index_urls: Vec<String>,
@@ -51,6 +52,19 @@ impl ResolveOptions {
             .or_else(|| std::env::var("PIP_INDEX_URL").ok())
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| "https://pypi.org/simple".into())
+    }
+
+    /// The extra indexes: the spec's, then UV_EXTRA_INDEX_URL / PIP_EXTRA_INDEX_URL
+    /// (space-separated lists).
+    pub fn effective_extra_indexes(&self) -> Vec<String> {
+        let mut out = self.extra_index_urls.clone();
+        for var in ["UV_EXTRA_INDEX_URL", "PIP_EXTRA_INDEX_URL"] {
+            if let Ok(v) = std::env::var(var) {
+                out.extend(v.split_whitespace().map(str::to_string));
+            }
+        }
+        out.dedup();
+        out
     }
 }
 
@@ -199,11 +213,14 @@ fn compile(
     let out = dir.join("pylock.toml");
     std::fs::write(&req, input)?;
     let _ = std::fs::remove_file(&out);
-    let mut cmd = Command::new(uv);
+    // Package code may run here (metadata of sdists): in the sandbox, with uv's log on, which
+    // names each metadata preparation.
+    let sandbox = crate::deps::sandbox::Sandbox::new()?;
+    let mut cmd = sandbox.command(uv, &[], &[dir]);
     cmd.args([
         "pip",
         "compile",
-        "--quiet",
+        "-v",
         "--no-header",
         "--format",
         "pylock.toml",
@@ -221,15 +238,10 @@ fn compile(
         cmd.arg("-c").arg(path);
     }
     cmd.arg(&req).arg("-o").arg(&out);
-    // uv reads UV_INDEX_URL itself; pip's PIP_INDEX_URL is honoured here for pip users.
-    let pip_index = std::env::var("PIP_INDEX_URL").ok().filter(|_| {
-        std::env::var_os("UV_INDEX_URL").is_none() && std::env::var_os("UV_DEFAULT_INDEX").is_none()
-    });
-    if let Some(i) = opts.index_url.as_ref().or(pip_index.as_ref()) {
-        cmd.args(["--index-url", i]);
-    }
-    for i in &opts.extra_index_urls {
-        cmd.args(["--extra-index-url", i]);
+    // The sandbox passes no index variables: the indexes go on the command line.
+    cmd.args(["--index-url", &opts.effective_index()]);
+    for i in opts.effective_extra_indexes() {
+        cmd.args(["--extra-index-url", &i]);
     }
     if opts.no_build {
         cmd.arg("--no-build");
@@ -237,16 +249,40 @@ fn compile(
     let o = cmd
         .output()
         .with_context(|| format!("running {}", uv.display()))?;
+    let log = String::from_utf8_lossy(&o.stderr);
+    for pkg in metadata_preparations(&log) {
+        crate::deps::sandbox::count_runs(pkg, 1);
+    }
     if !o.status.success() {
         return Err(Unsatisfiable {
             python: python.to_string(),
             platform: target.platform.clone(),
-            explanation: one_line(&String::from_utf8_lossy(&o.stderr)),
+            explanation: one_line(&without_debug(&log)),
         }
         .into());
     }
     let text = std::fs::read_to_string(&out).context("reading uv's pylock.toml")?;
     toml::from_str(&text).map_err(|e| anyhow::anyhow!("uv wrote an unreadable pylock.toml: {e}"))
+}
+
+/// The packages whose metadata uv prepared by running their build backend (`uv -v` logs
+/// `Preparing metadata for: NAME==VERSION`; a cached one is not prepared again).
+fn metadata_preparations(log: &str) -> impl Iterator<Item = &str> {
+    log.lines().filter_map(|l| {
+        let rest = l.split_once("Preparing metadata for: ")?.1.trim();
+        Some(rest.split("==").next().unwrap_or(rest).trim())
+    })
+}
+
+/// uv's messages without its `-v` log lines.
+fn without_debug(log: &str) -> String {
+    log.lines()
+        .filter(|l| {
+            let t = l.trim_start();
+            !(t.starts_with("DEBUG ") || t.starts_with("TRACE ") || t.starts_with("INFO "))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn packages(lock: &toml::Table) -> impl Iterator<Item = &toml::Table> {
@@ -433,17 +469,19 @@ pub async fn unknown_to_index(
         .collect()
 }
 
-/// The repo's requirements the index alone cannot satisfy: names it does not know (404 for the
-/// project page) and exact pins (`==V`) of versions it does not list, each as
-/// `"NAME: not on INDEX"` or `"NAME==V: no such version on INDEX"`. Uses the simple API's JSON
-/// form (PEP 691, with PEP 700 `versions`); an index answering HTML, or unreachable, reports
-/// nothing for that name, and the resolver has the last word.
+/// The repo's requirements none of the `indexes` can satisfy: names no index knows (404 for
+/// the project page) and exact pins (`==V`) of versions no index lists, each as
+/// `"NAME: not on INDEX"` or `"NAME==V: no such version on INDEX"` (the indexes joined by
+/// " or "). Uses the simple API's JSON form (PEP 691, with PEP 700 `versions`); an index
+/// answering HTML, or unreachable, may have the name, so nothing is reported for it, and the
+/// resolver has the last word.
 pub async fn missing_on_index(
     http: &reqwest::Client,
-    index: &str,
+    indexes: &[String],
     requirements: &[String],
 ) -> Vec<String> {
-    let index = index.trim_end_matches('/');
+    let indexes: Vec<&str> = indexes.iter().map(|i| i.trim_end_matches('/')).collect();
+    let all = indexes.join(" or ");
     let checks = requirements.iter().filter_map(|r| {
         let req = r.parse::<pep508_rs::Requirement>().ok()?;
         let name = crate::deps::imports::normalize(req.name.as_ref());
@@ -455,25 +493,25 @@ pub async fn missing_on_index(
                 .map(|s| s.version().clone()),
             _ => None,
         };
-        let url = format!("{index}/{name}/");
+        let (indexes, all) = (&indexes, &all);
         Some(async move {
-            let r = http
-                .get(&url)
-                .header("Accept", "application/vnd.pypi.simple.v1+json")
-                .send()
-                .await
-                .ok()?;
-            if r.status() == reqwest::StatusCode::NOT_FOUND {
-                return Some(format!("{name}: not on {index}"));
-            }
-            let v = pinned?;
-            let page: serde_json::Value = r.error_for_status().ok()?.json().await.ok()?;
-            let listed = page.get("versions")?.as_array()?;
-            let known = listed
+            let answers = futures_util::future::join_all(
+                indexes
+                    .iter()
+                    .map(|i| lookup(http, i, &name, pinned.as_ref())),
+            )
+            .await;
+            if answers.iter().all(|a| *a == Lookup::NoProject) {
+                Some(format!("{name}: not on {all}"))
+            } else if answers
                 .iter()
-                .filter_map(|x| x.as_str()?.parse::<pep508_rs::pep440_rs::Version>().ok())
-                .any(|x| x == v);
-            (!known).then(|| format!("{name}=={v}: no such version on {index}"))
+                .all(|a| *a != Lookup::Maybe && *a != Lookup::Listed)
+            {
+                let v = pinned.as_ref()?;
+                Some(format!("{name}=={v}: no such version on {all}"))
+            } else {
+                None
+            }
         })
     });
     futures_util::future::join_all(checks)
@@ -481,6 +519,48 @@ pub async fn missing_on_index(
         .into_iter()
         .flatten()
         .collect()
+}
+
+/// What one index says of a project (and of a pinned version of it).
+#[derive(Debug, PartialEq, Eq)]
+enum Lookup {
+    NoProject,
+    NoVersion,
+    Listed,
+    /// No answer the builder can read (HTML, unreachable, no pin): it may be there.
+    Maybe,
+}
+
+async fn lookup(
+    http: &reqwest::Client,
+    index: &str,
+    name: &str,
+    pinned: Option<&pep508_rs::pep440_rs::Version>,
+) -> Lookup {
+    let answer = async {
+        let r = http
+            .get(format!("{index}/{name}/"))
+            .header("Accept", "application/vnd.pypi.simple.v1+json")
+            .send()
+            .await
+            .ok()?;
+        if r.status() == reqwest::StatusCode::NOT_FOUND {
+            return Some(Lookup::NoProject);
+        }
+        let v = pinned?;
+        let page: serde_json::Value = r.error_for_status().ok()?.json().await.ok()?;
+        let listed = page.get("versions")?.as_array()?;
+        let known = listed
+            .iter()
+            .filter_map(|x| x.as_str()?.parse::<pep508_rs::pep440_rs::Version>().ok())
+            .any(|x| x == *v);
+        Some(if known {
+            Lookup::Listed
+        } else {
+            Lookup::NoVersion
+        })
+    };
+    answer.await.unwrap_or(Lookup::Maybe)
 }
 
 #[cfg(test)]

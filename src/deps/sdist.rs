@@ -203,6 +203,7 @@ pub async fn materialize(
                 path.clone(),
                 format!("{} {} for {platform}", s.name, s.version),
             );
+            crate::deps::sandbox::count_runs(&s.name, 1);
             let wheel = tokio::task::spawn_blocking(move || build(&sd, &pol, &what)).await??;
             let r = keep(store, &s.sha256, &wheel.0)?;
             drop(wheel);
@@ -237,7 +238,10 @@ fn build(sdist: &Path, policy: &BuildPolicy, what: &str) -> Result<(PathBuf, tem
         "building {what} from its sdist with uv (isolated, at most {} s)",
         BUILD_TIMEOUT.as_secs()
     );
-    let mut cmd = std::process::Command::new(&uv);
+    // Package code: in the sandbox, reading the sdist, writing only its own directory.
+    let sandbox = crate::deps::sandbox::Sandbox::new()?;
+    let sdist_dir = sdist.parent().unwrap_or(Path::new("/"));
+    let mut cmd = sandbox.command(&uv, &[sdist_dir], &[dir.path()]);
     cmd.args(["build", "--wheel", "--quiet", "--system-certs", "--out-dir"])
         .arg(&out)
         .arg(sdist)

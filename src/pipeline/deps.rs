@@ -142,7 +142,7 @@ pub async fn dependency_layers(
     let policy = sdist::BuildPolicy {
         uv: sess.opts.resolve.uv.clone(),
         no_build: sess.opts.resolve.no_build,
-        index_url: sess.opts.resolve.index_url.clone(),
+        index_url: Some(sess.opts.resolve.effective_index()),
     };
     for b in &base.images {
         let target = wheel::Target::new(

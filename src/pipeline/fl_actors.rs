@@ -45,6 +45,8 @@ pub struct FlReport {
     /// Packages that had only an sdist: the pure wheel built from it (`built`), or found built
     /// by an earlier run (`cache`) or another node (`pool`).
     pub sdists: Vec<crate::deps::sdist::Built>,
+    /// Package code (sdists' build hooks) that ran for this build, and its sandbox.
+    pub package_code: crate::deps::sandbox::PackageCode,
     /// The lock the images were built from (kept in the cache, by content).
     pub lock: std::path::PathBuf,
     /// `repo` (its pylock.toml), `cache`, `registry` (the pool) or `resolved` (uv ran).
@@ -236,6 +238,7 @@ pub async fn build_fl(
         notes: check.notes.clone(),
         dependency_layers: deps.reports,
         sdists: deps.sdists,
+        package_code: crate::deps::sandbox::report(),
         lock: locked.path.clone(),
         lock_source: locked.source,
     })

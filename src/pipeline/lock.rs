@@ -317,11 +317,9 @@ async fn resolve_checked(
     tokio::task::spawn_blocking(move || {
         let on_first_failure = |reqs: &[String]| -> Result<()> {
             let http = crate::deps::fetch::http_client()?;
-            let missing = runtime.block_on(resolve::missing_on_index(
-                &http,
-                &opts.effective_index(),
-                reqs,
-            ));
+            let mut indexes = vec![opts.effective_index()];
+            indexes.extend(opts.effective_extra_indexes());
+            let missing = runtime.block_on(resolve::missing_on_index(&http, &indexes, reqs));
             if missing.is_empty() {
                 return Ok(());
             }

@@ -52,6 +52,8 @@ pub struct ModelReport {
     pub warnings: Vec<String>,
     pub dependency_layers: Vec<DepLayerReport>,
     pub sdists: Vec<crate::deps::sdist::Built>,
+    /// Package code (sdists' build hooks) that ran for this build, and its sandbox.
+    pub package_code: crate::deps::sandbox::PackageCode,
     pub lock: std::path::PathBuf,
     pub lock_source: &'static str,
 }
@@ -237,6 +239,7 @@ pub async fn build(req: &ModelRequest, notifier: &Notifier) -> Result<ModelRepor
         warnings,
         dependency_layers: deps.reports,
         sdists: deps.sdists,
+        package_code: crate::deps::sandbox::report(),
         lock: locked.path.clone(),
         lock_source: locked.source,
     })

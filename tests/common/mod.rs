@@ -363,6 +363,31 @@ pub fn ctr_run(args: &[&str]) -> Command {
     c
 }
 
+/// `ctr run` as an Oakestra worker would run the builder: the image's user, no added
+/// capabilities, no --privileged, read-only rootfs, tmpfs /tmp; host network for the rig.
+/// The host's CA store is mounted (read-only) as an operator with a private CA would.
+/// `extra`: more `ctr run` options (mounts, `--env`). Returns (success, stdout, stdout + stderr).
+pub fn run_task(image: &str, id: &str, extra: &[&str], cmd: &[&str]) -> (bool, String, String) {
+    let mut args = vec![
+        "--net-host",
+        "--read-only",
+        "--mount",
+        "type=tmpfs,src=tmpfs,dst=/tmp,options=rw:nosuid:nodev:mode=1777",
+        "--mount",
+        "type=bind,src=/etc/ssl/certs,dst=/etc/ssl/certs,options=rbind:ro",
+    ];
+    args.extend_from_slice(extra);
+    args.extend([image, id]);
+    args.extend_from_slice(cmd);
+    let o = ctr_run(&args).output().unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout).to_string();
+    (
+        o.status.success(),
+        stdout.clone(),
+        format!("{stdout}{}", String::from_utf8_lossy(&o.stderr)),
+    )
+}
+
 /// The rig's second plain registry, playing docker.io (holds library/python:3.11-slim and
 /// 3.13-slim); builds reach it with `--registry-mirror docker.io=http://127.0.0.1:5001`.
 pub const MIRROR: &str = "127.0.0.1:5001";
