@@ -122,6 +122,10 @@ struct ImageArgs {
     /// Never build a package from an sdist (no package code runs; sdist-only packages fail).
     #[arg(long)]
     no_build: bool,
+    /// A pin the code imports that conflicts with the FL runtime (or the scoring server) fails
+    /// the build, instead of moving to the nearest version of its major that fits both.
+    #[arg(long)]
+    strict_pins: bool,
     /// glibc version of the base image (bounds manylinux wheels).
     #[arg(long, default_value = "2.28")]
     glibc: String,
@@ -567,6 +571,7 @@ fn options(a: &ImageArgs, model_flavor: Option<String>) -> anyhow::Result<pipeli
             index_url: a.index_url.clone(),
             extra_index_urls: Vec::new(),
             no_build: a.no_build,
+            strict_pins: a.strict_pins,
         },
         glibc,
         python: a.python.clone(),

@@ -386,3 +386,99 @@ fn platforms_that_lack_a_package_are_named() {
     let e = build_run(&repo, &["--platform", both, "--strict-platforms"]);
     expect_error(&e, 3, "--strict-platforms: the platforms do not get the same packages: linux/arm64 has no tabulate");
 }
+
+/// Issue 20: torch 2.1.1 (built against NumPy 1.x) with numpy left open gets numpy<2 in its
+/// lock, with the `numpy-abi` rule's reason, and the image really calls `torch.from_numpy`.
+/// arm64 only: its torch wheel is CPU-only (~100 MB); amd64's pulls 2.5 GB of CUDA wheels.
+#[test]
+fn old_torch_gets_numpy_1_and_from_numpy_works() {
+    setup();
+    let d = tempfile::tempdir().unwrap();
+    let repo = repo("torch-old-numpy", d.path());
+    let c = check_json(&repo, &["--platform", "linux/arm64"]);
+    let detail = rule_detail(&c, "numpy-abi");
+    assert!(
+        detail.contains("added numpy<2: torch 2.1.1 is built against NumPy 1.x"),
+        "{c}"
+    );
+    let r = build_json(&repo, &["--platform", "linux/arm64"]);
+    let numpy: Vec<String> = packages(&r)
+        .into_iter()
+        .filter(|p| p.starts_with("numpy=="))
+        .collect();
+    assert!(
+        numpy.len() == 1 && numpy[0].starts_with("numpy==1."),
+        "{numpy:?}"
+    );
+    assert!(rule_detail(&r, "numpy-abi").contains("torch 2.1.1"), "{r}");
+    let rootfs = unpack(
+        &tagged_name(&r["image"]),
+        &d.path().join("arm64"),
+        "--override-arch arm64",
+    );
+    let (ok, out) = python_in_image(
+        &rootfs,
+        "arm64",
+        "import numpy, torch\nt = torch.from_numpy(numpy.arange(6, dtype=numpy.float32))\nprint('sum', float(t.sum()), numpy.__version__)\nimport model_manager\nmodel_manager.ModelManager()",
+    );
+    assert!(ok && out.contains("sum 15.0 1."), "{out}");
+}
+
+/// Issue 20: a RAPIDS-style conda export (build strings, local versions, conda-only packages)
+/// converts to valid requirements, and the one error names every conda-only package: those
+/// the index does not know and those it knows only as another project (placeholders).
+#[test]
+fn conda_only_packages_of_an_export_are_named_at_once() {
+    setup();
+    let d = tempfile::tempdir().unwrap();
+    let repo = repo("conda-rapids", d.path());
+    let c = check_json(&repo, &[]);
+    let to_pypi = rule_detail(&c, "conda-to-pypi");
+    assert!(
+        to_pypi.contains("conda ucx=1.8.0+gf6ec8d4=cuda10.2_20 taken from the package index under the same name as ucx==1.8.0.*"),
+        "{to_pypi}"
+    );
+    let e = build_run(&repo, &[]);
+    expect_error(
+        &e,
+        3,
+        "environment.yml: conda packages that the package index https://pypi.org/simple does not know: ",
+    );
+    let line = e.stderr.lines().find(|l| l.starts_with("error:")).unwrap();
+    for name in [
+        "cudf",
+        "cuml",
+        "dask-cudf",
+        "rmm",
+        "nvstrings",
+        "ucx",
+        "ucx-py",
+    ] {
+        assert!(
+            line.contains(&format!(" {name},"))
+                || line.contains(&format!(" {name} ("))
+                || line.contains(&format!(" {name} ")),
+            "{name} not named: {line}"
+        );
+    }
+}
+
+/// Issue 20: a pin the code imports that collides with the FL runtime (tqdm 4.65.0 under
+/// datasets' tqdm>=4.66.3, as in FLOps' PyTorch example) moves to the nearest version of the
+/// same major that fits, with a warning naming old and new; `--strict-pins` fails instead.
+#[test]
+fn imported_pins_move_within_their_major_version() {
+    setup();
+    let d = tempfile::tempdir().unwrap();
+    let repo = repo("imported-old-pin", d.path());
+    let r = build_json(&repo, &[]);
+    let detail = rule_detail(&r, "runtime-pin-conflict");
+    assert!(
+        detail.contains("tqdm==4.65.0 → tqdm==4.66.3: imported by model_manager.py"),
+        "{detail}"
+    );
+    assert!(packages(&r).contains(&"tqdm==4.66.3".to_string()), "{r}");
+    import_model_manager(&tagged_name(&r["image"]), "amd64", d.path());
+    let e = build_run(&repo, &["--strict-pins"]);
+    expect_error(&e, 3, "tqdm==4.65.0 is imported by model_manager.py");
+}

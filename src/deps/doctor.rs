@@ -94,6 +94,7 @@ const RULES: &[(&str, RuleFn)] = &[
     ("mlflow", mlflow),
     ("torch-gmpy2", torch_gmpy2),
     ("runtime-pin-conflict", runtime_pin_conflict),
+    ("numpy-abi", numpy_abi),
     ("missing-import", missing_import),
     ("implicit-setuptools", implicit_setuptools),
 ];
@@ -109,6 +110,7 @@ pub const REASONS: &[(&str, &str)] = &[
     ("mlflow", "learners never log to MLflow (FL privacy) and it is large; mlflow-skinny has the API"),
     ("torch-gmpy2", "MLflow's export lists gmpy2 where the model needs torchvision (upstream FLOps fix)"),
     ("runtime-pin-conflict", "MLflow records every package it saw; an incidental pin must not break the FL runtime"),
+    ("numpy-abi", "a wheel built against NumPy 1.x cannot run with NumPy 2, and old wheels do not say so (src/deps/abi.rs)"),
     ("missing-import", "MLflow logs what the model object needs, not what data loading imports"),
     ("implicit-setuptools", "pip and conda environments always carry setuptools (pkg_resources, the distutils shim); below 82, which removed pkg_resources"),
 ];
@@ -429,9 +431,19 @@ const SAME_ON_PYPI: &[&str] = &[
 ];
 
 /// Conda version syntax → PEP 440: `=1.26` is `1.26.*`, a build string after a second `=` is
-/// dropped, `1.2|1.3` (an OR) has no PEP 440 form.
+/// dropped, a local label (`1.8.0+gf6ec8d4`, a git build of the packager's) is dropped too
+/// (indexes serve public versions only), `1.2|1.3` (an OR) has no PEP 440 form.
 fn conda_version(v: &str) -> String {
     let v = v.trim();
+    // The local label runs to the build string (`=`) or the end.
+    let public;
+    let v = match v.split_once('+') {
+        Some((head, tail)) => {
+            public = format!("{head}{}", tail.find('=').map_or("", |i| &tail[i..]));
+            public.as_str()
+        }
+        None => v,
+    };
     if let Some(rest) = v.strip_prefix("==") {
         return format!("=={}", rest.split('=').next().unwrap_or(rest));
     }
@@ -488,7 +500,7 @@ fn conda_to_pypi(c: &mut Ctx) -> Result<Vec<Fired>> {
             )));
         } else {
             out.push(fired(format!("conda {written} taken from the package index under the same name as {req} (checked against the index when resolving)")));
-            c.unverified.push(pypi.to_string());
+            c.unverified.push(req.to_string());
         }
         c.reqs.push(req);
     }
@@ -690,6 +702,36 @@ fn runtime_pin_conflict(c: &mut Ctx) -> Result<Vec<Fired>> {
     Ok(out)
 }
 
+/// Exact pins of compiled packages built against NumPy 1.x, with NumPy left open to 2: adds
+/// `numpy<2`. (The resolver's choices are checked the same way once the lock exists.)
+fn numpy_abi(c: &mut Ctx) -> Result<Vec<Fired>> {
+    let two = Version::from_str("2.0.0").expect("a version");
+    let numpy_open = c.reqs.iter().all(|r| {
+        imports::normalize(r.name.as_ref()) != "numpy"
+            || match &r.version_or_url {
+                Some(VersionOrUrl::VersionSpecifier(s)) => s.contains(&two),
+                _ => true,
+            }
+    });
+    if !numpy_open {
+        return Ok(vec![]);
+    }
+    let why: Vec<String> = c
+        .reqs
+        .iter()
+        .filter_map(|r| crate::deps::abi::needs_numpy1(r.name.as_ref(), &exact_pin(r)?.to_string()))
+        .collect();
+    if why.is_empty() {
+        return Ok(vec![]);
+    }
+    c.reqs.push(requirement("numpy<2", c.file())?);
+    Ok(vec![Fired {
+        rule: "",
+        detail: format!("added numpy<2: {}", why.join("; ")),
+        package: Some("numpy".into()),
+    }])
+}
+
 /// Distributions the FL runtime always brings (its requirements and their dependencies):
 /// their modules are never reported missing.
 const RUNTIME_PROVIDES: &[&str] = &[
@@ -852,6 +894,26 @@ mod tests {
     }
 
     #[test]
+    fn numpy_abi_bounds_numpy_for_old_compiled_pins_only() {
+        let d = run("dependencies:\n- pip:\n  - torch==2.1.1\n", &[]).unwrap();
+        assert_eq!(names(&d), ["torch==2.1.1", "numpy<2"]);
+        assert!(
+            d.fired[0]
+                .detail
+                .starts_with("added numpy<2: torch 2.1.1 is built against NumPy 1.x"),
+            "{}",
+            d.fired[0].detail
+        );
+        // NumPy already bounded, or a torch built against NumPy 2: nothing to do.
+        for y in [
+            "dependencies:\n- pip:\n  - torch==2.1.1\n  - numpy==1.26.4\n",
+            "dependencies:\n- pip:\n  - torch==2.3.1\n",
+        ] {
+            assert!(rules(&run(y, &[]).unwrap()).is_empty(), "{y}");
+        }
+    }
+
+    #[test]
     fn every_rule_has_a_reason() {
         let documented: Vec<&str> = REASONS.iter().map(|(r, _)| *r).collect();
         let run: Vec<&str> = RULES.iter().map(|(r, _)| *r).collect();
@@ -911,13 +973,14 @@ mod tests {
             &[],
         )
         .unwrap();
-        assert_eq!(names(&d), ["torch==2.2.0", "torchvision"]);
+        // torch 2.2 is built against NumPy 1.x: numpy-abi bounds NumPy too.
+        assert_eq!(names(&d), ["torch==2.2.0", "torchvision", "numpy<2"]);
         let d = run(
             "dependencies:\n- pip:\n  - torch==2.2.0\n  - torchvision\n  - gmpy2==2.1.5\n",
             &[],
         )
         .unwrap();
-        assert!(rules(&d).is_empty());
+        assert_eq!(rules(&d), ["numpy-abi"]);
     }
 
     #[test]
@@ -948,15 +1011,29 @@ mod tests {
             d.fired[0].detail,
             "dropped conda system packages _libgcc_mutex, libgcc-ng, cudatoolkit, openssl: toolchain and system libraries come with the base image or inside the wheels"
         );
-        assert_eq!(d.unverified, ["dask", "fsspec"]);
+        assert_eq!(d.unverified, ["dask==2024.1.0.*", "fsspec"]);
+    }
+
+    #[test]
+    fn conda_local_versions_and_build_strings() {
+        assert_eq!(conda_version("1.8.0+gf6ec8d4=cuda10.2_20"), "==1.8.0.*");
+        assert_eq!(conda_version("=0.14.0+g1a2b3c4"), "==0.14.0.*");
+        assert_eq!(conda_version("==1.2.3+abc=py37"), "==1.2.3");
+        assert_eq!(conda_version("1.26.4=py311h64a7726_0"), "==1.26.4.*");
     }
 
     #[test]
     fn incidental_pins_give_way_to_the_runtime() {
         let y = "dependencies:\n- pip:\n  - protobuf==3.20.3\n  - tensorflow==2.12.0\n  - pyarrow==12.0.1\n";
         let d = run(y, &[("tensorflow", "model_manager.py")]).unwrap();
-        assert_eq!(names(&d), ["protobuf", "tensorflow==2.12.0", "pyarrow"]);
-        assert_eq!(rules(&d), ["runtime-pin-conflict", "runtime-pin-conflict"]);
+        assert_eq!(
+            names(&d),
+            ["protobuf", "tensorflow==2.12.0", "pyarrow", "numpy<2"]
+        );
+        assert_eq!(
+            rules(&d),
+            ["runtime-pin-conflict", "runtime-pin-conflict", "numpy-abi"]
+        );
         assert!(d.fired[0].detail.starts_with("protobuf==3.20.3 relaxed: no code imports protobuf and the FL runtime (flwr) needs protobuf>=4.21.6"), "{}", d.fired[0].detail);
         assert_eq!(d.fired[1].package.as_deref(), Some("pyarrow"));
         // The same pins on packages the code imports fail, naming both sides and every package.

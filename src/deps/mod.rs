@@ -1,5 +1,6 @@
 //! Step 3 onwards: dependency specs, the doctor, and (later) resolution and wheel layers.
 
+pub mod abi;
 pub mod doctor;
 pub mod fetch;
 pub mod imports;

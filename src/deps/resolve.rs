@@ -39,6 +39,9 @@ pub struct ResolveOptions {
     pub extra_index_urls: Vec<String>,
     /// Never build an sdist, not even for its metadata (`--no-build`).
     pub no_build: bool,
+    /// A pin the code imports that conflicts fails the build instead of moving within its
+    /// major version (`--strict-pins`).
+    pub strict_pins: bool,
 }
 
 impl ResolveOptions {
@@ -175,6 +178,10 @@ pub fn lock_key(
         opts.no_build,
         UV_VERSION.trim()
     );
+    // Only when set, so that the keys of locks made without it stay as they were.
+    if opts.strict_pins {
+        material.push_str("strict-pins\n");
+    }
     for t in targets {
         material.push_str(&format!("{} {}\n", t.uv_platform(), t.platform));
     }
@@ -445,22 +452,42 @@ fn wheel_ids(p: &toml::Table) -> BTreeSet<String> {
         .collect()
 }
 
-/// Names the package index does not know (PEP 503 simple API: 404 for the project page).
-/// Best effort: an unreachable index reports nothing, and the resolver has the last word.
+/// Conda entries (requirements such as `cudf==0.14.0.*`) that are not the same project on the
+/// package index: names it does not know (PEP 503: 404 for the project page), given as the
+/// name, and names it knows with no version the conda entry allows (a placeholder or another
+/// project of that name), given as `NAME (conda SPEC; the index has only other versions)`.
+/// Best effort: an unreachable index or an HTML-only one reports nothing for that name, and
+/// the resolver has the last word.
 pub async fn unknown_to_index(
     http: &reqwest::Client,
     index: &str,
-    names: &[String],
+    entries: &[String],
 ) -> Vec<String> {
     let index = index.trim_end_matches('/');
-    let checks = names.iter().map(|n| {
-        let url = format!("{index}/{}/", crate::deps::imports::normalize(n));
-        async move {
-            match http.get(&url).send().await {
-                Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => Some(n.clone()),
-                _ => None,
-            }
+    let checks = entries.iter().map(|e| async move {
+        let req = e.parse::<pep508_rs::Requirement>().ok()?;
+        let name = req.name.to_string();
+        let url = format!("{index}/{}/", crate::deps::imports::normalize(&name));
+        let r = http
+            .get(&url)
+            .header("Accept", "application/vnd.pypi.simple.v1+json")
+            .send()
+            .await
+            .ok()?;
+        if r.status() == reqwest::StatusCode::NOT_FOUND {
+            return Some(name);
         }
+        let Some(pep508_rs::VersionOrUrl::VersionSpecifier(spec)) = &req.version_or_url else {
+            return None;
+        };
+        let page: serde_json::Value = r.error_for_status().ok()?.json().await.ok()?;
+        let any = page
+            .get("versions")?
+            .as_array()?
+            .iter()
+            .filter_map(|v| v.as_str()?.parse::<pep508_rs::pep440_rs::Version>().ok())
+            .any(|v| spec.contains(&v));
+        (!any).then(|| format!("{name} (conda {spec}; the index has only other versions)"))
     });
     futures_util::future::join_all(checks)
         .await
@@ -519,6 +546,48 @@ pub async fn missing_on_index(
         .into_iter()
         .flatten()
         .collect()
+}
+
+/// Every version of `name` the `indexes` list (PEP 691 JSON with PEP 700 `versions`); empty
+/// where none answers in that form.
+pub async fn versions_on_index(
+    http: &reqwest::Client,
+    indexes: &[String],
+    name: &str,
+) -> Vec<pep508_rs::pep440_rs::Version> {
+    let name = crate::deps::imports::normalize(name);
+    let pages = indexes.iter().map(|i| {
+        let url = format!("{}/{name}/", i.trim_end_matches('/'));
+        async move {
+            let page: serde_json::Value = http
+                .get(&url)
+                .header("Accept", "application/vnd.pypi.simple.v1+json")
+                .send()
+                .await
+                .ok()?
+                .error_for_status()
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            Some(
+                page.get("versions")?
+                    .as_array()?
+                    .iter()
+                    .filter_map(|v| v.as_str()?.parse().ok())
+                    .collect::<Vec<_>>(),
+            )
+        }
+    });
+    let mut all: Vec<_> = futures_util::future::join_all(pages)
+        .await
+        .into_iter()
+        .flatten()
+        .flatten()
+        .collect();
+    all.sort();
+    all.dedup();
+    all
 }
 
 /// What one index says of a project (and of a pinned version of it).

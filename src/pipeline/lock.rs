@@ -299,6 +299,7 @@ fn check_imports(check: &CheckReport) -> BTreeMap<String, Vec<String>> {
 }
 
 const RELAXED_KEY: &str = "relaxed";
+const FIXES_KEY: &str = "fixes";
 
 /// Resolves (see [`resolve_relaxing`]); at the first failure, before any pin is relaxed, names
 /// every requirement the index cannot have (unknown names, pins of versions that do not exist:
@@ -312,39 +313,60 @@ async fn resolve_checked(
     targets: Vec<ResolveTarget>,
     opts: ResolveOptions,
 ) -> Result<String> {
-    let runtime = tokio::runtime::Handle::current();
-    let spec = spec.to_string();
+    let index = IndexView {
+        runtime: tokio::runtime::Handle::current(),
+        http: crate::deps::fetch::http_client()?,
+        indexes: std::iter::once(opts.effective_index())
+            .chain(opts.effective_extra_indexes())
+            .collect(),
+        spec: spec.to_string(),
+    };
     tokio::task::spawn_blocking(move || {
-        let on_first_failure = |reqs: &[String]| -> Result<()> {
-            let http = crate::deps::fetch::http_client()?;
-            let mut indexes = vec![opts.effective_index()];
-            indexes.extend(opts.effective_extra_indexes());
-            let missing = runtime.block_on(resolve::missing_on_index(&http, &indexes, reqs));
-            if missing.is_empty() {
-                return Ok(());
-            }
-            Err(bad_input(crate::error::listed(
-                &format!("{spec}: requirements the package index cannot satisfy"),
-                &missing,
-            )))
-        };
-        resolve_relaxing(
-            &reqs,
-            &imported,
-            &sets,
-            &python,
-            &targets,
-            &opts,
-            on_first_failure,
-        )
+        resolve_relaxing(&reqs, &imported, &sets, &python, &targets, &opts, &index)
     })
     .await?
 }
 
-/// Resolves; `on_first_failure` sees the first failure before anything else happens (an `Err`
-/// from it is the result). When uv finds a conflict that involves exact pins of the repo that
-/// no code imports, relaxes those pins (the `runtime-pin-conflict` rule) and tries again. The relaxed
-/// pins are recorded in the lock's tool table, so a lock from the cache reports them too.
+/// The package indexes as the relax loop asks them (from a blocking thread).
+struct IndexView {
+    runtime: tokio::runtime::Handle,
+    http: reqwest::Client,
+    indexes: Vec<String>,
+    spec: String,
+}
+
+impl IndexView {
+    /// Every requirement the indexes cannot have (unknown names, pins of versions that do not
+    /// exist: mistakes, not conflicts), as one error.
+    fn check(&self, reqs: &[String]) -> Result<()> {
+        let missing =
+            self.runtime
+                .block_on(resolve::missing_on_index(&self.http, &self.indexes, reqs));
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(bad_input(crate::error::listed(
+            &format!(
+                "{}: requirements the package index cannot satisfy",
+                self.spec
+            ),
+            &missing,
+        )))
+    }
+
+    /// The versions of `name` the indexes list (PEP 691/700), empty when none says.
+    fn versions(&self, name: &str) -> Vec<pep508_rs::pep440_rs::Version> {
+        self.runtime
+            .block_on(resolve::versions_on_index(&self.http, &self.indexes, name))
+    }
+}
+
+/// Resolves; at the first failure, `index.check` names the mistakes first (an `Err` from it is
+/// the result). When uv finds a conflict that involves exact pins of the repo, relaxes the pins
+/// no code imports, and moves the pins code imports to the nearest version of the same major
+/// that satisfies the other side (both the `runtime-pin-conflict` rule; not with
+/// `--strict-pins`), then tries again. What changed is recorded in the lock's tool table, so a
+/// lock from the cache reports it too.
 fn resolve_relaxing(
     reqs: &[String],
     imported: &BTreeMap<String, Vec<String>>,
@@ -352,22 +374,37 @@ fn resolve_relaxing(
     python: &str,
     targets: &[ResolveTarget],
     opts: &ResolveOptions,
-    on_first_failure: impl FnOnce(&[String]) -> Result<()>,
+    index: &IndexView,
 ) -> Result<String> {
-    let mut on_first_failure = Some(on_first_failure);
+    let mut checked = false;
     let mut reqs: Vec<String> = reqs.to_vec();
     let mut relaxed: Vec<String> = Vec::new();
+    let mut fixes: Vec<String> = Vec::new();
     loop {
         let input: Vec<(&'static str, String)> = sets
             .iter()
             .map(|(n, rt)| (*n, resolve::lock_input(&reqs, &[rt])))
             .collect();
         let err = match resolve::resolve(&input, python, targets, opts) {
-            Ok(text) => return Ok(with_relaxed(&text, &relaxed)),
+            Ok(text) => match numpy_abi_in(&text) {
+                // The resolver paired NumPy 2 with a wheel built against 1.x: bound it, again.
+                Some(why) if !reqs.iter().any(|r| r == "numpy<2") => {
+                    tracing::warn!(
+                        "dependency doctor [numpy-abi]: {why}; resolving again with numpy<2"
+                    );
+                    fixes.push(format!(
+                        "numpy-abi: added numpy<2 (found by the resolver): {why}"
+                    ));
+                    reqs.push("numpy<2".into());
+                    continue;
+                }
+                _ => return Ok(with_relaxed(&text, &relaxed, &fixes)),
+            },
             Err(e) => e,
         };
-        if let Some(check) = on_first_failure.take() {
-            check(&reqs)?;
+        if !checked {
+            checked = true;
+            index.check(&reqs)?;
         }
         let Some(u) = err.downcast_ref::<Unsatisfiable>() else {
             return Err(err);
@@ -392,7 +429,18 @@ fn resolve_relaxing(
                 .map(|(m, _)| m.to_string())
                 .unwrap_or_else(|| name.replace('-', "_"));
             if let Some(files) = imported.get(&module) {
-                pinned_imported.push(format!("{r} is imported by {}", files.join(", ")));
+                let moved = (!opts.strict_pins)
+                    .then(|| nearest_in_major(&name, &v, &why, index))
+                    .flatten();
+                let Some(to) = moved else {
+                    pinned_imported.push(format!("{r} is imported by {}", files.join(", ")));
+                    continue;
+                };
+                let note = format!("{r} → {name}=={to}: imported by {}, so moved within its major version instead of relaxed ({}{}); --strict-pins fails instead", files.join(", "), name, other_side(&name, &why).unwrap_or_default());
+                tracing::warn!("dependency doctor [runtime-pin-conflict]: {note}");
+                fixes.push(format!("runtime-pin-conflict: {note}"));
+                *r = format!("{name}=={to}");
+                changed = true;
                 continue;
             }
             tracing::warn!("dependency doctor [runtime-pin-conflict]: {r} conflicts with the FL runtime and no code imports it; relaxing the pin");
@@ -417,6 +465,38 @@ fn resolve_relaxing(
     }
 }
 
+/// What the other side of uv's explanation asks of `name` (`… depends on tqdm>=4.66.3 …`).
+fn other_side(name: &str, why: &str) -> Option<String> {
+    let at = why.find(&format!("depends on {name}"))? + "depends on ".len() + name.len();
+    let spec: String = why[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || "<>=!~.*,".contains(*c))
+        .collect();
+    let spec = spec.trim_end_matches([',', '.']).to_string();
+    (!spec.is_empty()).then_some(spec)
+}
+
+/// The version of `name` nearest to the pinned `old`, in the same major version, that the
+/// other side of the conflict allows and the indexes list.
+fn nearest_in_major(name: &str, old: &str, why: &str, index: &IndexView) -> Option<String> {
+    use pep508_rs::pep440_rs::{Version, VersionSpecifiers};
+    use std::str::FromStr;
+    let spec = VersionSpecifiers::from_str(&other_side(name, why)?).ok()?;
+    let old = Version::from_str(old).ok()?;
+    let major = old.release().first().copied();
+    let fits: Vec<Version> = index
+        .versions(name)
+        .into_iter()
+        .filter(|v| {
+            v.release().first().copied() == major && spec.contains(v) && !v.any_prerelease()
+        })
+        .collect();
+    // The smallest step up, else the smallest step down.
+    let up = fits.iter().filter(|v| **v > old).min();
+    let down = fits.iter().filter(|v| **v < old).max();
+    up.or(down).map(ToString::to_string)
+}
+
 fn pinned_version(r: &Requirement) -> Option<String> {
     match &r.version_or_url {
         Some(pep508_rs::VersionOrUrl::VersionSpecifier(s)) if s.len() == 1 => {
@@ -428,8 +508,25 @@ fn pinned_version(r: &Requirement) -> Option<String> {
     }
 }
 
-fn with_relaxed(text: &str, relaxed: &[String]) -> String {
-    if relaxed.is_empty() {
+/// Why the lock's NumPy cannot stay: NumPy 2 beside packages built against 1.x.
+fn numpy_abi_in(text: &str) -> Option<String> {
+    let lock = pylock::parse(text).ok()?;
+    let version = |p: &pylock::Package| p.version.clone().unwrap_or_default();
+    lock.packages
+        .iter()
+        .find(|p| p.name == "numpy" && crate::deps::abi::is_numpy2(&version(p)))?;
+    let why: Vec<String> = lock
+        .packages
+        .iter()
+        .filter_map(|p| crate::deps::abi::needs_numpy1(&p.name, &version(p)))
+        .collect();
+    (!why.is_empty()).then(|| why.join("; "))
+}
+
+/// The lock with what resolution changed in its tool table: `relaxed` pins and other `fixes`
+/// (`rule: detail`), so a lock from the cache reports them too.
+fn with_relaxed(text: &str, relaxed: &[String], fixes: &[String]) -> String {
+    if relaxed.is_empty() && fixes.is_empty() {
         return text.to_string();
     }
     let Ok(mut doc) = toml::from_str::<toml::Table>(text) else {
@@ -443,26 +540,45 @@ fn with_relaxed(text: &str, relaxed: &[String]) -> String {
             .entry("flops-image-builder")
             .or_insert_with(|| toml::Value::Table(Default::default()));
         if let Some(o) = ours.as_table_mut() {
-            o.insert(
-                RELAXED_KEY.into(),
-                toml::Value::Array(relaxed.iter().map(|r| r.clone().into()).collect()),
-            );
+            for (key, list) in [(RELAXED_KEY, relaxed), (FIXES_KEY, fixes)] {
+                if !list.is_empty() {
+                    o.insert(
+                        key.into(),
+                        toml::Value::Array(list.iter().map(|r| r.clone().into()).collect()),
+                    );
+                }
+            }
         }
     }
     toml::to_string(&doc).unwrap_or_else(|_| text.to_string())
 }
 
-/// `runtime-pin-conflict` lines for the pins the resolver relaxed (from the lock's tool table).
+/// The doctor lines for what resolution changed (from the lock's tool table): pins the
+/// resolver relaxed (`runtime-pin-conflict`) and other fixes (`rule: detail`).
 fn relaxed_by_resolver(lock: &pylock::Lock) -> Vec<Fired> {
-    let list = lock
-        .tool
-        .as_ref()
-        .and_then(|t| t.get("flops-image-builder"))
-        .and_then(|t| t.get(RELAXED_KEY))
-        .and_then(|r| r.as_array())
-        .cloned()
-        .unwrap_or_default();
-    list.iter()
+    let list = |key: &str| {
+        lock.tool
+            .as_ref()
+            .and_then(|t| t.get("flops-image-builder"))
+            .and_then(|t| t.get(key))
+            .and_then(|r| r.as_array())
+            .cloned()
+            .unwrap_or_default()
+    };
+    let fixes = list(FIXES_KEY).into_iter().filter_map(|v| {
+        let (rule, detail) = v.as_str()?.split_once(": ")?;
+        let rule = crate::deps::doctor::REASONS
+            .iter()
+            .find(|(r, _)| *r == rule)?
+            .0;
+        Some(Fired {
+            rule,
+            detail: detail.to_string(),
+            package: (rule == "numpy-abi").then(|| "numpy".to_string()),
+        })
+    });
+    list(RELAXED_KEY)
+        .iter()
         .filter_map(|v| v.as_str())
         .filter_map(|pin| {
             let req = pin.parse::<Requirement>().ok()?;
@@ -472,5 +588,6 @@ fn relaxed_by_resolver(lock: &pylock::Lock) -> Vec<Fired> {
                 package: Some(req.name.to_string()),
             })
         })
+        .chain(fixes)
         .collect()
 }
