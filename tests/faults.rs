@@ -194,7 +194,7 @@ fn survives_429_with_retry_after() {
 
 #[test]
 fn survives_resets_after_the_registry_acted() {
-    faulty_builds_survive(&["--rate", "reset=0.1"], 3);
+    faulty_builds_survive(&["--rate", "reset=0.2"], 3);
 }
 
 #[test]

@@ -333,3 +333,37 @@ fn inside_the_builder_image_as_an_unprivileged_read_only_task() {
         saw_nothing(rec);
     }
 }
+
+/// `--no-build` runs no package code: a pinned sdist-only version fails, named, instead of
+/// being relaxed to a version that ships a wheel.
+#[test]
+fn no_build_refuses_a_pinned_sdist_only_version() {
+    require_rig();
+    require_uv();
+    let d = tempfile::tempdir().unwrap();
+    let repo = git_repo(
+        "requirements-repo",
+        &d.path().join(unique("nb").replace('/', "-")),
+        "requirements-repo",
+    );
+    write(
+        &repo.join("requirements.txt"),
+        "-r requirements/base.txt\nscikit-learn~=1.4.2\nantlr4-python3-runtime==4.9.3\n",
+    );
+    commit_all(&repo, "an sdist-only pin");
+    let r = run(&[
+        "build",
+        repo.to_str().unwrap(),
+        "--registry",
+        "http://127.0.0.1:5000",
+        "--cache-dir",
+        cache(d.path()).to_str().unwrap(),
+        "--no-build",
+        "--no-notify",
+    ]);
+    expect_error(
+        &r,
+        3,
+        "--no-build: these packages ship only an sdist for linux/amd64, and building them is turned off: antlr4-python3-runtime==4.9.3",
+    );
+}

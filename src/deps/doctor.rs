@@ -646,6 +646,21 @@ fn exact_pin(r: &Requirement) -> Option<Version> {
     }
 }
 
+/// The version of a pin to one release, exact or conda's fuzzy form (`==2.1.1`, `==2.1.1.*`).
+fn pinned_release(r: &Requirement) -> Option<Version> {
+    match &r.version_or_url {
+        Some(VersionOrUrl::VersionSpecifier(s)) if s.len() == 1 => {
+            let s = s.iter().next()?;
+            matches!(
+                s.operator(),
+                Operator::Equal | Operator::ExactEqual | Operator::EqualStar
+            )
+            .then(|| s.version().clone())
+        }
+        _ => None,
+    }
+}
+
 /// The requirement without its version (extras and markers kept).
 pub fn unpinned(r: &Requirement) -> Requirement {
     let mut r = r.clone();
@@ -719,7 +734,9 @@ fn numpy_abi(c: &mut Ctx) -> Result<Vec<Fired>> {
     let why: Vec<String> = c
         .reqs
         .iter()
-        .filter_map(|r| crate::deps::abi::needs_numpy1(r.name.as_ref(), &exact_pin(r)?.to_string()))
+        .filter_map(|r| {
+            crate::deps::abi::needs_numpy1(r.name.as_ref(), &pinned_release(r)?.to_string())
+        })
         .collect();
     if why.is_empty() {
         return Ok(vec![]);
@@ -904,6 +921,9 @@ mod tests {
             "{}",
             d.fired[0].detail
         );
+        // conda's form of the same pin (`pytorch=2.1.1`).
+        let d = run("dependencies:\n- pytorch=2.1.1\n", &[]).unwrap();
+        assert!(rules(&d).contains(&"numpy-abi"), "{:?}", rules(&d));
         // NumPy already bounded, or a torch built against NumPy 2: nothing to do.
         for y in [
             "dependencies:\n- pip:\n  - torch==2.1.1\n  - numpy==1.26.4\n",

@@ -14,6 +14,7 @@
 
 use crate::error::bad_input;
 use anyhow::{Context, Result};
+use pep508_rs::pep440_rs::Version;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -171,8 +172,9 @@ pub fn lock_key(
     targets: &[ResolveTarget],
     opts: &ResolveOptions,
 ) -> String {
+    // v3: locks carry what resolution fixed (numpy-abi, moved pins); older ones are not reused.
     let mut material = format!(
-        "lock v2\n{python}\n{}\n{}\n{}\n{}\n",
+        "lock v3\n{python}\n{}\n{}\n{}\n{}\n",
         opts.effective_index(),
         opts.extra_index_urls.join(" "),
         opts.no_build,
@@ -452,22 +454,24 @@ fn wheel_ids(p: &toml::Table) -> BTreeSet<String> {
         .collect()
 }
 
-/// Conda entries (requirements such as `cudf==0.14.0.*`) that are not the same project on the
-/// package index: names it does not know (PEP 503: 404 for the project page), given as the
-/// name, and names it knows with no version the conda entry allows (a placeholder or another
-/// project of that name), given as `NAME (conda SPEC; the index has only other versions)`.
-/// Best effort: an unreachable index or an HTML-only one reports nothing for that name, and
-/// the resolver has the last word.
-pub async fn unknown_to_index(
-    http: &reqwest::Client,
-    index: &str,
-    entries: &[String],
-) -> Vec<String> {
-    let index = index.trim_end_matches('/');
-    let checks = entries.iter().map(|e| async move {
-        let req = e.parse::<pep508_rs::Requirement>().ok()?;
-        let name = req.name.to_string();
-        let url = format!("{index}/{}/", crate::deps::imports::normalize(&name));
+/// What an index's project page says (PEP 503 URL, PEP 691 JSON with PEP 700 `versions`).
+#[derive(Debug, PartialEq, Eq)]
+enum Page {
+    /// 404: the index does not know the project.
+    Missing,
+    /// The versions it lists.
+    Versions(Vec<Version>),
+    /// No answer the builder can read (HTML only, unreachable): it may be there.
+    Unknown,
+}
+
+async fn project_page(http: &reqwest::Client, index: &str, name: &str) -> Page {
+    let url = format!(
+        "{}/{}/",
+        index.trim_end_matches('/'),
+        crate::deps::imports::normalize(name)
+    );
+    let answer = async {
         let r = http
             .get(&url)
             .header("Accept", "application/vnd.pypi.simple.v1+json")
@@ -475,19 +479,44 @@ pub async fn unknown_to_index(
             .await
             .ok()?;
         if r.status() == reqwest::StatusCode::NOT_FOUND {
-            return Some(name);
+            return Some(Page::Missing);
         }
-        let Some(pep508_rs::VersionOrUrl::VersionSpecifier(spec)) = &req.version_or_url else {
-            return None;
-        };
         let page: serde_json::Value = r.error_for_status().ok()?.json().await.ok()?;
-        let any = page
-            .get("versions")?
-            .as_array()?
-            .iter()
-            .filter_map(|v| v.as_str()?.parse::<pep508_rs::pep440_rs::Version>().ok())
-            .any(|v| spec.contains(&v));
-        (!any).then(|| format!("{name} (conda {spec}; the index has only other versions)"))
+        let versions = page.get("versions")?.as_array()?;
+        Some(Page::Versions(
+            versions
+                .iter()
+                .filter_map(|v| v.as_str()?.parse().ok())
+                .collect(),
+        ))
+    };
+    answer.await.unwrap_or(Page::Unknown)
+}
+
+/// Conda entries (requirements such as `cudf==0.14.0.*`) that are not the same project on the
+/// package index: names it does not know, given as the name, and names it knows with no
+/// version the conda entry allows (a placeholder or another project of that name), given as
+/// `NAME (conda SPEC; the index has only other versions)`. Best effort: an index that does not
+/// answer in JSON reports nothing for that name, and the resolver has the last word.
+pub async fn unknown_to_index(
+    http: &reqwest::Client,
+    index: &str,
+    entries: &[String],
+) -> Vec<String> {
+    let checks = entries.iter().map(|e| async move {
+        let req = e.parse::<pep508_rs::Requirement>().ok()?;
+        let name = req.name.to_string();
+        match (project_page(http, index, &name).await, &req.version_or_url) {
+            (Page::Missing, _) => Some(name),
+            (Page::Versions(vs), Some(pep508_rs::VersionOrUrl::VersionSpecifier(spec)))
+                if !vs.iter().any(|v| spec.contains(v)) =>
+            {
+                Some(format!(
+                    "{name} (conda {spec}; the index has only other versions)"
+                ))
+            }
+            _ => None,
+        }
     });
     futures_util::future::join_all(checks)
         .await
@@ -499,16 +528,18 @@ pub async fn unknown_to_index(
 /// The repo's requirements none of the `indexes` can satisfy: names no index knows (404 for
 /// the project page) and exact pins (`==V`) of versions no index lists, each as
 /// `"NAME: not on INDEX"` or `"NAME==V: no such version on INDEX"` (the indexes joined by
-/// " or "). Uses the simple API's JSON form (PEP 691, with PEP 700 `versions`); an index
-/// answering HTML, or unreachable, may have the name, so nothing is reported for it, and the
-/// resolver has the last word.
+/// " or "). An index that does not answer in JSON may have the name, so nothing is reported
+/// for it, and the resolver has the last word.
 pub async fn missing_on_index(
     http: &reqwest::Client,
     indexes: &[String],
     requirements: &[String],
 ) -> Vec<String> {
-    let indexes: Vec<&str> = indexes.iter().map(|i| i.trim_end_matches('/')).collect();
-    let all = indexes.join(" or ");
+    let all = indexes
+        .iter()
+        .map(|i| i.trim_end_matches('/'))
+        .collect::<Vec<_>>()
+        .join(" or ");
     let checks = requirements.iter().filter_map(|r| {
         let req = r.parse::<pep508_rs::Requirement>().ok()?;
         let name = crate::deps::imports::normalize(req.name.as_ref());
@@ -520,25 +551,22 @@ pub async fn missing_on_index(
                 .map(|s| s.version().clone()),
             _ => None,
         };
-        let (indexes, all) = (&indexes, &all);
+        let all = &all;
         Some(async move {
-            let answers = futures_util::future::join_all(
-                indexes
-                    .iter()
-                    .map(|i| lookup(http, i, &name, pinned.as_ref())),
+            let pages = futures_util::future::join_all(
+                indexes.iter().map(|i| project_page(http, i, &name)),
             )
             .await;
-            if answers.iter().all(|a| *a == Lookup::NoProject) {
-                Some(format!("{name}: not on {all}"))
-            } else if answers
-                .iter()
-                .all(|a| *a != Lookup::Maybe && *a != Lookup::Listed)
-            {
-                let v = pinned.as_ref()?;
-                Some(format!("{name}=={v}: no such version on {all}"))
-            } else {
-                None
+            if pages.iter().all(|p| *p == Page::Missing) {
+                return Some(format!("{name}: not on {all}"));
             }
+            let v = pinned?;
+            let listed = |p: &Page| match p {
+                Page::Missing => false,
+                Page::Versions(vs) => vs.contains(&v),
+                Page::Unknown => true,
+            };
+            (!pages.iter().any(listed)).then(|| format!("{name}=={v}: no such version on {all}"))
         })
     });
     futures_util::future::join_all(checks)
@@ -548,88 +576,24 @@ pub async fn missing_on_index(
         .collect()
 }
 
-/// Every version of `name` the `indexes` list (PEP 691 JSON with PEP 700 `versions`); empty
-/// where none answers in that form.
+/// Every version of `name` the `indexes` list; empty where none answers in JSON.
 pub async fn versions_on_index(
     http: &reqwest::Client,
     indexes: &[String],
     name: &str,
-) -> Vec<pep508_rs::pep440_rs::Version> {
-    let name = crate::deps::imports::normalize(name);
-    let pages = indexes.iter().map(|i| {
-        let url = format!("{}/{name}/", i.trim_end_matches('/'));
-        async move {
-            let page: serde_json::Value = http
-                .get(&url)
-                .header("Accept", "application/vnd.pypi.simple.v1+json")
-                .send()
-                .await
-                .ok()?
-                .error_for_status()
-                .ok()?
-                .json()
-                .await
-                .ok()?;
-            Some(
-                page.get("versions")?
-                    .as_array()?
-                    .iter()
-                    .filter_map(|v| v.as_str()?.parse().ok())
-                    .collect::<Vec<_>>(),
-            )
-        }
-    });
-    let mut all: Vec<_> = futures_util::future::join_all(pages)
-        .await
+) -> Vec<Version> {
+    let pages =
+        futures_util::future::join_all(indexes.iter().map(|i| project_page(http, i, name))).await;
+    let mut all: Vec<Version> = pages
         .into_iter()
-        .flatten()
-        .flatten()
+        .flat_map(|p| match p {
+            Page::Versions(vs) => vs,
+            _ => Vec::new(),
+        })
         .collect();
     all.sort();
     all.dedup();
     all
-}
-
-/// What one index says of a project (and of a pinned version of it).
-#[derive(Debug, PartialEq, Eq)]
-enum Lookup {
-    NoProject,
-    NoVersion,
-    Listed,
-    /// No answer the builder can read (HTML, unreachable, no pin): it may be there.
-    Maybe,
-}
-
-async fn lookup(
-    http: &reqwest::Client,
-    index: &str,
-    name: &str,
-    pinned: Option<&pep508_rs::pep440_rs::Version>,
-) -> Lookup {
-    let answer = async {
-        let r = http
-            .get(format!("{index}/{name}/"))
-            .header("Accept", "application/vnd.pypi.simple.v1+json")
-            .send()
-            .await
-            .ok()?;
-        if r.status() == reqwest::StatusCode::NOT_FOUND {
-            return Some(Lookup::NoProject);
-        }
-        let v = pinned?;
-        let page: serde_json::Value = r.error_for_status().ok()?.json().await.ok()?;
-        let listed = page.get("versions")?.as_array()?;
-        let known = listed
-            .iter()
-            .filter_map(|x| x.as_str()?.parse::<pep508_rs::pep440_rs::Version>().ok())
-            .any(|x| x == *v);
-        Some(if known {
-            Lookup::Listed
-        } else {
-            Lookup::NoVersion
-        })
-    };
-    answer.await.unwrap_or(Lookup::Maybe)
 }
 
 #[cfg(test)]

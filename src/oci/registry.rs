@@ -251,29 +251,12 @@ impl Registry {
     /// retried only when `last_scheme` (otherwise the next scheme is the better try).
     async fn ping(&self, last_scheme: bool) -> std::result::Result<(), Ping> {
         let url = self.url("v2/");
-        let mut backoff = Backoff::new();
-        let resp = loop {
-            match self.http.get(url.clone()).send().await {
-                Ok(r) if retry::transient(r.status()) => {
-                    tracing::warn!(
-                        "ping: registry {} answered {}, retrying",
-                        self.host,
-                        r.status()
-                    );
-                    if !backoff.wait(retry::retry_after(&r)).await {
-                        break r;
-                    }
-                }
-                Ok(r) => break r,
-                Err(e) if last_scheme && retry::transient_net(&e) => {
-                    tracing::warn!("ping: {}, retrying", root_cause(&e));
-                    if !backoff.wait(None).await {
-                        return Err(Ping::Unreached(self.net_error("ping", &e)));
-                    }
-                }
-                Err(e) => return Err(Ping::Unreached(self.net_error("ping", &e))),
-            }
-        };
+        let resp = self
+            .request("access check", false, last_scheme, |c| {
+                Ok(c.get(url.clone()))
+            })
+            .await
+            .map_err(Ping::Unreached)?;
         match resp.status() {
             s if s.is_success() => {
                 // Anonymous access works; credentials, if any, are still used when asked for.
@@ -357,7 +340,7 @@ impl Registry {
             }
         }
         let resp = self
-            .request("token", false, |c| {
+            .request("token", false, true, |c| {
                 Ok(match &self.creds {
                     Some(Credentials::IdentityToken(tok)) => {
                         let mut form = vec![
@@ -422,15 +405,17 @@ impl Registry {
         what: &str,
         make: impl Fn(&reqwest::Client) -> Result<RequestBuilder>,
     ) -> Result<Response> {
-        self.request(what, true, make).await
+        self.request(what, true, true, make).await
     }
 
     /// [`Registry::send`], with our Authorization attached (and renewed on a 401) or not (the
-    /// token endpoint).
+    /// access check, the token endpoint); network failures retried or not (`retry_net`: the
+    /// access check over one of two schemes tries the other scheme instead).
     async fn request(
         &self,
         what: &str,
         authorize: bool,
+        retry_net: bool,
         make: impl Fn(&reqwest::Client) -> Result<RequestBuilder>,
     ) -> Result<Response> {
         let mut reauthed = !authorize;
@@ -459,10 +444,14 @@ impl Registry {
                     }
                 }
                 Ok(resp) => return Ok(resp),
-                Err(e) if retry::transient_net(&e) => {
+                Err(e) if retry_net && retry::transient_net(&e) => {
                     tracing::warn!("{what}: {}, retrying", root_cause(&e));
                     if !backoff.wait(None).await {
-                        return Err(self.net_error(what, &e));
+                        return Err(reg_err(format!(
+                            "{} (gave up after {} attempts)",
+                            self.net_error(what, &e),
+                            backoff.failures() + 1
+                        )));
                     }
                 }
                 Err(e) => return Err(self.net_error(what, &e)),
@@ -754,14 +743,19 @@ impl Registry {
                     self.uploaded.fetch_add(size, Ordering::Relaxed);
                     return Ok(());
                 }
-                Err(e) if crate::error::kind_of(&e) == crate::error::Kind::Registry => e,
-                Err(e) => return Err(e),
+                Err(e) => e,
             };
             if self.blob_exists(repo, digest).await.unwrap_or(false) {
                 tracing::info!("{digest}: {}/{repo} has it now ({e:#})", self.host);
                 return Ok(());
             }
-            if e.to_string().contains("DIGEST_INVALID") || !backoff.wait(None).await {
+            // A session the registry lost (its 404 BLOB_UPLOAD_UNKNOWN after a connection reset
+            // mid-commit) is worth a new one; our own bad bytes or files are not.
+            let text = e.to_string();
+            let again = text.contains("BLOB_UPLOAD_UNKNOWN")
+                || (crate::error::kind_of(&e) == crate::error::Kind::Registry
+                    && !text.contains("DIGEST_INVALID"));
+            if !again || !backoff.wait(None).await {
                 return Err(e);
             }
             tracing::warn!("transfer of {digest} failed ({e:#}); starting over");
@@ -931,26 +925,35 @@ impl Registry {
         let url = self.url(&format!("v2/{repo}/manifests/{reference}"));
         let what = format!("manifest {}/{repo}:{reference}", self.host);
         let body = bytes::Bytes::copy_from_slice(bytes);
-        let resp = self
-            .send(&what, |c| {
-                Ok(c.put(url.clone())
-                    .header(CONTENT_TYPE, media_type)
-                    .body(body.clone()))
-            })
-            .await?;
-        if resp.status().is_success() {
-            return Ok(());
+        let mut backoff = Backoff::new();
+        loop {
+            let resp = self
+                .send(&what, |c| {
+                    Ok(c.put(url.clone())
+                        .header(CONTENT_TYPE, media_type)
+                        .body(body.clone()))
+                })
+                .await?;
+            if resp.status().is_success() {
+                return Ok(());
+            }
+            let err = self.fail(&what, resp).await;
+            // Another builder may have put the same bytes at the same time (the loser can get
+            // a 400 from some registries): what the reference holds now decides.
+            if self.manifest_digest(repo, reference).await.as_deref()
+                == Some(crate::oci::sha256_digest(bytes).as_str())
+            {
+                tracing::info!("{what}: the registry holds these bytes now ({err:#})");
+                return Ok(());
+            }
+            // We hashed these bytes ourselves, so a DIGEST_INVALID is the registry's own state
+            // at that instant: distribution 2.8 checks every referenced blob's link file, which
+            // another builder's push of the same blob rewrites in place (empty for a moment).
+            if !err.to_string().contains("DIGEST_INVALID") || !backoff.wait(None).await {
+                return Err(err);
+            }
+            tracing::warn!("{what}: {err:#}; another builder is writing the same blobs, retrying");
         }
-        let err = self.fail(&what, resp).await;
-        // Another builder may have put the same bytes at the same time (the loser can get a
-        // 400 from some registries): what the reference holds now decides.
-        if self.manifest_digest(repo, reference).await.as_deref()
-            == Some(crate::oci::sha256_digest(bytes).as_str())
-        {
-            tracing::info!("{what}: the registry holds these bytes now ({err:#})");
-            return Ok(());
-        }
-        Err(err)
     }
 
     /// The digest a manifest reference resolves to now (HEAD), if it exists.

@@ -410,6 +410,23 @@ fn resolve_relaxing(
             return Err(err);
         };
         let why = u.explanation.to_lowercase();
+        // With --no-build a version that ships only an sdist is not a conflict to relax away:
+        // it fails, named, as `--no-build` promises.
+        if opts.no_build && why.contains("has no usable wheels") {
+            let sdist_only: Vec<&str> = why
+                .split("because ")
+                .skip(1)
+                .filter_map(|part| {
+                    part.split_once(" has no usable wheels")
+                        .map(|(p, _)| p.trim())
+                })
+                .collect();
+            return Err(bad_input(format!(
+                "--no-build: these packages ship only an sdist for {}, and building them is turned off: {} (allow building, or pin versions that ship wheels)",
+                u.platform,
+                sdist_only.join(", ")
+            )));
+        }
         let mut changed = false;
         let mut pinned_imported = Vec::new();
         for r in reqs.iter_mut() {
@@ -436,7 +453,11 @@ fn resolve_relaxing(
                     pinned_imported.push(format!("{r} is imported by {}", files.join(", ")));
                     continue;
                 };
-                let note = format!("{r} → {name}=={to}: imported by {}, so moved within its major version instead of relaxed ({}{}); --strict-pins fails instead", files.join(", "), name, other_side(&name, &why).unwrap_or_default());
+                let note = format!(
+                    "{r} → {name}=={to}: imported by {}, so moved to the nearest version of its major that fits ({}); --strict-pins fails instead",
+                    files.join(", "),
+                    needed_by(&name, &why).unwrap_or_else(|| format!("the other side needs {name}{}", other_side(&name, &why).unwrap_or_default()))
+                );
                 tracing::warn!("dependency doctor [runtime-pin-conflict]: {note}");
                 fixes.push(format!("runtime-pin-conflict: {note}"));
                 *r = format!("{name}=={to}");
@@ -455,8 +476,13 @@ fn resolve_relaxing(
                 explanation: u.explanation.clone(),
             };
             if !pinned_imported.is_empty() {
+                let how = if opts.strict_pins {
+                    "--strict-pins: not moved"
+                } else {
+                    "not relaxed, and no version of the same major fits"
+                };
                 u.explanation.push_str(&format!(
-                    " (runtime-pin-conflict: not relaxed, because {})",
+                    " (runtime-pin-conflict: {how}, because {})",
                     pinned_imported.join("; ")
                 ));
             }
@@ -474,6 +500,13 @@ fn other_side(name: &str, why: &str) -> Option<String> {
         .collect();
     let spec = spec.trim_end_matches([',', '.']).to_string();
     (!spec.is_empty()).then_some(spec)
+}
+
+/// `X depends on NAME…` from uv's explanation, as `X needs NAME…`.
+fn needed_by(name: &str, why: &str) -> Option<String> {
+    let at = why.find(&format!(" depends on {name}"))?;
+    let who = why[..at].split_whitespace().last()?;
+    Some(format!("{who} needs {name}{}", other_side(name, why)?))
 }
 
 /// The version of `name` nearest to the pinned `old`, in the same major version, that the
