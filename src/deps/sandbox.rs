@@ -10,9 +10,9 @@
 //!   containerd task with a read-only root filesystem): the child may read only system and
 //!   interpreter directories, uv and its cache, and its inputs; it may write only its
 //!   temporary directory, its work directory and uv's cache. A directory that holds a
-//!   credential file of the builder's (docker/podman auth files) is never allowed. Landlock
-//!   also keeps the child from reading the builder's `/proc/<pid>/environ` (it may not
-//!   ptrace-inspect a process outside its domain).
+//!   credential file of the builder's (docker/podman auth files) is never allowed, and neither
+//!   is `/proc` (where the builder's own `/proc/<pid>/environ` is readable by its user:
+//!   Landlock's ptrace scoping does not cover it; uv and the build backends run without it).
 //!
 //! The restriction is applied by the builder's own binary, re-executed as
 //! `flops-image-builder __package-sandbox --ro P… --rw P… -- PROGRAM ARGS…`: a fresh,
