@@ -572,6 +572,7 @@ fn options(a: &ImageArgs, model_flavor: Option<String>) -> anyhow::Result<pipeli
             extra_index_urls: Vec::new(),
             no_build: a.no_build,
             strict_pins: a.strict_pins,
+            constraints: Vec::new(),
         },
         glibc,
         python: a.python.clone(),

@@ -277,3 +277,69 @@ fn bad_runs_and_servers_fail_naming_them() {
         expect_error(&r, code, needle);
     }
 }
+
+/// Issue 20: what the model's requirements leave open comes from the environment it was
+/// trained in (`flops-environment.txt`, which our aggregator logs beside the model), not from
+/// whatever is newest; the report says so.
+#[test]
+fn open_requirements_take_the_training_environments_versions() {
+    require_rig();
+    require_uv();
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("model");
+    sh(&format!(
+        "{PY_MLFLOW2} -c 'import mlflow, numpy as np; from sklearn.linear_model import LogisticRegression as L; x = np.eye(4); mlflow.sklearn.save_model(L().fit(x, [0, 1, 0, 1]), \"{}\")' 2>/dev/null",
+        dir.display()
+    ));
+    // As MLflow infers them, with scikit-learn left open; the training environment pins it.
+    let mlflow = sh(&format!(
+        "{PY_MLFLOW2} -c 'import mlflow; print(mlflow.__version__)'"
+    ));
+    write(
+        &dir.join("requirements.txt"),
+        &format!("mlflow=={}\nscikit-learn\ncloudpickle\n", mlflow.trim()),
+    );
+    write(
+        &dir.join("flops-environment.txt"),
+        "numpy==1.26.4\nscikit-learn==1.5.2\nscipy==1.13.1\nflwr==1.8.0\n",
+    );
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("trained-model-cache");
+    let r = run(&[
+        "model",
+        "--model-dir",
+        dir.to_str().unwrap(),
+        "--registry",
+        "http://127.0.0.1:5000",
+        "--customer-id",
+        "trained-env",
+        "--tag",
+        "v1",
+        "--cache-dir",
+        cache.to_str().unwrap(),
+        "--no-notify",
+        "--json",
+    ])
+    .ok()
+    .json();
+    let lock = std::fs::read_to_string(r["lock"].as_str().unwrap()).unwrap();
+    for (name, version) in [
+        ("numpy", "1.26.4"),
+        ("scikit-learn", "1.5.2"),
+        ("scipy", "1.13.1"),
+    ] {
+        assert!(
+            lock.contains(&format!("name = \"{name}\"\nversion = \"{version}\"")),
+            "{name} {version} not locked:\n{lock}"
+        );
+    }
+    assert!(
+        !lock.contains("name = \"flwr\""),
+        "a constraint added a package"
+    );
+    let notes = r["notes"].to_string();
+    assert!(
+        notes.contains("flops-environment.txt: 4 package versions"),
+        "{}",
+        r
+    );
+}

@@ -43,6 +43,8 @@ pub struct ResolveOptions {
     /// A pin the code imports that conflicts fails the build instead of moving within its
     /// major version (`--strict-pins`).
     pub strict_pins: bool,
+    /// `name==version` lines the resolver keeps to without adding them (uv `-c`).
+    pub constraints: Vec<String>,
 }
 
 impl ResolveOptions {
@@ -184,6 +186,9 @@ pub fn lock_key(
     if opts.strict_pins {
         material.push_str("strict-pins\n");
     }
+    if !opts.constraints.is_empty() {
+        material.push_str(&format!("constraints\n{}\n", opts.constraints.join("\n")));
+    }
     for t in targets {
         material.push_str(&format!("{} {}\n", t.uv_platform(), t.platform));
     }
@@ -241,6 +246,11 @@ fn compile(
         // also where SSL_CERT_FILE is not set, as in the builder's own image.
         "--system-certs",
     ]);
+    if !opts.constraints.is_empty() {
+        let path = dir.join("environment-constraints.txt");
+        std::fs::write(&path, opts.constraints.join("\n") + "\n")?;
+        cmd.arg("-c").arg(path);
+    }
     if let Some(c) = constraints {
         let path = dir.join("constraints.txt");
         std::fs::write(&path, c)?;

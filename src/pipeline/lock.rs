@@ -192,6 +192,7 @@ async fn lock(
         }
         opts.extra_index_urls
             .extend(check.extra_index_urls.iter().cloned());
+        opts.constraints.extend(check.constraints.iter().cloned());
         if !check.unverified.is_empty() {
             let http = crate::deps::fetch::http_client()?;
             let index = opts.effective_index();
@@ -377,6 +378,8 @@ fn resolve_relaxing(
     index: &IndexView,
 ) -> Result<String> {
     let mut checked = false;
+    let mut opts = opts.clone();
+    let opts = &mut opts;
     let mut reqs: Vec<String> = reqs.to_vec();
     let mut relaxed: Vec<String> = Vec::new();
     let mut fixes: Vec<String> = Vec::new();
@@ -468,6 +471,33 @@ fn resolve_relaxing(
             relaxed.push(r.clone());
             *r = unpinned(&req).to_string();
             changed = true;
+        }
+        if !changed && !opts.constraints.is_empty() {
+            // The training environment is a preference, not a requirement: its versions that do
+            // not fit the serving stack (those uv names, else all) give way.
+            let named: Vec<String> = opts
+                .constraints
+                .iter()
+                .filter(|c| {
+                    c.parse::<Requirement>()
+                        .is_ok_and(|r| why.contains(&normalize(r.name.as_ref())))
+                })
+                .cloned()
+                .collect();
+            let dropped = if named.is_empty() {
+                std::mem::take(&mut opts.constraints)
+            } else {
+                named
+            };
+            opts.constraints.retain(|c| !dropped.contains(c));
+            let note = format!(
+                "training environment's {} dropped: they do not fit ({})",
+                dropped.join(", "),
+                u.explanation
+            );
+            tracing::warn!("{note}");
+            fixes.push(format!("runtime-pin-conflict: {note}"));
+            continue;
         }
         if !changed {
             let mut u = Unsatisfiable {

@@ -44,6 +44,10 @@ pub struct CheckReport {
     pub index_url: Option<String>,
     #[serde(skip)]
     pub extra_index_urls: Vec<String>,
+    /// Versions the resolver must keep to where the requirements leave them open (uv `-c`):
+    /// the training environment of a trained model (`flops-environment.txt`).
+    #[serde(skip)]
+    pub constraints: Vec<String>,
     /// Top-level repo files the FL runtime replaces (left out of the code layer; each also
     /// has a warning above).
     #[serde(skip)]
@@ -122,6 +126,7 @@ pub fn check(
         unprovided: d.unprovided,
         index_url: v.spec.index_url.clone(),
         extra_index_urls: v.spec.extra_index_urls.clone(),
+        constraints: Vec::new(),
         replaced_by_runtime,
         repo: Some(id),
         imports: v.imports,

@@ -50,6 +50,8 @@ pub struct ModelReport {
     pub base: BaseReport,
     pub doctor: Vec<Fired>,
     pub warnings: Vec<String>,
+    /// What the builder chose and why (e.g. versions from the training environment).
+    pub notes: Vec<String>,
     pub dependency_layers: Vec<DepLayerReport>,
     pub sdists: Vec<crate::deps::sdist::Built>,
     /// Package code (sdists' build hooks) that ran for this build, and its sandbox.
@@ -237,6 +239,7 @@ pub async fn build(req: &ModelRequest, notifier: &Notifier) -> Result<ModelRepor
         base: base.report.clone(),
         doctor,
         warnings,
+        notes: check.notes.clone(),
         dependency_layers: deps.reports,
         sdists: deps.sdists,
         package_code: crate::deps::sandbox::report(),
@@ -274,6 +277,9 @@ fn model_check(
         ..Default::default()
     };
     let d = doctor(&dep, &facts)?;
+    let (constraints, note) = training_environment(dir, &d.requirements, runtime)?;
+    let mut notes = dep.notes.clone();
+    notes.extend(note);
     Ok(CheckReport {
         source: dir.display().to_string(),
         commit: String::new(),
@@ -283,7 +289,7 @@ fn model_check(
         aggregator_image: None,
         spec: dep.file,
         ignored_specs: Vec::new(),
-        notes: dep.notes.clone(),
+        notes,
         python: d.python,
         python_constraint: d.python_constraint,
         requirements: d.requirements.iter().map(|r| r.to_string()).collect(),
@@ -294,8 +300,56 @@ fn model_check(
         unprovided: d.unprovided,
         index_url: dep.index_url.clone(),
         extra_index_urls: dep.extra_index_urls.clone(),
+        constraints,
         replaced_by_runtime: Vec::new(),
         repo: None,
         imports: Default::default(),
     })
+}
+
+/// The file our aggregator logs beside the model: `name==version` of every distribution it
+/// trained and logged the model with.
+pub const TRAINING_ENVIRONMENT: &str = "flops-environment.txt";
+
+/// Constraints from the training environment for what the model's requirements leave open
+/// (MLflow infers `torch` but not the NumPy it ran with), so the model is served with the
+/// versions it was trained with; none for packages the requirements or the scoring server pin
+/// exactly. Returns the constraints and a note for the report.
+fn training_environment(
+    dir: &Path,
+    requirements: &[pep508_rs::Requirement],
+    runtime: &str,
+) -> Result<(Vec<String>, Option<String>)> {
+    use crate::deps::imports::normalize;
+    let Ok(text) = std::fs::read_to_string(dir.join(TRAINING_ENVIRONMENT)) else {
+        return Ok((Vec::new(), None));
+    };
+    // Exact pins of the model's requirements and of the scoring server's stay theirs.
+    let from_runtime = runtime.lines().filter_map(|l| {
+        l.split('#')
+            .next()?
+            .trim()
+            .parse::<pep508_rs::Requirement>()
+            .ok()
+    });
+    let pinned: std::collections::BTreeSet<String> = requirements
+        .iter()
+        .cloned()
+        .chain(from_runtime)
+        .filter(|r| r.to_string().contains("=="))
+        .map(|r| normalize(r.name.as_ref()))
+        .collect();
+    let constraints: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.trim().parse::<pep508_rs::Requirement>().ok())
+        .filter(|r| r.to_string().contains("==") && !pinned.contains(&normalize(r.name.as_ref())))
+        .map(|r| r.to_string())
+        .collect();
+    let note = format!(
+        "{TRAINING_ENVIRONMENT}: {} package versions of the training environment keep what the model's requirements leave open (e.g. {})",
+        constraints.len(),
+        constraints.iter().take(3).cloned().collect::<Vec<_>>().join(", ")
+    );
+    tracing::info!("{note}");
+    Ok((constraints, Some(note)))
 }
