@@ -10,7 +10,9 @@ cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "run as root (it installs Debian packages and starts services)" >&2; exit 1; }
 scripts/rig.sh all
 cargo build --release --locked
-BIN=$PWD/target/release/flops-image-builder scripts/flops-e2e.sh
+# The flow stops at its first failure (an aggregator/failed included) with that error.
+BIN=$PWD/target/release/flops-image-builder scripts/flops-e2e.sh \
+  || { echo "demo: the FLOps flow failed; its error is above" >&2; exit 1; }
 REG=127.0.0.1:5000
 cat <<MSG
 

@@ -6,7 +6,7 @@
 #      --supported_platforms=… fl_actors <repo_url> sklearn` → learner + aggregator images;
 #   2. classic FL from those images (containerd tasks, the manager's command lines): one
 #      aggregator (3 rounds, 2 learners) on FLOps-shaped image data; its MQTT `success` gives
-#      the run_id of the best model in MLflow;
+#      the run_id of the best model in MLflow (its `failed` stops the flow with its error);
 #   3. the builder task again: `… trained_model <customer> <tracking_uri> <run_id>`;
 #   4. the trained-model image served as a task: GET /ping, one POST /invocations.
 # Prints the time of each stage. Fails (non-zero) at the first stage that does not work.
@@ -94,21 +94,47 @@ DATA_PORT=$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0))
 "$PY" base-layers/fl-learner/tests/flight_server.py "127.0.0.1:$DATA_PORT" >"$W/data.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 1 600); do grep -q "serving on" "$W/data.log" && break; sleep 0.1; done
-mosquitto_sub -h 127.0.0.1 -p 9027 -q 1 -C 1 -W 900 -t flops_manager/aggregator/success >"$W/trained.json" &
-SUBPID=$!
+# The project ends in `success` or `failed`, whichever comes first: a failed project stops the
+# flow at once with its error, not after waiting for a success that cannot come.
+mosquitto_sub -h 127.0.0.1 -p 9027 -q 1 -v -W 900 -t flops_manager/aggregator/success \
+  -t flops_manager/aggregator/failed >"$W/agg-mqtt.log" 2>&1 &
+PIDS+=($!)
 sleep 0.5
 TASKS+=("$RUN-agg" "$RUN-l1" "$RUN-l2")
 task "$AGGREGATOR" "$RUN-agg" python main.py "$PROJECT" 127.0.0.1 127.0.0.1 "$TRACKING" CLASSIC_AGGREGATOR 3 2 2 2 >"$W/agg.log" 2>&1 &
-PIDS+=($!)
+AGG_PID=$!
+PIDS+=($AGG_PID)
 for i in 1 2; do
   tags=images-a; [ $i = 2 ] && tags=images-b
   task --env ML_DATA_SERVER_HOST=127.0.0.1 --env "ML_DATA_SERVER_PORT=$DATA_PORT" --env FLOPS_LEARNER_MAX_SESSIONS=1 \
     "$LEARNER" "$RUN-l$i" python main.py "$PROJECT" 127.0.0.1 127.0.0.1 127.0.0.1 "$tags" >"$W/l$i.log" 2>&1 &
   PIDS+=($!)
 done
-wait "$SUBPID" || { echo "no aggregator/success on MQTT" >&2; tail -20 "$W/agg.log" "$W/l1.log" >&2; exit 1; }
+# This project's aggregator/success payload (0), its aggregator/failed (1), or nothing yet (2).
+project_outcome() {
+  local topic payload
+  while read -r topic payload; do
+    [ "$(jq -r '.flops_project_id // empty' <<<"$payload" 2>/dev/null)" = "$PROJECT" ] || continue
+    printf '%s\n' "$payload" >"$W/trained.json"
+    case $topic in */success) return 0 ;; */failed) return 1 ;; esac
+  done <"$W/agg-mqtt.log"
+  return 2
+}
+outcome=2
+for _ in $(seq 1 900); do
+  project_outcome && outcome=0 || outcome=$?
+  [ "$outcome" = 2 ] || break
+  # An aggregator task that ended has published already (it waits for the broker's ack).
+  if ! kill -0 "$AGG_PID" 2>/dev/null; then sleep 2; project_outcome && outcome=0 || outcome=$?; break; fi
+  sleep 1
+done
+case $outcome in
+  1) echo "aggregator/failed: $(jq -r .error_msg "$W/trained.json")" >&2 ;;
+  2) echo "no aggregator/success or aggregator/failed on MQTT (the aggregator task $(kill -0 "$AGG_PID" 2>/dev/null && echo "still runs after 900 s" || echo ended))" >&2 ;;
+esac
+if [ "$outcome" != 0 ]; then tail -n 20 "$W/agg.log" "$W/l1.log" "$W/l2.log" >&2; exit 1; fi
 RUN_ID=$(jq -r .run_id "$W/trained.json")
-echo "[e2e] aggregator success: $(jq -c '{accuracy, loss, run_id}' "$W/trained.json")" >&2
+echo "[e2e] aggregator success: $(jq -c '{accuracy, loss, run_id, rounds}' "$W/trained.json")" >&2
 stage "classic FL: 1 aggregator, 2 learners, 3 rounds" "$(since "$t")"
 
 t=$(now)

@@ -19,14 +19,15 @@ cargo test --locked --no-run 2>&1 | grep -v '^  Executable' >&2
 # The runtimes' own tests (real Flower, Arrow Flight and MLflow servers, mosquitto), at both
 # ends of their requirement ranges, one pytest run per runtime (each puts its own main.py
 # first on sys.path). They mostly wait on their servers, so they run beside the Rust tests
-# (free ports only; the Rust tests own 127.0.0.1:8080).
+# (free ports only; the Rust tests own 127.0.0.1:8080). The start-race stress test runs a few
+# whole projects per start order here (FLOPS_STRESS_RUNS, default 2); bench/fl-stress.sh runs 20.
 mkdir -p target
 PYTEST_LOG=$PWD/target/pytest.log
 (
   for env in pyenv pyenv-lowest; do
     for suite in base-layers/*/tests; do
       echo "== pytest $suite ($env)"
-      /var/lib/flops-rig/$env/bin/python -m pytest -q -p no:cacheprovider "$suite"
+      FLOPS_STRESS_RUNS=${FLOPS_STRESS_RUNS:-2} /var/lib/flops-rig/$env/bin/python -m pytest -q -p no:cacheprovider "$suite"
     done
   done
 ) >"$PYTEST_LOG" 2>&1 &

@@ -21,15 +21,29 @@ aggregator_type:
                       MLflow flavor ML_MODEL_FLAVOR (with the repo's top-level modules as its
                       code) and, after the last round, logged to that round's run under the
                       artifact path `logged_model_artifact`.
-  ROOT_AGGREGATOR     the same, with cluster aggregators as its clients; a round is a cycle.
+                      Failures are tolerated as FL tolerates them (Flower's accept_failures): a
+                      round aggregates the results it received; each failed learner is logged
+                      and told to the observer, and every round's counts (connected `clients`,
+                      `fit_results`, `fit_failures`, `evaluate_results`, `evaluate_failures`)
+                      are metrics of its run and listed in `success`. A round waits for its
+                      client minimums to be connected (then samples every connected learner),
+                      for at most FLOPS_AGGREGATOR_CLIENT_WAIT seconds; a learner counts once its
+                      stream has stayed open 1 s, and a stream that ended before Flower took it
+                      is never registered (stock Flower would keep it, and a round sampling it
+                      would wait for it forever). The project fails when
+                      a round gets no training result at all, or when the minimums are not met
+                      within that wait; the error says which.
+  ROOT_AGGREGATOR     the same, with cluster aggregators as its clients; a round is a cycle (a
+                      cluster aggregator whose cycle fails is a failed client of that round).
   CLUSTER_AGGREGATOR  a Flower client of <root_aggregator_ip>: each `fit` from the root runs a
                       whole cycle (<training_iterations> rounds) with this cluster's learners on
                       its own Flower server (0.0.0.0:8080), starting from the root's parameters,
                       and returns the result and the number of training examples the cycle used
                       (summed over its rounds); `evaluate` returns the cycle's mean loss and
-                      accuracy over its rounds and its evaluation examples. No MLflow, no MQTT:
-                      it only logs. It runs until stopped, reconnecting whenever the root goes
-                      away or a cycle fails (the root then reports the failure).
+                      accuracy over its rounds and its evaluation examples. Its rounds tolerate
+                      learner failures the same way. No MLflow, no MQTT: it only logs. It runs
+                      until stopped, reconnecting whenever the root goes away or a cycle fails
+                      (the root counts it as a failed client of that cycle).
 
 --track-locally logs to a local MLflow file store (./mlruns) instead of the tracking server.
 --deactivate-notifications sends nothing to the MQTT broker and the project observer.
@@ -37,21 +51,27 @@ aggregator_type:
 Notifications (classic and root; MQTT QoS 1, JSON, waiting for the broker's acknowledgement):
   flops_manager/aggregator/started  {flops_project_id, aggregator_type} once the server listens
   flops_manager/aggregator/success  {flops_project_id, aggregator_type, accuracy, loss,
-                                     experiment_id, run_id}: the best round's metrics and run,
-                                     which holds `logged_model_artifact`
+                                     experiment_id, run_id, rounds}: the best round's metrics
+                                     and run, which holds `logged_model_artifact`; `rounds` lists
+                                     each round's counts ({round, clients, fit_results,
+                                     fit_failures, evaluate_results, evaluate_failures})
   flops_manager/aggregator/failed   {flops_project_id, aggregator_type, error_msg}
 and plain-text messages to the project observer (one per TCP connection): started (with the
-tracking URL), the best model's accuracy and loss, failures. An unreachable broker or observer
-only logs a warning.
+tracking URL), each round's failed clients, the best model's accuracy and loss (and the failures
+per round), failures of the project. An unreachable broker or observer only logs a warning.
 
 Exit codes: 0 done; 1 failed (reported as above: a bad argument, an unreachable tracking server,
-the model code raising, a learner failing in a round, MLflow failing); 2 unusable command line.
+the model code raising, a round without any training result, too few clients within
+FLOPS_AGGREGATOR_CLIENT_WAIT, MLflow failing); 2 unusable command line.
 
 Environment:
   ML_MODEL_FLAVOR                  sklearn, pytorch, tensorflow or keras (set in the image)
   FLOPS_AGGREGATOR_PORT            port of this aggregator's Flower server (default 8080)
   FLOPS_AGGREGATOR_RETRY_DELAY     cluster aggregator: seconds between attempts to reach the
                                    root aggregator (default 5)
+  FLOPS_AGGREGATOR_CLIENT_WAIT     seconds a round waits for its client minimums to be connected
+                                   before the project (a cluster's cycle) fails (default 1800;
+                                   Flower's own wait is 24 h)
   FLOPS_TRACKING_SERVER_WAIT       seconds to wait for an unreachable tracking server at start
                                    before failing (default 10)
   MLFLOW_HTTP_REQUEST_MAX_RETRIES  MLflow's own; defaulted here to 3 and 30 s (MLflow's 5 to 7
@@ -88,6 +108,9 @@ LOGGED_STRATEGY_PARAMS = (
     "fraction_fit",
     "fraction_evaluate",
 )
+
+# What the clients of a round did, logged as metrics of its run and listed in `success`.
+ROUND_COUNT_METRICS = ("clients", "fit_results", "fit_failures", "evaluate_results", "evaluate_failures")
 
 log = logging.getLogger("flops-aggregator")
 
@@ -147,6 +170,7 @@ def validate(args) -> None:
         setattr(args, name, value)
     if args.aggregator_type == "CLUSTER_AGGREGATOR" and not args.root_aggregator_ip:
         raise AggregatorError("a CLUSTER_AGGREGATOR needs the root aggregator's address (<root_aggregator_ip>)")
+    client_wait()  # a bad FLOPS_AGGREGATOR_CLIENT_WAIT fails now, not in the first round
     url = args.mlflow_tracking_server_url.strip().rstrip("/")
     args.mlflow_tracking_server_url = url if "://" in url else f"http://{url}"
 
@@ -311,26 +335,142 @@ def describe_failures(failures) -> str:
     return "; ".join(parts) + more
 
 
-def make_strategy(args, initial, model_manager=None, tracker=None):
-    """FedAvg that stops cleanly at the first failure and reports every round to `tracker`.
+def peer_words(args):
+    """What the server's clients are, and where their own errors are reported."""
+    if args.aggregator_type == "ROOT_AGGREGATOR":
+        return "cluster aggregator(s)", "see the cluster aggregators' logs"
+    return "learner(s)", "the learners report their own errors on flops_manager/learner/failed"
 
-    Flower's legacy start_server leaves its gRPC server running when the strategy raises, so a
-    failure is recorded instead and every later round is cancelled (configure_* return no
-    clients); start_server then ends normally and run_rounds() raises the recorded error.
+
+def client_wait() -> float:
+    wait = env_number("FLOPS_AGGREGATOR_CLIENT_WAIT", 1800.0)
+    if wait <= 0:
+        raise AggregatorError(f"FLOPS_AGGREGATOR_CLIENT_WAIT={wait!r} must be a positive number of seconds")
+    return wait
+
+
+def guard_client_registration() -> None:
+    """Keeps Flower's server from holding a client whose stream has already ended.
+
+    Flower's legacy gRPC servicer (flwr 1.8 to 1.27) registers a client when its Join handler
+    first runs and unregisters it from a callback on the stream's end. A stream that ends before
+    the handler runs (a learner's attempt given up while the server came up) is registered after
+    its end; gRPC refuses the callback (add_callback returns False), Flower ignores that, and the
+    client stays for good: a round that samples it waits for its answer forever (no round
+    timeout in FLOps). This is Flower's function with that refusal handled; Join looks it up in
+    its module at each call.
+    """
+    try:
+        from flwr.server.superlink.fleet.grpc_bidi import flower_service_servicer as servicer
+    except ImportError as e:  # a flwr outside the tested range: keep its own behaviour
+        log.warning("cannot guard Flower's client registration (%s)", e)
+        return
+    if not hasattr(servicer, "register_client_proxy"):
+        log.warning("cannot guard Flower's client registration (no register_client_proxy)")
+        return
+
+    def register_client_proxy(client_manager, client_proxy, context) -> bool:
+        ended = []
+
+        def on_end():
+            ended.append(True)
+            client_proxy.bridge.close()
+            client_manager.unregister(client_proxy)  # idempotent
+
+        # The callback first: a stream that ends from here on is unregistered by it.
+        if not context.add_callback(on_end):
+            client_proxy.bridge.close()
+            log.info("a client's stream ended before the server took it; not registered")
+            return False
+        if not client_manager.register(client_proxy):
+            return False
+        if ended:  # ended between the two calls: the callback ran before the registration
+            client_manager.unregister(client_proxy)
+            return False
+        return True
+
+    servicer.register_client_proxy = register_client_proxy
+
+
+# A client counts (is waited for, sampled) once its stream has stayed open this long: a stream
+# that ends at once (a learner's attempt given up as the server came up, a learner killed as it
+# joined) would only be a failed client of the round that sampled it.
+CLIENT_SETTLE_SECONDS = 1.0
+
+
+def make_client_manager(args):
+    """Flower's client pool, with settled clients only, logging arrivals and departures, with a
+    bounded wait for clients (Flower waits up to 24 h per round; FLOps FLOPS_AGGREGATOR_CLIENT_WAIT).
+    """
+    import threading
+
+    from flwr.server.client_manager import SimpleClientManager
+
+    word = "cluster aggregator" if args.aggregator_type == "ROOT_AGGREGATOR" else "learner"
+    wait = client_wait()
+
+    class ClientManager(SimpleClientManager):
+        def __init__(self):
+            super().__init__()
+            self.wait = wait
+            self.settling = {}  # cid -> client, until CLIENT_SETTLE_SECONDS have passed
+            self.lock = threading.Lock()
+
+        def register(self, client) -> bool:
+            with self.lock:
+                if client.cid in self.settling or client.cid in self.clients:
+                    return False
+                self.settling[client.cid] = client
+            timer = threading.Timer(CLIENT_SETTLE_SECONDS, self.settle, (client,))
+            timer.daemon = True
+            timer.start()
+            return True
+
+        def settle(self, client) -> None:
+            with self.lock:
+                if self.settling.pop(client.cid, None) is None:
+                    return  # it left while settling
+                super().register(client)
+                n = len(self)
+            log.info("%s joined (%d connected)", word, n)
+
+        def unregister(self, client) -> None:
+            with self.lock:
+                if self.settling.pop(client.cid, None) is not None:
+                    return
+                if client.cid not in self.clients:
+                    return
+                super().unregister(client)
+                n = len(self)
+            log.info("%s left (%d connected)", word, n)
+
+        def wait_for(self, num_clients: int, timeout=None) -> bool:
+            return super().wait_for(num_clients, self.wait if timeout is None else timeout)
+
+    return ClientManager()
+
+
+def make_strategy(args, initial, model_manager=None, tracker=None, notifier=None):
+    """FedAvg as FLOps runs it, reporting every round to `tracker`.
+
+    A round aggregates the results it received (Flower's accept_failures): failed clients are
+    logged, told to the observer and counted per round. The project fails when a round gets no
+    result at all, when not enough clients connect within FLOPS_AGGREGATOR_CLIENT_WAIT, or when
+    the model code or MLflow fails. Flower's legacy start_server leaves its gRPC server running
+    when the strategy raises, so such an error is recorded instead and every later round is
+    cancelled (configure_* return no clients); start_server then ends normally and run_rounds()
+    raises the recorded error.
     """
     import flwr
     import numpy as np
     from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
 
-    if args.aggregator_type == "ROOT_AGGREGATOR":
-        peers, hint = "cluster aggregator(s)", "see the cluster aggregators' logs"
-    else:
-        peers, hint = "learner(s)", "the learners report their own errors on flops_manager/learner/failed"
+    peers, hint = peer_words(args)
 
     def failed_peers(what, results, failures):
-        return AggregatorError(
+        return (
             f"{len(failures)} of {len(results) + len(failures)} {peers} failed in {what} "
-            f"({describe_failures(failures)}); {hint}"
+            f"({describe_failures(failures)})"
         )
 
     class FLOpsFedAvg(flwr.server.strategy.FedAvg):
@@ -340,11 +480,13 @@ def make_strategy(args, initial, model_manager=None, tracker=None):
                 min_fit_clients=args.min_fit_clients,
                 min_evaluate_clients=args.min_evaluate_clients,
                 initial_parameters=ndarrays_to_parameters(initial),
+                accept_failures=True,  # Flower's default, stated: FLOps relies on it
             )
             self.error = None
             self.on_started = None
             self.parameters = list(initial)  # the latest aggregate, as NumPy arrays
             self.rounds = []  # (round, loss, accuracy, evaluation examples)
+            self.counts = {}  # round -> what its clients did (the `rounds` of `success`)
             self.training_examples = 0
 
         def fail(self, server_round, err):
@@ -355,6 +497,41 @@ def make_strategy(args, initial, model_manager=None, tracker=None):
                 if tracker is not None:
                     tracker.abort()
 
+        def count(self, server_round):
+            return self.counts.setdefault(
+                server_round,
+                {"round": server_round, "clients": 0, "fit_results": 0, "fit_failures": 0,
+                 "evaluate_results": 0, "evaluate_failures": 0},
+            )
+
+        def round_counts(self):
+            return [self.counts[r] for r in sorted(self.counts)]
+
+        def tolerate(self, server_round, what, results, failures):
+            msg = (f"round {server_round}: {failed_peers(what, results, failures)}; "
+                   f"going on with the {len(results)} result(s) received")
+            log.warning("%s", msg)
+            if notifier is not None:
+                notifier.observe(f"aggregator of FLOps project {args.flops_project_id}: {msg}")
+
+        def sample(self, server_round, what, need, client_manager, configure):
+            """configure() once `need` clients are connected, within the bounded wait."""
+            deadline = time.monotonic() + client_manager.wait
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0 or not client_manager.wait_for(need, timeout=left):
+                    have = client_manager.num_available()
+                    self.fail(server_round, AggregatorError(
+                        f"not enough {peers} for {what}: {have} connected, {need} required "
+                        f"(the client minimums), after waiting {client_manager.wait:.0f} s "
+                        "(FLOPS_AGGREGATOR_CLIENT_WAIT)"))
+                    return []
+                instructions = configure()
+                if instructions:
+                    return instructions
+                # A client left between the wait and the sampling: wait again.
+                time.sleep(0.1)
+
         def initialize_parameters(self, client_manager):
             # Called once the gRPC server listens: the moment to announce the start.
             if self.on_started is not None:
@@ -364,20 +541,36 @@ def make_strategy(args, initial, model_manager=None, tracker=None):
         def configure_fit(self, server_round, parameters, client_manager):
             if self.error is not None:
                 return []
-            if tracker is not None:
-                try:
-                    tracker.start_round(server_round, {k: getattr(self, k) for k in LOGGED_STRATEGY_PARAMS})
-                except Exception as e:  # noqa: BLE001
-                    self.fail(server_round, e)
-                    return []
-            return super().configure_fit(server_round, parameters, client_manager)
+            # Waiting first makes FedAvg sample every connected client (fraction_fit 1.0), not
+            # only the minimum when the round begins before the learners are there.
+            need = max(self.min_available_clients, self.min_fit_clients)
+            instructions = self.sample(
+                server_round, "training", need, client_manager,
+                lambda: super(FLOpsFedAvg, self).configure_fit(server_round, parameters, client_manager),
+            )
+            if instructions:
+                self.count(server_round)["clients"] = client_manager.num_available()
+                log.info("round %d: training on %d of %d connected %s", server_round,
+                         len(instructions), client_manager.num_available(), peers)
+                if tracker is not None:
+                    try:
+                        tracker.start_round(server_round, {k: getattr(self, k) for k in LOGGED_STRATEGY_PARAMS})
+                    except Exception as e:  # noqa: BLE001
+                        self.fail(server_round, e)
+                        return []
+            return instructions
 
         def aggregate_fit(self, server_round, results, failures):
             if self.error is not None:
                 return None, {}
-            if failures:
-                self.fail(server_round, failed_peers("training", results, failures))
+            counts = self.count(server_round)
+            counts["fit_results"], counts["fit_failures"] = len(results), len(failures)
+            if not results:
+                self.fail(server_round, AggregatorError(
+                    f"no training result: {failed_peers('training', results, failures)}; {hint}"))
                 return None, {}
+            if failures:
+                self.tolerate(server_round, "training", results, failures)
             try:
                 aggregated, metrics = super().aggregate_fit(server_round, results, failures)
                 if aggregated is None:
@@ -399,16 +592,33 @@ def make_strategy(args, initial, model_manager=None, tracker=None):
         def configure_evaluate(self, server_round, parameters, client_manager):
             if self.error is not None:
                 return []
-            return super().configure_evaluate(server_round, parameters, client_manager)
+            if self.fraction_evaluate == 0.0:
+                self.end_round(server_round, None, None)
+                return []
+            need = max(self.min_available_clients, self.min_evaluate_clients, 1)
+            return self.sample(
+                server_round, "evaluation", need, client_manager,
+                lambda: super(FLOpsFedAvg, self).configure_evaluate(server_round, parameters, client_manager),
+            )
+
+        def end_round(self, server_round, loss, accuracy):
+            if tracker is not None:
+                try:
+                    tracker.end_round(server_round, loss, accuracy, self.count(server_round))
+                except Exception as e:  # noqa: BLE001
+                    self.fail(server_round, e)
 
         def aggregate_evaluate(self, server_round, results, failures):
             if self.error is not None:
                 return None, {}
+            counts = self.count(server_round)
+            counts["evaluate_results"], counts["evaluate_failures"] = len(results), len(failures)
             if failures:
-                self.fail(server_round, failed_peers("evaluation", results, failures))
-                return None, {}
+                self.tolerate(server_round, "evaluation", results, failures)
             if not results:
+                # The round trained (its aggregate stands) but has no metrics.
                 log.warning("round %d: no evaluation results", server_round)
+                self.end_round(server_round, None, None)
                 return None, {}
             try:
                 n = sum(res.num_examples for _, res in results)
@@ -423,8 +633,9 @@ def make_strategy(args, initial, model_manager=None, tracker=None):
                     log.warning("round %d: loss %s, accuracy %s are not finite", server_round, loss, accuracy)
                 self.rounds.append((server_round, loss, accuracy, n))
                 log.info("round %d: loss %.6g, accuracy %.6g (%d examples)", server_round, loss, accuracy, n)
-                if tracker is not None:
-                    tracker.end_round(server_round, loss, accuracy)
+                self.end_round(server_round, loss, accuracy)
+                if self.error is not None:
+                    return None, {}
                 return loss, {"accuracy": accuracy}
             except Exception as e:  # noqa: BLE001
                 self.fail(server_round, e)
@@ -433,11 +644,13 @@ def make_strategy(args, initial, model_manager=None, tracker=None):
     return FLOpsFedAvg()
 
 
-def run_rounds(args, initial, model_manager=None, tracker=None, on_started=None):
+def run_rounds(args, initial, model_manager=None, tracker=None, on_started=None, notifier=None):
     """One Flower server session of `training_iterations` rounds; returns the strategy."""
     import flwr
 
-    strategy = make_strategy(args, initial, model_manager, tracker)
+    guard_client_registration()
+    client_manager = make_client_manager(args)
+    strategy = make_strategy(args, initial, model_manager, tracker, notifier)
     strategy.on_started = on_started
     address = grpc_address("0.0.0.0", server_port())
     log.info("Flower server on %s: %d round(s), FedAvg", address, args.training_iterations)
@@ -445,14 +658,15 @@ def run_rounds(args, initial, model_manager=None, tracker=None, on_started=None)
         server_address=address,
         config=flwr.server.ServerConfig(num_rounds=args.training_iterations),
         strategy=strategy,
+        client_manager=client_manager,
     )
     if strategy.error is not None:
         raise strategy.error
     if not strategy.rounds:
+        peers, _ = peer_words(args)
         raise AggregatorError(
             f"no round produced evaluation results ({args.training_iterations} round(s); "
-            f"did {args.min_available_clients} "
-            f"{'cluster aggregator(s)' if args.aggregator_type == 'ROOT_AGGREGATOR' else 'learner(s)'} connect?)"
+            f"did {args.min_available_clients} {peers} connect?)"
         )
     return strategy
 
@@ -535,15 +749,20 @@ class Tracker:
         except Exception as e:  # noqa: BLE001
             raise self.mlflow_error(e) from e
 
-    def end_round(self, server_round: int, loss: float, accuracy: float) -> None:
+    def end_round(self, server_round: int, loss, accuracy, counts: dict) -> None:
+        """Ends the round's run: its metrics, the clients' results and failures (counted), and the
+        model if it is the best so far. A round without evaluation results has no loss/accuracy."""
         import mlflow
 
+        metrics = {k: counts[k] for k in ROUND_COUNT_METRICS}
+        if loss is not None:
+            metrics.update(loss=loss, accuracy=accuracy)
         try:
-            mlflow.log_metrics({"loss": loss, "accuracy": accuracy})
+            mlflow.log_metrics(metrics)
             run_id = mlflow.active_run().info.run_id
         except Exception as e:  # noqa: BLE001
             raise self.mlflow_error(e) from e
-        if self.best is None or (accuracy > self.best[2] and loss < self.best[1]):
+        if loss is not None and (self.best is None or (accuracy > self.best[2] and loss < self.best[1])):
             # Saved now, while the ModelManager holds this round's aggregate, and uploaded after
             # the last round: a model the flavor cannot save fails in round 1, not at the end.
             path = os.path.join(self.tmp, f"round-{server_round}")
@@ -637,13 +856,15 @@ def run_classic(args, notifier: Notifier) -> None:
             notifier.observe(START_MSG.format(tracker.uri))
             notifier.publish("started")
 
-        run_rounds(args, initial, model_manager, tracker, on_started=started)
+        strategy = run_rounds(args, initial, model_manager, tracker, on_started=started, notifier=notifier)
         server_round, loss, accuracy, run_id = tracker.finish()
     finally:
         tracker.abort()
         tracker.close()
+    rounds = strategy.round_counts()
     notifier.publish(
-        "success", accuracy=accuracy, loss=loss, experiment_id=tracker.experiment_id, run_id=run_id
+        "success", accuracy=accuracy, loss=loss, experiment_id=tracker.experiment_id, run_id=run_id,
+        rounds=rounds,
     )
     notifier.observe(
         "\n".join(
@@ -654,6 +875,8 @@ def run_classic(args, notifier: Notifier) -> None:
                 f"- loss: {loss}",
                 f"- experiment_id: {tracker.experiment_id}",
                 f"- run_id: {run_id}",
+                "- failed clients per round (training/evaluation): "
+                + ", ".join(f"{r['fit_failures']}/{r['evaluate_failures']}" for r in rounds),
                 f"({args.aggregator_type})",
             )
         )
@@ -668,6 +891,67 @@ def is_unavailable(err: BaseException) -> bool:
     import grpc
 
     return isinstance(err, grpc.RpcError) and err.code() == grpc.StatusCode.UNAVAILABLE
+
+
+class AttemptResources:
+    """Every gRPC channel and request stream one start_client call opens, to close after it.
+
+    The learner runtime's class of the same name (this image does not hold that runtime): flwr's
+    grpc-bidi connection (flwr 1.8 to 1.27) closes its channel but never ends the request stream
+    it feeds from a queue, so gRPC's thread reading that queue waits for good, one per attempt.
+    Channels are closed again (no-op when flwr did) and each queue gets its end marker.
+    """
+
+    MODULES = ("flwr.client.grpc_client.connection", "flwr.compat.client.grpc_client.connection")
+
+    def __init__(self):
+        import importlib
+
+        self.channels, self.queues = [], []
+        patched = 0
+        for name in self.MODULES:
+            try:
+                module = importlib.import_module(name)
+            except ImportError:
+                continue
+            if hasattr(module, "create_channel") and hasattr(module, "Queue"):
+                self.track(module)
+                patched += 1
+        if not patched:
+            log.warning("flwr's grpc connection module not found: attempts are not cleaned up")
+
+    def track(self, module) -> None:
+        create_channel, base_queue = module.create_channel, module.Queue
+        channels, queues = self.channels, self.queues
+
+        def tracked_channel(*args, **kwargs):
+            channel = create_channel(*args, **kwargs)
+            channels.append(channel)
+            return channel
+
+        class TrackedQueue(base_queue):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                queues.append(self)
+
+        module.create_channel, module.Queue = tracked_channel, TrackedQueue
+
+    def close(self) -> None:
+        import queue
+
+        while self.channels:
+            try:
+                self.channels.pop().close()
+            except Exception as e:  # noqa: BLE001
+                log.debug("closing a gRPC channel: %s", e)
+        while self.queues:
+            q = self.queues.pop()
+            try:
+                while True:
+                    q.get_nowait()
+            except queue.Empty:
+                pass
+            q.put_nowait(None)  # iter(queue.get, None) ends: so does gRPC's reading thread
 
 
 def make_cluster_client(args):
@@ -713,11 +997,15 @@ def run_cluster(args) -> None:
     root = grpc_address(host, port)
     server_port()  # a bad FLOPS_AGGREGATOR_PORT fails now, not in the first cycle
     client = make_cluster_client(args)
+    resources = AttemptResources()
     waiting = False
     while True:
         try:
             # start_numpy_client(client) is start_client(client.to_client()) plus a
-            # deprecation warning, which would repeat on every attempt.
+            # deprecation warning, which would repeat on every attempt. A loop of our own, not
+            # start_client's max_retries/max_wait_time: the grpc-bidi transport ignores them
+            # (flwr 1.8 to 1.27), and the cluster aggregator must reconnect after every
+            # session and every failed cycle, for as long as it runs.
             flwr.client.start_client(server_address=root, client=client.to_client(), insecure=True)
             log.info("the root aggregator %s ended the session; waiting for the next one", root)
             waiting = False
@@ -729,6 +1017,8 @@ def run_cluster(args) -> None:
             else:
                 log.error("session with the root aggregator %s failed: %s: %s", root, type(e).__name__, e)
                 waiting = False
+        finally:
+            resources.close()
         time.sleep(delay)
 
 

@@ -15,6 +15,8 @@ both: FLOps (hierarchical FL in particular) runs many sessions against the same 
 - Waiting: while the aggregator is unavailable (gRPC UNAVAILABLE, or a server that closes before
   giving any task) the learner tries again every --retry-delay seconds. --max-wait bounds only
   the wait for the first session; once it has trained, it waits for the next session forever.
+  Each attempt closes every gRPC channel and request stream it opened before the next one (flwr
+  alone leaves a gRPC thread behind per attempt), so retrying for hours costs nothing.
 - "training session N finished" is logged whenever the aggregator ends a session. An aggregator
   that goes away mid-session (UNAVAILABLE) is not a failure: the learner waits for the next one.
 - Exit 0: after --max-sessions sessions (log line "training finished: ..."), or on
@@ -259,12 +261,76 @@ def quiet_closed_channel_polls() -> None:
     threading.excepthook = hook
 
 
+class AttemptResources:
+    """Every gRPC channel and request stream one start_client call opens, to close after it.
+
+    flwr's grpc-bidi connection (flwr 1.8 to 1.27) closes its channel but never ends the request
+    stream it feeds from a queue: gRPC's thread reading that queue waits for good, one thread
+    (holding the dead call) per attempt, hundreds over a long wait for the aggregator. Channels
+    are closed here again (no-op when flwr did) and each queue gets its end marker, so an attempt
+    leaves nothing behind. Tracked through the connection module's own names (create_channel,
+    Queue), which flwr looks up there at each connection.
+    """
+
+    MODULES = ("flwr.client.grpc_client.connection", "flwr.compat.client.grpc_client.connection")
+
+    def __init__(self):
+        import importlib
+
+        self.channels, self.queues = [], []
+        self.patched = 0
+        for name in self.MODULES:
+            try:
+                module = importlib.import_module(name)
+            except ImportError:
+                continue
+            if hasattr(module, "create_channel") and hasattr(module, "Queue"):
+                self.track(module)
+                self.patched += 1
+        if not self.patched:
+            log.warning("flwr's grpc connection module not found: attempts are not cleaned up")
+
+    def track(self, module) -> None:
+        create_channel, base_queue = module.create_channel, module.Queue
+        channels, queues = self.channels, self.queues
+
+        def tracked_channel(*args, **kwargs):
+            channel = create_channel(*args, **kwargs)
+            channels.append(channel)
+            return channel
+
+        class TrackedQueue(base_queue):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                queues.append(self)
+
+        module.create_channel, module.Queue = tracked_channel, TrackedQueue
+
+    def close(self) -> None:
+        import queue
+
+        while self.channels:
+            try:
+                self.channels.pop().close()
+            except Exception as e:  # noqa: BLE001 - closing must not end the service
+                log.debug("closing a gRPC channel: %s", e)
+        while self.queues:
+            q = self.queues.pop()
+            try:
+                while True:
+                    q.get_nowait()  # an unsent reply: the call is over
+            except queue.Empty:
+                pass
+            q.put_nowait(None)  # iter(queue.get, None) ends: so does gRPC's reading thread
+
+
 def run_sessions(client, server_address: str, retry_delay: float, max_wait: float, max_sessions: int) -> int:
     """Serves training sessions until max_sessions (0: forever); returns the number served."""
     import flwr
 
     logging.getLogger("flwr").addFilter(OncePerMessage())
     quiet_closed_channel_polls()
+    resources = AttemptResources()
     sessions = 0
     joined = False  # the learner has taken part in a session: no more --max-wait
     waiting_since = time.monotonic()
@@ -274,7 +340,13 @@ def run_sessions(client, server_address: str, retry_delay: float, max_wait: floa
         client.tasks = 0
         try:
             # start_numpy_client(client) is start_client(client.to_client()) plus a
-            # deprecation warning, which would repeat on every attempt.
+            # deprecation warning, which would repeat on every attempt. Its max_retries and
+            # max_wait_time (flwr >= 1.8) are not used: the grpc-bidi transport, the only one
+            # the legacy start_server speaks, ignores them (flwr 1.8 to 1.27 pass the retry
+            # policy to grpc_connection "for compatibility" only) and raises the first
+            # UNAVAILABLE; and FLOps needs more than a connection retry: waiting again after
+            # a session (sessions follow one another), a bound on the first wait only, a
+            # failure report. Hence this loop.
             flwr.client.start_client(
                 server_address=server_address, client=client.to_client(), insecure=True
             )
@@ -283,6 +355,8 @@ def run_sessions(client, server_address: str, retry_delay: float, max_wait: floa
             if not connection_lost(e, client.tasks):
                 raise
             lost = e
+        finally:
+            resources.close()
         if client.tasks:
             joined = True
             if lost is None:

@@ -95,10 +95,14 @@ def data_server():
 
 
 # The ML repo: scikit-learn logistic regression on (x1, x2) -> label, as in Flower's sklearn
-# example. TEST_MODEL_FAIL makes one of its methods raise.
+# example. TEST_MODEL_FAIL makes one of its methods raise. Learners' fits can be held at a known
+# point (a line on stdout says so): with TEST_FIT_GATE=<path>, the fits numbered in
+# TEST_FIT_GATE_AT (comma-separated, default 1) wait until the file <path>-<n> exists;
+# TEST_FIT_HANG_AT=<n> makes fit number n hang until the learner is killed.
 MODEL_MANAGER = textwrap.dedent(
     '''
     import os
+    import time
     import warnings
 
     import numpy as np
@@ -149,9 +153,25 @@ MODEL_MANAGER = textwrap.dedent(
                 raise ValueError("these parameters do not fit the model")
             self.model.coef_, self.model.intercept_ = parameters[0], parameters[1]
 
+        fits = 0
+
         def fit_model(self):
             if FAIL == "fit_model":
                 raise RuntimeError("training diverged")
+            self.fits += 1
+            if self.fits == int(os.environ.get("TEST_FIT_HANG_AT", "0")):
+                print("FIT_HANG", self.fits, flush=True)
+                while True:
+                    time.sleep(60)
+            gated = os.environ.get("TEST_FIT_GATE_AT", "1").split(",")
+            if os.environ.get("TEST_FIT_GATE") and str(self.fits) in gated:
+                gate = f"{os.environ['TEST_FIT_GATE']}-{self.fits}"
+                print("FIT_GATE waiting", self.fits, flush=True)
+                end = time.monotonic() + 300
+                while not os.path.exists(gate):
+                    if time.monotonic() > end:
+                        raise RuntimeError(f"the test never opened {gate}")
+                    time.sleep(0.05)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # ConvergenceWarning: few iterations per round
                 self.model.fit(*self.train)
@@ -184,6 +204,19 @@ class Proc:
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
+
+    def expect(self, text: str, timeout: float, count: int = 1) -> None:
+        """Waits until `text` is in the output `count` times; fails at once if the process exits."""
+        wait_for(lambda: self.output().count(text) >= count or not self.alive(), timeout)
+        out = self.output()
+        assert out.count(text) >= count, (
+            f"{self.name}: {text!r} not seen {count} time(s) in {timeout} s "
+            f"({'running' if self.alive() else f'exit {self.popen.returncode}'}):\n{out[-6000:]}"
+        )
+
+    def kill(self) -> None:
+        self.popen.kill()
+        self.popen.wait(10)
 
     def wait(self, timeout) -> int:
         try:
@@ -282,6 +315,16 @@ def messages_of(got, project_id, prefix="flops_manager/aggregator/"):
         for topic, payload in list(got)
         if topic.startswith(prefix) and payload.get("flops_project_id") == project_id
     ]
+
+
+def outcome(got, project_id, timeout):
+    """Waits for the project's `success` or `failed`: (statuses so far, that payload)."""
+    def final():
+        return [(s, p) for s, p in messages_of(got, project_id) if s in ("success", "failed")]
+
+    assert wait_for(final, timeout), f"no success/failed in {timeout} s: {messages_of(got, project_id)}"
+    status, payload = final()[0]
+    return [s for s, _ in messages_of(got, project_id)], status, payload
 
 
 @pytest.fixture

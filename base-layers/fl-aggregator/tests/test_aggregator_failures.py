@@ -1,5 +1,6 @@
 """Failures end in exactly one flops_manager/aggregator/failed whose error_msg says what to fix,
-and exit code 1, without hanging on the tracking server, the broker or the observer."""
+and exit code 1, without hanging on the tracking server, the broker or the observer. (Failures
+the project survives are in test_aggregator_dropouts.py.)"""
 
 import time
 
@@ -70,9 +71,35 @@ def test_learner_failure_fails_the_round(fl, mqtt_messages):
     assert learner.wait(60) == 1, fl.logs()
     _, payload = failed_once(mqtt_messages, fl.project_id)
     msg = payload["error_msg"]
-    assert "round 1: 1 of 1 learner(s) failed in training (connection lost" in msg, msg
+    # The round's only learner failed: no result at all, the one case where a round fails.
+    assert "round 1: no training result: 1 of 1 learner(s) failed in training (connection lost" in msg, msg
     learner_failed = messages_of(mqtt_messages, fl.project_id, "flops_manager/learner/")
     assert [status for status, _ in learner_failed] == ["failed"]
+
+
+def test_too_few_learners_within_the_wait_is_a_failure_that_says_so(fl, mqtt_messages):
+    # Two learners required, one comes: the round gives up after FLOPS_AGGREGATOR_CLIENT_WAIT.
+    port = free_port()
+    agg = fl.aggregator("aggregator", ["CLASSIC_AGGREGATOR", 2, 2, 2, 2], port,
+                        FLOPS_AGGREGATOR_CLIENT_WAIT=8)
+    learner = fl.learner("learner", port, "agg-a")
+    agg.expect("learner joined (1 connected)", 120)
+    assert agg.wait(120) == 1, fl.logs()
+    _, payload = failed_once(mqtt_messages, fl.project_id)
+    msg = payload["error_msg"]
+    assert "round 1: not enough learner(s) for training: 1 connected, 2 required" in msg, msg
+    assert "after waiting 8 s (FLOPS_AGGREGATOR_CLIENT_WAIT)" in msg, msg
+    # The learner had no part in a session: not a failure, it waits for the next one.
+    assert learner.alive(), fl.logs()
+    assert not messages_of(mqtt_messages, fl.project_id, "flops_manager/learner/")
+
+
+def test_a_bad_client_wait_is_reported(fl, mqtt_messages):
+    agg = fl.aggregator("aggregator", ["CLASSIC_AGGREGATOR", 1, 1, 1, 1], free_port(),
+                        FLOPS_AGGREGATOR_CLIENT_WAIT="soon")
+    assert agg.wait(60) == 1, agg.output()
+    _, payload = failed_once(mqtt_messages, fl.project_id)
+    assert "FLOPS_AGGREGATOR_CLIENT_WAIT='soon' is not a number" in payload["error_msg"], payload
 
 
 def test_unreachable_broker_and_observer_do_not_hang(fl):

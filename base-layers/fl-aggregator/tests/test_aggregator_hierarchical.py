@@ -61,7 +61,7 @@ def test_failing_cycle_fails_the_root_not_the_cluster(fl, mqtt_messages):
     msgs = messages_of(mqtt_messages, fl.project_id)
     assert [status for status, _ in msgs] == ["started", "failed"], msgs
     msg = msgs[1][1]["error_msg"]
-    assert "round 1: 1 of 1 cluster aggregator(s) failed in training" in msg, msg
+    assert "round 1: no training result: 1 of 1 cluster aggregator(s) failed in training" in msg, msg
     assert "see the cluster aggregators' logs" in msg, msg
     # The cluster aggregator logged its cycle's failure and carries on.
     assert wait_for(lambda: "1 of 1 learner(s) failed in training" in cluster.output(), 10), cluster.output()

@@ -5,8 +5,10 @@
 Runs `rounds` rounds (default 1) of fit + evaluate once `min_clients` clients (default 1) are
 connected, then ends the session.
 
-Prints one JSON line `FLOWER_RESULT {"fit": n, "evaluate": n, "loss": x, "accuracy": y}` at
-the end. The integration test runs this file with the flwr inside the learner image.
+Prints one JSON line `FLOWER_RESULT {"fit": n, "evaluate": n, "loss": x, "accuracy": y,
+"clients": [n, ...]}` at the end, `clients` being the clients connected when each round's
+training was sampled (what the server holds, as opposed to the learners that exist). The
+integration test runs this file with the flwr inside the learner image.
 """
 
 import json
@@ -19,6 +21,12 @@ from flwr.server.strategy import FedAvg
 class Counting(FedAvg):
     n_fit = n_evaluate = 0
     accuracy = None
+    clients = []
+
+    def configure_fit(self, server_round, parameters, client_manager):
+        instructions = super().configure_fit(server_round, parameters, client_manager)
+        Counting.clients.append(client_manager.num_available())
+        return instructions
 
     def aggregate_fit(self, server_round, results, failures):
         Counting.n_fit += len(results)
@@ -52,7 +60,7 @@ def main() -> None:
     )
     loss = history.losses_distributed[-1][1] if history.losses_distributed else None
     result = {"fit": Counting.n_fit, "evaluate": Counting.n_evaluate, "loss": loss,
-              "accuracy": Counting.accuracy}
+              "accuracy": Counting.accuracy, "clients": Counting.clients}
     print("FLOWER_RESULT " + json.dumps(result), flush=True)
 
 

@@ -1,3 +1,4 @@
+import os
 import signal
 import socket
 import uuid
@@ -32,6 +33,8 @@ def run_session(port: int, out: Output, learner, **server) -> dict:
     assert flower.returncode == 0, server_out + "\n--- learner:\n" + str(out)
     result = flower_result(server_out)
     assert result["fit"] == 1 and result["evaluate"] == 1, result
+    # The server held the one learner there is: no client left over from its earlier attempts.
+    assert result["clients"] == [1], result
     assert result["accuracy"] > 0.8, (result, str(out))
     return result
 
@@ -213,6 +216,38 @@ def test_an_aggregator_that_never_comes_is_a_failure(data_server, ml_repo, mqtt_
     assert wait_for(lambda: any(m["flops_project_id"] == project for m in mqtt_messages)), out
     [msg] = [m for m in mqtt_messages if m["flops_project_id"] == project]
     assert f"aggregator 127.0.0.1:{port} still unavailable" in msg["error_msg"], msg
+
+
+def process_resources(pid: int):
+    """(threads, open sockets) of a process, from /proc."""
+    with open(f"/proc/{pid}/status") as f:
+        threads = next(int(line.split()[1]) for line in f if line.startswith("Threads:"))
+    sockets = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            sockets += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+        except OSError:
+            pass  # closed meanwhile
+    return threads, sockets
+
+
+def test_failed_attempts_leave_nothing_behind(data_server, ml_repo, observer):
+    # Every attempt opens a gRPC channel and a request stream (read by a gRPC thread); after
+    # 20 more attempts the learner holds no more threads or sockets than after 5.
+    obs_addr, _ = observer
+    learner = start_learner(
+        ml_repo, manager_args("p-leak", obs_addr, free_port()), FLOPS_LEARNER_RETRY_DELAY="0.1"
+    )
+    out = Output(learner)
+    try:
+        expect(out, learner, "unavailable (attempt 5)", 120)
+        before = process_resources(learner.pid)
+        expect(out, learner, "unavailable (attempt 25)", 120)
+        after = process_resources(learner.pid)
+    finally:
+        stop(learner)
+    assert after[0] <= before[0] + 1, f"threads {before[0]} -> {after[0]} over 20 attempts"
+    assert after[1] <= before[1] + 1, f"sockets {before[1]} -> {after[1]} over 20 attempts"
 
 
 def test_the_manager_command_line_is_exact(monkeypatch):
