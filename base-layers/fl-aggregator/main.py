@@ -98,6 +98,22 @@ OBSERVER_PORT = 2727
 AGGREGATOR_PORT = 8080
 TOPIC = "flops_manager/aggregator/{}"
 MODEL_ARTIFACT_PATH = "logged_model_artifact"
+# Beside the model: every distribution the aggregator trained and logged it with. The
+# trained-model image keeps what the model's requirements leave open to these versions
+# (MLflow infers `torch`, not the NumPy it ran with).
+ENVIRONMENT_FILE = "flops-environment.txt"
+
+
+def write_environment(dest: str) -> None:
+    """Writes `name==version` of every installed distribution to dest (best effort)."""
+    import importlib.metadata as md
+
+    try:
+        lines = sorted({f"{d.metadata['Name']}=={d.version}" for d in md.distributions() if d.metadata["Name"]})
+        with open(dest, "w") as f:
+            f.write("\n".join(lines) + "\n")
+    except OSError as e:
+        log.warning("could not write %s: %s", dest, e)
 FLAVORS = ("sklearn", "pytorch", "tensorflow", "keras")
 AGGREGATOR_TYPES = ("CLASSIC_AGGREGATOR", "ROOT_AGGREGATOR", "CLUSTER_AGGREGATOR")
 # The strategy's attributes FLOps logs as the params of every round's run.
@@ -812,6 +828,7 @@ class Tracker:
         except Exception as e:  # noqa: BLE001
             log.warning("could not record the run in the model's MLmodel: %s", e)
             mlmodel = None
+        write_environment(os.path.join(path, ENVIRONMENT_FILE))
         client = MlflowClient(self.uri)
         try:
             client.log_artifacts(run_id, path, MODEL_ARTIFACT_PATH)

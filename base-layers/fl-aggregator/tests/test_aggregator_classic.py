@@ -1,5 +1,7 @@
 """A classic FLOps training: the aggregator, two learners, the tracking server and mosquitto."""
 
+import importlib.metadata
+import tempfile
 import subprocess
 import sys
 
@@ -63,6 +65,13 @@ def test_classic_run_tracks_rounds_and_logs_the_best_model(fl, mqtt_messages, ob
         assert ("logged_model_artifact" in names) == (run.info.run_id == success["run_id"]), names
     files = {a.path for a in mlflow_client.list_artifacts(success["run_id"], "logged_model_artifact")}
     assert {"logged_model_artifact/MLmodel", "logged_model_artifact/requirements.txt"} <= files, files
+    # The environment it was trained in, for the trained-model image (flops-image-builder).
+    assert "logged_model_artifact/flops-environment.txt" in files, files
+    env_dir = mlflow_client.download_artifacts(success["run_id"], "logged_model_artifact/flops-environment.txt", tempfile.mkdtemp())
+    with open(env_dir) as f:
+        env = f.read().splitlines()
+    # The aggregator runs in this test's environment.
+    assert f"flwr=={importlib.metadata.version('flwr')}" in env, env[:20]
     # The repo's code goes with the model (models of classes defined in the repo need it).
     code = {a.path for a in mlflow_client.list_artifacts(success["run_id"], "logged_model_artifact/code")}
     assert code == {"logged_model_artifact/code/model_manager.py"}, code
