@@ -12,22 +12,28 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-20}
 ENVS=${ENVS:-pyenv pyenv-lowest}
-# Raw results (one JSON line per run, pytest's output) stay in $T, kept for a look at failures.
-T=$(mktemp -d -t fl-stress.XXXXXX)
-echo "[fl-stress] raw results in $T" >&2
 OUT=bench/out/fl-stress-$(date -u +%F).md
+# Raw results (one JSON line per run, pytest's output) stay in $RAW (default: a new temporary
+# dir), kept for a look at failures; RAW=<that dir> resumes an interrupted bench (runs already
+# recorded are not run again). One pytest call per run: a run's result survives what follows.
+RAW=${RAW:-$(mktemp -d -t fl-stress.XXXXXX)}
+mkdir -p "$RAW"
+echo "[fl-stress] raw results in $RAW" >&2
 for env in $ENVS; do
   py=/var/lib/flops-rig/$env/bin/python
   [ -x "$py" ] || { echo "$py is missing: run scripts/rig.sh all" >&2; exit 1; }
-  "$py" -c 'import importlib.metadata as m; print(m.version("flwr"))' >"$T/$env.flwr"
-  echo "[fl-stress] $env (flwr $(cat "$T/$env.flwr")): $RUNS run(s) of each start order" >&2
-  start=$(date +%s)
-  FLOPS_STRESS_RUNS=$RUNS FLOPS_STRESS_REPORT=$T/$env.jsonl "$py" -m pytest -q -p no:cacheprovider \
-    base-layers/fl-aggregator/tests/test_stress.py >"$T/$env.log" 2>&1 || true
-  echo $(($(date +%s) - start)) >"$T/$env.wall"
-  tail -n 1 "$T/$env.log" >&2
+  "$py" -c 'import importlib.metadata as m; print(m.version("flwr"))' >"$RAW/$env.flwr"
+  echo "[fl-stress] $env (flwr $(cat "$RAW/$env.flwr")): $RUNS run(s) of each start order" >&2
+  for i in $(seq 1 "$RUNS"); do
+    for order in together learners-first aggregator-first; do
+      grep -qF "\"order\": \"$order\", \"run\": $i," "$RAW/$env.jsonl" 2>/dev/null && continue
+      FLOPS_STRESS_RUNS=$i FLOPS_STRESS_REPORT=$RAW/$env.jsonl "$py" -m pytest -q -p no:cacheprovider \
+        "base-layers/fl-aggregator/tests/test_stress.py::test_start_race[$i-$order]" >>"$RAW/$env.log" 2>&1 || true
+      tail -n 1 "$RAW/$env.jsonl" | cut -c1-160 >&2
+    done
+  done
 done
-python3 - "$T" "$OUT" "$RUNS" $ENVS <<'PY'
+python3 - "$RAW" "$OUT" "$RUNS" $ENVS <<'PY'
 import json, os, platform, statistics, sys, time
 tmp, out, runs, envs = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:]
 orders = ["together", "learners-first", "aggregator-first"]
@@ -56,10 +62,13 @@ for env in envs:
         lines.append(f"| {env} ({flwr}) | {what[order]} | {len(mine)} | {failed} | "
                      f"{statistics.median(secs):.1f} | {min(secs):.1f} | {max(secs):.1f} |")
         failures += [f"- {env}, {order}, run {e['run']}: {e['error']}" for e in bad]
-    wall = int(open(f"{tmp}/{env}.wall").read())
-    last = (open(f"{tmp}/{env}.log").read().strip().splitlines() or ["(no output)"])[-1]
-    pytest.append(f"- {env}: `{last.strip('= ')}`, wall time {wall // 60} min {wall % 60} s")
-lines += ["", "pytest:", *pytest, "", "Failures: none." if not total_fail else "Failures:", *failures]
+    log = open(f"{tmp}/{env}.log").read()
+    passed, failed = log.count(" passed in "), log.count(" failed")
+    busy = sum(e["seconds"] for e in entries)
+    pytest.append(f"- {env}: {passed} pytest call(s) passed, {failed} failed; "
+                  f"{busy / 60:.0f} min of runs")
+lines += ["", "pytest (one call per run):", *pytest, "", "Failures: none." if not total_fail else "Failures:",
+          *failures]
 open(out, "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 sys.exit(1 if total_fail else 0)
