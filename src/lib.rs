@@ -13,3 +13,4 @@ pub mod oci;
 pub mod pipeline;
 pub mod progress;
 pub mod repo;
+pub mod sbom;

@@ -126,6 +126,10 @@ struct ImageArgs {
     /// the build, instead of moving to the nearest version of its major that fits both.
     #[arg(long)]
     strict_pins: bool,
+    /// Software bill of materials attached to every image as an OCI referrer: spdx (SPDX 2.3
+    /// JSON per platform, from the lock) or none.
+    #[arg(long, default_value = "spdx", value_parser = ["spdx", "none"])]
+    sbom: String,
     /// glibc version of the base image (bounds manylinux wheels).
     #[arg(long, default_value = "2.28")]
     glibc: String,
@@ -580,6 +584,7 @@ fn options(a: &ImageArgs, model_flavor: Option<String>) -> anyhow::Result<pipeli
         refresh_lock: a.refresh_lock,
         strict_platforms: a.strict_platforms,
         strict_python: a.strict_python,
+        sbom: a.sbom == "spdx",
         mirrors: flops_image_builder::oci::mirrors::Mirrors::load(
             &a.registry_mirror,
             conf.as_deref(),

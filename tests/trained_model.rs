@@ -185,6 +185,14 @@ fn models_logged_by_mlflow_2_and_3_are_served_as_they_predict() {
             assert_eq!(origin, "run artifacts");
         }
         check_config(&format!("{name} --override-arch arm64"), &run_id);
+        // Each platform's SBOM is found through its referrers tag (distribution 2.8).
+        let repository = name.rsplit_once(':').unwrap().0;
+        for p in report["image"]["platforms"].as_array().unwrap() {
+            let tag = p["manifest"].as_str().unwrap().replace(':', "-");
+            let idx = skopeo_raw(&format!("{repository}:{tag}"), "");
+            assert_eq!(idx["manifests"][0]["digest"], p["sbom"], "{idx}");
+            assert_eq!(idx["manifests"][0]["artifactType"], "application/spdx+json");
+        }
         let (_, answer) = serve_and_predict(name, &format!("{project}-serve"), work.path());
         assert_eq!(
             answer["predictions"], expected,

@@ -11,6 +11,7 @@ use crate::deps::pylock::Selected;
 use crate::oci::blobstore::BlobStore;
 use crate::oci::image::{is_index, Descriptor, Index, Manifest};
 use crate::oci::layer::{Compression, Layer, LayerWriter, LAYER_FORMAT_VERSION};
+use crate::oci::referrers::{ensure_blob, EMPTY_CONFIG, EMPTY_MEDIA_TYPE};
 use crate::oci::registry::Registry;
 use anyhow::Result;
 use sha2::{Digest as _, Sha256};
@@ -190,8 +191,6 @@ pub async fn registry_cache(reg: &Registry, repo: &str) -> HashMap<String, Layer
 /// per layer, tagged `deps-<cache key>`. Any build, on any node, for any ML repo, finds layers
 /// there and mounts them instead of uploading.
 pub const POOL_REPO: &str = "flops-cache/deps";
-const EMPTY_CONFIG: &[u8] = b"{}";
-const EMPTY_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
 
 fn pool_tag(key: &str) -> String {
     format!("deps-{key}")
@@ -199,18 +198,7 @@ fn pool_tag(key: &str) -> String {
 
 /// Makes sure the pool has the empty config blob its manifests point at; returns its digest.
 async fn pool_config(reg: &Registry, pool: &str, store: &BlobStore) -> Result<String> {
-    let digest = store.put_bytes(EMPTY_CONFIG)?;
-    if !reg.blob_exists(pool, &digest).await? {
-        reg.upload_file(
-            pool,
-            &digest,
-            &store.path(&digest),
-            EMPTY_CONFIG.len() as u64,
-            None,
-        )
-        .await?;
-    }
-    Ok(digest)
+    ensure_blob(reg, pool, store, EMPTY_CONFIG).await
 }
 
 /// PUTs a one-layer pool manifest (empty config) under `tag`.
@@ -224,8 +212,10 @@ async fn put_pool_manifest(
     let manifest = Manifest {
         schema_version: 2,
         media_type: Some(crate::oci::image::OCI_MANIFEST.into()),
+        artifact_type: None,
         config: Descriptor::new(EMPTY_MEDIA_TYPE, config, EMPTY_CONFIG.len() as u64),
         layers: vec![layer],
+        subject: None,
         annotations: Default::default(),
     };
     reg.put_manifest(
@@ -326,11 +316,7 @@ pub async fn pool_lock(reg: &Registry, pool: &str, key: &str) -> Option<String> 
 /// Stores a lock in the pool under its input key. Best effort, like [`pool_publish`].
 pub async fn pool_put_lock(reg: &Registry, pool: &str, key: &str, store: &BlobStore, lock: &str) {
     let result: Result<()> = async {
-        let blob = store.put_bytes(lock.as_bytes())?;
-        if !reg.blob_exists(pool, &blob).await? {
-            reg.upload_file(pool, &blob, &store.path(&blob), lock.len() as u64, None)
-                .await?;
-        }
+        let blob = ensure_blob(reg, pool, store, lock.as_bytes()).await?;
         let layer = Descriptor::new(LOCK_MEDIA_TYPE, &blob, lock.len() as u64);
         put_pool_blob_manifest(reg, pool, &format!("lock-{key}"), store, layer).await
     }

@@ -67,7 +67,7 @@ pub struct Package {
     pub archive: Option<toml::Value>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 pub struct Wheel {
     #[serde(default)]
     pub name: Option<String>,

@@ -64,6 +64,10 @@ pub struct PlatformReport {
     pub manifest: String,
     pub config: LayerReport,
     pub layers: Vec<LayerReport>,
+    /// The SPDX SBOM attached to this manifest as an OCI referrer (the artifact manifest's
+    /// digest), when one was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sbom: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -214,6 +218,7 @@ pub fn report(
                     .chain(&i.new_layers)
                     .map(blob)
                     .collect(),
+                sbom: None,
             })
             .collect(),
         bytes_uploaded,

@@ -13,6 +13,8 @@ use std::collections::BTreeMap;
 #[derive(Debug, Clone)]
 pub struct BaseImage {
     pub platform: PlatformSpec,
+    /// Digest of this platform's manifest (`sha256:…`).
+    pub digest: String,
     pub manifest: Manifest,
     pub config: Value,
 }
@@ -44,7 +46,7 @@ pub async fn resolve_base(
     platforms: &[Platform],
 ) -> Result<Vec<BaseImage>> {
     let repo = &base.repository;
-    let (bytes, mt, _) = reg
+    let (bytes, mt, top_digest) = reg
         .get_manifest(repo, base.manifest_ref())
         .await
         .with_context(|| format!("base image {base}"))?;
@@ -86,6 +88,7 @@ pub async fn resolve_base(
             platform.os_version = None;
             out.push(BaseImage {
                 platform,
+                digest: entry.digest.clone(),
                 manifest,
                 config,
             });
@@ -111,6 +114,7 @@ pub async fn resolve_base(
         }
         out.push(BaseImage {
             platform,
+            digest: top_digest,
             manifest,
             config,
         });
@@ -184,8 +188,10 @@ pub fn assemble(
         let manifest = Manifest {
             schema_version: 2,
             media_type: Some(OCI_MANIFEST.into()),
+            artifact_type: None,
             config: config_desc.clone(),
             layers: base_layers.iter().chain(&new_layers).cloned().collect(),
+            subject: None,
             annotations: BTreeMap::new(),
         };
         let manifest_bytes = serde_json::to_vec(&manifest)?;

@@ -10,6 +10,7 @@ pub mod layout;
 pub mod mirrors;
 pub mod push;
 pub mod reference;
+pub mod referrers;
 pub mod registry;
 pub mod retry;
 

@@ -11,7 +11,7 @@
 use crate::error::registry as reg_err;
 use crate::oci::blobstore::BlobStore;
 use crate::oci::credentials::{self, Credentials};
-use crate::oci::image::ACCEPT_MANIFESTS;
+use crate::oci::image::{Index, ACCEPT_MANIFESTS};
 use crate::oci::retry::{self, Backoff};
 use anyhow::{anyhow, Context, Result};
 use base64::Engine as _;
@@ -972,6 +972,27 @@ impl Registry {
             .get("Docker-Content-Digest")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
+    }
+
+    /// The referrers API (distribution-spec 1.1, `GET /v2/<repo>/referrers/<digest>`): the
+    /// index of manifests whose `subject` is `digest`, or `None` where the registry does not
+    /// have the API (404, as CNCF distribution 2.8 answers) and clients keep the index
+    /// themselves under the referrers tag.
+    pub async fn referrers(&self, repo: &str, digest: &str) -> Result<Option<Index>> {
+        let url = self.url(&format!("v2/{repo}/referrers/{digest}"));
+        let what = format!("referrers of {}/{repo}@{digest}", self.host);
+        let resp = self.send(&what, |c| Ok(c.get(url.clone()))).await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !resp.status().is_success() {
+            return Err(self.fail(&what, resp).await);
+        }
+        let bytes = resp.bytes().await.map_err(|e| self.net_error(&what, &e))?;
+        // A 200 that is not an index (a proxy's page) means no API, not an error.
+        Ok(serde_json::from_slice::<Index>(&bytes)
+            .ok()
+            .filter(|i| i.schema_version == 2))
     }
 
     /// Tags of a repository (empty if the repository does not exist yet).

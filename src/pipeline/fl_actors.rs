@@ -6,7 +6,7 @@
 use super::base::{BaseReport, Finder};
 use super::deps::DepLayerReport;
 use super::image::{assemble_image, env, labels, ImageSpec};
-use super::{deps, lock, push, source, target, Options, Session, DEPS_PREFIX};
+use super::{deps, lock, push, sbom, source, target, Options, Session, DEPS_PREFIX};
 use crate::deps::doctor::Fired;
 use crate::notify::Notifier;
 use crate::oci::append::Report;
@@ -195,11 +195,23 @@ pub async fn build_fl(
                 ),
             ],
             changes: changes.clone(),
+            parts: sbom::Parts {
+                source: Some((check.source.clone(), check.commit.clone())),
+                model: None,
+                files: Some((
+                    format!("flops-{}", rt.name),
+                    augment::runtime_files(rt, &opts.workdir, DEPS_PREFIX)?
+                        .into_iter()
+                        .map(|(p, b)| (format!("/{p}"), b))
+                        .collect(),
+                )),
+            },
         };
         let assembled = assemble_image(&sess, &base, &deps, &spec)?;
         built.push((spec, assembled));
     }
-    let reports = push::push_all(&sess, &reg, &base, &deps, &built, &home).await?;
+    let sboms = sbom::documents(&sess, &base, &deps, &built).await?;
+    let reports = push::push_all(&sess, &reg, &base, &deps, &built, &sboms, &home).await?;
     for r in &reports {
         sess.observe(&format!("pushed {}", r.reference)).await;
     }

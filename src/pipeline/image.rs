@@ -24,6 +24,8 @@ pub struct ImageSpec {
     /// Layers on top of the dependencies, with their history lines.
     pub top: Vec<(Layer, String)>,
     pub changes: ConfigChanges,
+    /// What the image holds besides its dependencies, for its SBOM.
+    pub parts: super::sbom::Parts,
 }
 
 /// The environment every image built here has: the dependency prefix on PYTHONPATH and PATH

@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! source (clone → verify → doctor) → target (push access) → base → lock
-//!   → dependency layers (per platform) → image assembly → push (tags last) → report
+//!   → dependency layers (per platform) → image assembly → SBOMs → push (SBOMs as
+//!   referrers, then tags) → report
 //! ```
 //!
 //! A plan is a short file naming its images: [`learner`] (the learner only), [`fl_actors`]
@@ -16,6 +17,7 @@ pub mod image;
 pub mod learner;
 pub mod lock;
 pub mod push;
+pub mod sbom;
 pub mod source;
 pub mod target;
 pub mod trained_model;
@@ -83,6 +85,8 @@ pub struct Options {
     pub strict_python: bool,
     /// Registry mirrors (flags, registries.conf) for pulling base images.
     pub mirrors: crate::oci::mirrors::Mirrors,
+    /// Attach an SPDX SBOM to every image (`--sbom spdx`, the default).
+    pub sbom: bool,
 }
 
 /// One run of a plan: the local cache, the notifier, and the phase timings.

@@ -10,21 +10,25 @@ use crate::deps::layers;
 use crate::oci::append::{self, Report};
 use crate::oci::assemble::Assembled;
 use crate::oci::push::{self as oci_push, BaseSource};
+use crate::oci::referrers;
 use crate::oci::registry::{BlobStatus, Registry};
+use crate::sbom;
 use anyhow::Result;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Pushes `images` (in order, tags last for all) and returns one report per image.
-/// `home` names the repository each dependency group's new layers were uploaded to.
+/// Pushes `images` (in order), then each platform manifest's SBOM (`sboms`: per image, per
+/// platform, empty for none) as an OCI referrer, then the tags of all; returns one report per
+/// image. `home` names the repository each dependency group's new layers were uploaded to.
 pub async fn push_all(
     sess: &Session<'_>,
     reg: &Arc<Registry>,
     base: &Base,
     deps: &DepLayers,
     images: &[(ImageSpec, Assembled)],
+    sboms: &[Vec<Vec<u8>>],
     home: &[String],
 ) -> Result<Vec<Report>> {
     let t = Instant::now();
@@ -65,6 +69,10 @@ pub async fn push_all(
         }
         pushed.push((result.statuses, bytes));
     }
+    let mut attached = Vec::new();
+    for ((spec, assembled), docs) in images.iter().zip(sboms) {
+        attached.push(attach_sboms(sess, reg, spec, assembled, docs).await?);
+    }
     for (spec, assembled) in images {
         oci_push::tag(reg, &spec.target.repository, &spec.tags, assembled).await?;
     }
@@ -92,19 +100,65 @@ pub async fn push_all(
     Ok(images
         .iter()
         .zip(pushed)
-        .map(|((spec, assembled), (statuses, bytes))| {
+        .zip(attached)
+        .map(|(((spec, assembled), (statuses, bytes)), sboms)| {
             let name = format!(
                 "{}/{}:{}",
                 spec.target.registry, spec.target.repository, spec.tags[0]
             );
-            append::report(
+            let mut r = append::report(
                 &name,
                 assembled,
                 &statuses,
                 "skipped",
                 bytes,
                 append::Phases(phases.0.clone()),
-            )
+            );
+            for (p, sbom) in r.platforms.iter_mut().zip(sboms) {
+                p.sbom = Some(sbom);
+            }
+            r
         })
         .collect())
+}
+
+/// Attaches one SBOM per platform manifest of an image; returns the artifact manifests'
+/// digests.
+async fn attach_sboms(
+    sess: &Session<'_>,
+    reg: &Registry,
+    spec: &ImageSpec,
+    assembled: &Assembled,
+    docs: &[Vec<u8>],
+) -> Result<Vec<String>> {
+    let mut digests = Vec::new();
+    for (img, doc) in assembled.images.iter().zip(docs) {
+        let artifact = referrers::Artifact {
+            artifact_type: sbom::MEDIA_TYPE,
+            bytes: doc,
+            annotations: [(
+                "org.opencontainers.image.created".to_string(),
+                spec.changes.created.clone(),
+            )]
+            .into(),
+            title: "sbom.spdx.json",
+        };
+        let desc = referrers::attach(
+            reg,
+            &spec.target.repository,
+            &sess.store,
+            &artifact,
+            &img.manifest,
+        )
+        .await?;
+        tracing::info!(
+            "SBOM of {} {}/{} attached: {}",
+            spec.role,
+            img.platform.os,
+            img.platform.architecture,
+            desc.digest
+        );
+        digests.push(desc.digest);
+    }
+    Ok(digests)
 }

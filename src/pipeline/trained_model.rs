@@ -8,7 +8,7 @@ use super::deps::DepLayerReport;
 use super::fl_actors::base_pulls;
 use super::image::{assemble_image, env, labels, ImageSpec};
 use super::source::CheckReport;
-use super::{deps, lock, push, target, Options, Session, DEPS_PREFIX};
+use super::{deps, lock, push, sbom, target, Options, Session, DEPS_PREFIX};
 use crate::deps::doctor::{doctor, Facts, Fired};
 use crate::deps::spec::{self, Loaded, SpecKind};
 use crate::error::bad_input;
@@ -218,10 +218,29 @@ pub async fn build(req: &ModelRequest, notifier: &Notifier) -> Result<ModelRepor
             created: rfc3339(fetched.epoch),
             ..Default::default()
         },
+        parts: sbom::Parts {
+            source: None,
+            model: Some((
+                "mlflow-model".into(),
+                fetched
+                    .run_id
+                    .clone()
+                    .unwrap_or_else(|| target.tag.clone().unwrap_or_default()),
+                fetched.origin.clone(),
+            )),
+            files: Some((
+                format!("flops-{}", SERVING.name),
+                augment::runtime_files(&SERVING, "/opt/ml", DEPS_PREFIX)?
+                    .into_iter()
+                    .map(|(p, b)| (format!("/{p}"), b))
+                    .collect(),
+            )),
+        },
     };
     let assembled = assemble_image(&sess, &base, &deps, &spec)?;
-    let mut reports =
-        push::push_all(&sess, &reg, &base, &deps, &[(spec, assembled)], &home).await?;
+    let built = [(spec, assembled)];
+    let sboms = sbom::documents(&sess, &base, &deps, &built).await?;
+    let mut reports = push::push_all(&sess, &reg, &base, &deps, &built, &sboms, &home).await?;
     let image = reports.remove(0);
     sess.observe(&format!("pushed {}", image.reference)).await;
     let mut doctor = check.doctor.clone();

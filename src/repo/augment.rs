@@ -74,6 +74,31 @@ pub fn clash_warning(name: &str) -> String {
     format!("the repo's {name} is replaced by the FL runtime's {name}")
 }
 
+/// The files a runtime places: (path in the image without the leading `/`, bytes), sorted.
+pub fn runtime_files(
+    runtime: &Runtime,
+    workdir: &str,
+    prefix: &str,
+) -> Result<Vec<(String, &'static [u8])>> {
+    let at = |dir: &str, name: &str| -> Result<String> {
+        let d = image_path(dir)?;
+        Ok(if d.is_empty() {
+            name.to_string()
+        } else {
+            format!("{d}/{name}")
+        })
+    };
+    let mut files: Vec<(String, &'static [u8])> = Vec::new();
+    for (name, bytes) in runtime.files {
+        files.push((at(workdir, name)?, bytes));
+    }
+    for (name, bytes) in SITE_FILES {
+        files.push((at(&format!("{prefix}/site-packages"), name)?, bytes));
+    }
+    files.sort();
+    Ok(files)
+}
+
 /// The runtime layer: `workdir` holding the runtime's files, and the site hook in
 /// `<prefix>/site-packages`. Its mtime is 0, not the commit time, so its bytes change only
 /// with the builder and a new commit re-uses the blob.
@@ -84,22 +109,7 @@ pub fn runtime_layer(
     prefix: &str,
     compression: Compression,
 ) -> Result<Layer> {
-    let at = |dir: &str, name: &str| -> Result<String> {
-        let d = image_path(dir)?;
-        Ok(if d.is_empty() {
-            name.to_string()
-        } else {
-            format!("{d}/{name}")
-        })
-    };
-    let mut files: Vec<(String, &[u8])> = Vec::new();
-    for (name, bytes) in runtime.files {
-        files.push((at(workdir, name)?, bytes));
-    }
-    for (name, bytes) in SITE_FILES {
-        files.push((at(&format!("{prefix}/site-packages"), name)?, bytes));
-    }
-    files.sort();
+    let files = runtime_files(runtime, workdir, prefix)?;
     let dirs: BTreeSet<String> = files.iter().flat_map(|(p, _)| parent_dirs(p)).collect();
     let mut w = LayerWriter::with_workers(store, compression, 0, 1)?;
     // Tar order: every path sorted, each directory before what it holds.
