@@ -11,6 +11,7 @@
 #   MLflow server    http://127.0.0.1:5080       (sqlite backend, served artifacts; its own venv)
 #   Python envs      /var/lib/flops-rig/pyenv         (the FL runtimes' deps at their newest + pytest)
 #                    /var/lib/flops-rig/pyenv-lowest  (the same at their lowest allowed versions)
+#                    /var/lib/flops-rig/tools         (independent checkers: pyspdxtools)
 #   base images      127.0.0.1:5000/library/python:3.11-slim, and on the mirror 3.11-slim + 3.13-slim
 #                    (indexes: linux/amd64 + linux/arm64; Debian bookworm and trixie)
 #   builder base     127.0.0.1:5000/library/flops-builder-base:bookworm (for the builder's own image)
@@ -174,6 +175,8 @@ build_pyenv() {
   make_venv pyenv "${reqs[@]}" "pytest>=8"
   make_venv pyenv-lowest --resolution lowest-direct --no-build "${reqs[@]}" "pytest>=8"
   make_venv mlflow "${MLFLOW_SERVER[@]}"
+  # Independent checkers the Rust tests call: the SPDX validator of the SPDX project.
+  make_venv tools "spdx-tools>=0.8,<0.9"
 }
 
 start_mlflow() {
