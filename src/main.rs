@@ -243,9 +243,24 @@ struct CheckArgs {
     /// Platforms the image would have: packages some of them would lack are reported.
     #[arg(long, default_value = "linux/amd64")]
     platform: String,
+    /// Also write the SPDX SBOMs `build` would attach (role → platform → document, in the JSON
+    /// report's `sboms`): finds the base and the lock as a build does, with pull access to
+    /// --registry; nothing is built or pushed.
+    #[arg(long, requires = "registry")]
+    sbom: bool,
+    /// Cache directory (locks, licenses) [default: $XDG_CACHE_HOME/flops-image-builder].
+    #[arg(long, env = "FLOPS_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
     /// Print a JSON report on stdout.
     #[arg(long)]
     json: bool,
+}
+
+/// `build`'s defaults, for what `check` does as a build would.
+#[derive(clap::Parser)]
+struct ImageDefaults {
+    #[command(flatten)]
+    image: ImageArgs,
 }
 
 #[derive(Args)]
@@ -359,13 +374,14 @@ async fn run_append(a: AppendArgs) -> anyhow::Result<()> {
 
 async fn run_check(a: CheckArgs) -> anyhow::Result<()> {
     let opts = CloneOptions {
-        git_ref: a.git_ref,
+        git_ref: a.git_ref.clone(),
         max_bytes: a.max_repo_size * 1_000_000,
     };
     let platforms = Platform::parse_list(&a.platform)?;
     let (runtime, aggregator) = (runtime_requirements(a.aggregator), a.aggregator);
-    let (mut report, _checkout) = tokio::task::spawn_blocking(move || {
-        pipeline::check(&a.repo, &opts, a.registry.as_deref(), &runtime)
+    let (repo, registry) = (a.repo.clone(), a.registry.clone());
+    let (mut report, checkout) = tokio::task::spawn_blocking(move || {
+        pipeline::check(&repo, &opts, registry.as_deref(), &runtime)
     })
     .await??;
     report
@@ -378,12 +394,40 @@ async fn run_check(a: CheckArgs) -> anyhow::Result<()> {
             .rsplit_once("/learner:")
             .map(|(repo, tag)| format!("{repo}/aggregator:{tag}"));
     }
+    if a.sbom {
+        report.sboms = check_sboms(&a, &report, checkout.root()).await?;
+    }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", report.text());
     }
     Ok(())
+}
+
+/// `check --sbom`: the documents `build` would attach, with `build`'s defaults.
+async fn check_sboms(
+    a: &CheckArgs,
+    report: &pipeline::CheckReport,
+    root: &std::path::Path,
+) -> anyhow::Result<
+    std::collections::BTreeMap<String, std::collections::BTreeMap<String, serde_json::Value>>,
+> {
+    use flops_image_builder::repo::augment::{AGGREGATOR, LEARNER};
+    let registry = a.registry.clone().unwrap_or_default();
+    let mut args = vec!["check", "--registry", &registry, "--platform", &a.platform];
+    let cache = a.cache_dir.as_ref().map(|c| c.display().to_string());
+    if let Some(c) = &cache {
+        args.extend(["--cache-dir", c]);
+    }
+    let d = <ImageDefaults as clap::Parser>::try_parse_from(args)?;
+    let opts = options(&d.image, None)?;
+    let mut images: Vec<(&'static str, &flops_image_builder::repo::augment::Runtime)> =
+        vec![("learner", &LEARNER)];
+    if a.aggregator {
+        images.push(("aggregator", &AGGREGATOR));
+    }
+    pipeline::sbom::preview(&opts, report, root, &images).await
 }
 
 /// The requirements the FL runtimes add: the learner's, and the aggregator's with it.

@@ -213,6 +213,37 @@ fn hostile_sdist_runs_sandboxed_and_sees_no_secret() {
         records.len()
     );
     assert_eq!(r["sdists"][0]["source"], "built", "{r}");
+    // The SBOM reports the sdist as locked (its sha256), not the local build's bytes.
+    let sbom = |report: &Value| {
+        let p = &report["image"]["platforms"][0];
+        let name = tagged_name(&report["image"]);
+        let repository = name.split_once('/').unwrap().1.rsplit_once(':').unwrap().0;
+        let (artifact, doc) = referrer_sbom(&reg.addr, repository, p["manifest"].as_str().unwrap());
+        assert_eq!(p["sbom"].as_str(), Some(artifact.as_str()));
+        (artifact, serde_json::from_slice::<Value>(&doc).unwrap())
+    };
+    let (first_sbom, doc) = sbom(&r);
+    let hostile = doc["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "hostile-pkg")
+        .expect("hostile-pkg is in the SBOM")
+        .clone();
+    let lock = std::fs::read_to_string(r["lock"].as_str().unwrap()).unwrap();
+    let sha = hostile["checksums"][0]["checksumValue"].as_str().unwrap();
+    assert!(
+        hostile["packageFileName"]
+            .as_str()
+            .unwrap()
+            .ends_with(".tar.gz"),
+        "{hostile}"
+    );
+    assert!(lock.contains(sha), "{sha} is not the lock's");
+    assert!(
+        hostile["comment"].as_str().unwrap().contains("sdist"),
+        "{hostile}"
+    );
 
     // Another node of the same fleet (a new cache dir, the same registry): the lock and the
     // built wheel come from the pool, and package code does not run at all.
@@ -223,6 +254,7 @@ fn hostile_sdist_runs_sandboxed_and_sees_no_secret() {
         again["package_code"]
     );
     assert_eq!(index.records().len(), records.len());
+    assert_eq!(sbom(&again).0, first_sbom, "another node's SBOM differs");
 }
 
 #[test]

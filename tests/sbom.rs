@@ -36,32 +36,10 @@ fn build(repo: &Path, cache: &Path, extra: &[&str]) -> Value {
     run(&args).ok().json()
 }
 
-/// The SBOM of one platform manifest, found through the referrers tag; checks the artifact
-/// manifest's type and subject on the way. Returns the document's bytes.
 fn sbom_of(repository: &str, manifest: &str, artifact: &str) -> Vec<u8> {
-    let tag = manifest.replace(':', "-");
-    let idx = skopeo_raw(&format!("{PLAIN}/{repository}:{tag}"), "");
-    let entries: Vec<&Value> = idx["manifests"].as_array().unwrap().iter().collect();
-    assert_eq!(entries.len(), 1, "{idx}");
-    assert_eq!(entries[0]["artifactType"], "application/spdx+json", "{idx}");
-    assert_eq!(entries[0]["digest"], artifact, "{idx}");
-    let m = skopeo_raw(&format!("{PLAIN}/{repository}@{artifact}"), "");
-    assert_eq!(m["subject"]["digest"], manifest, "{m}");
-    assert_eq!(m["artifactType"], "application/spdx+json");
-    let layer = m["layers"][0]["digest"].as_str().unwrap();
-    let out = std::process::Command::new("curl")
-        .args([
-            "-fsS",
-            &format!("http://{PLAIN}/v2/{repository}/blobs/{layer}"),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
+    let (found, doc) = referrer_sbom(PLAIN, repository, manifest);
+    assert_eq!(found, artifact);
+    doc
 }
 
 /// Every (name, sha256) of the lock's wheels and sdists.
@@ -97,6 +75,7 @@ fn every_platform_image_has_a_valid_spdx_sbom_with_every_locked_package() {
     let r = build(&repo, &cache, &[]);
     let hashes = lock_hashes(r["lock"].as_str().unwrap());
     let mut sboms = BTreeMap::new();
+    let mut documents: BTreeMap<String, BTreeMap<String, Value>> = BTreeMap::new();
     for (role, groups) in [
         ("learner", vec!["learner"]),
         ("aggregator", vec!["learner", "aggregator"]),
@@ -165,6 +144,10 @@ fn every_platform_image_has_a_valid_spdx_sbom_with_every_locked_package() {
             assert!(text.contains(r["commit"].as_str().unwrap()));
             assert!(text.contains("./app/main.py"));
             sboms.insert(format!("{role} {platform}"), artifact.to_string());
+            documents
+                .entry(role.to_string())
+                .or_default()
+                .insert(os_arch.clone(), doc.clone());
             // Some licenses are known (PEP 639 expressions, SPDX `License` fields, classifiers).
             let licensed = doc["packages"]
                 .as_array()
@@ -179,6 +162,31 @@ fn every_platform_image_has_a_valid_spdx_sbom_with_every_locked_package() {
         }
     }
     assert_eq!(sboms.len(), 4);
+
+    // `check --sbom` prints the same documents without building or pushing.
+    let preview = run(&[
+        "check",
+        repo.to_str().unwrap(),
+        "--aggregator",
+        "--sbom",
+        "--registry",
+        "http://127.0.0.1:5000",
+        "--platform",
+        "linux/amd64,linux/arm64",
+        "--cache-dir",
+        cache.to_str().unwrap(),
+        "--json",
+    ])
+    .ok()
+    .json();
+    for (role, pushed) in &documents {
+        for (platform, doc) in pushed {
+            assert_eq!(
+                &preview["sboms"][role][platform], doc,
+                "check --sbom: {role} {platform}"
+            );
+        }
+    }
 
     // The same commit on a fresh node (empty cache): the same SBOMs, byte for byte, and still
     // one referrer per manifest.

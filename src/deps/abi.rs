@@ -2,12 +2,15 @@
 //! NumPy 2 (it fails at import, or later, e.g. torch's `RuntimeError: Numpy is not available`
 //! from `torch.from_numpy`), and old wheels do not say so in their metadata (torch 2.1.1
 //! requires plain `numpy`). A lock must never pair them: the `numpy-abi` rule adds `numpy<2`.
+//! A few pure-Python packages break on NumPy 2 the same way (their code, not an ABI): listed
+//! too, so old versions pair with NumPy 1 instead of being refused.
 
 use pep508_rs::pep440_rs::Version;
 use std::str::FromStr;
 
-/// (package, first version built against NumPy 2, source). Packages not listed are taken to
-/// be fine: pure-Python ones, and compiled ones whose metadata already bounds NumPy.
+/// (package, first version that runs with NumPy 2, source): for compiled packages the first
+/// built against it. Packages not listed are taken to be fine: most pure-Python ones, and
+/// compiled ones whose metadata already bounds NumPy.
 pub const NUMPY2_FIRST: &[(&str, &str, &str)] = &[
     (
         "torch",
@@ -78,9 +81,19 @@ pub const NUMPY2_FIRST: &[(&str, &str, &str)] = &[
         "2.0.4",
         "Shapely 2.0.4 release notes; numpy/numpy#26191",
     ),
+    // Pure Python: before 2.21 its numpy formatting calls np.array(copy=False), an error on
+    // NumPy 2, and its metadata does not bound NumPy (checked: 2.19.2 and 2.20.0 fail).
+    (
+        "datasets",
+        "2.21.0",
+        "datasets 2.21.0; huggingface/datasets#6976, #6991",
+    ),
 ];
 // Checked against numpy/numpy#26191 ("Ecosystem compatibility with numpy 2.0"), which
 // tracks the first compatible release of each project.
+
+/// The pure-Python packages of NUMPY2_FIRST: their code, not an ABI, needs NumPy 1.x.
+const PURE_PYTHON: &[&str] = &["datasets"];
 
 /// The reason a `name==version` needs NumPy 1.x, if it does.
 pub fn needs_numpy1(name: &str, version: &str) -> Option<String> {
@@ -90,8 +103,13 @@ pub fn needs_numpy1(name: &str, version: &str) -> Option<String> {
         .find(|(n, _, _)| crate::deps::imports::normalize(n) == norm)?;
     let v = Version::from_str(version).ok()?;
     let first_v = Version::from_str(first).ok()?;
+    let what = if PURE_PYTHON.contains(&norm.as_str()) {
+        "calls NumPy 1.x-only APIs"
+    } else {
+        "is built against NumPy 1.x"
+    };
     (v < first_v).then(|| {
-        format!("{name} {version} is built against NumPy 1.x and cannot run with NumPy 2 (NumPy 2 from {name} {first}: {source})")
+        format!("{name} {version} {what} and cannot run with NumPy 2 (NumPy 2 from {name} {first}: {source})")
     })
 }
 
@@ -111,6 +129,12 @@ mod tests {
         assert!(needs_numpy1("Scikit_Learn", "1.3.2").is_some());
         assert!(needs_numpy1("tensorflow", "2.15.1").is_some());
         assert!(needs_numpy1("requests", "2.0").is_none());
+        let datasets = needs_numpy1("datasets", "2.19.2").unwrap();
+        assert!(
+            datasets.starts_with("datasets 2.19.2 calls NumPy 1.x-only APIs"),
+            "{datasets}"
+        );
+        assert!(needs_numpy1("datasets", "2.21.0").is_none());
         assert!(is_numpy2("2.4.6") && !is_numpy2("1.26.4"));
     }
 }

@@ -357,6 +357,7 @@ mod tests {
             },
             sha256: format!("{name}-sha"),
             sdist: false,
+            built_from: None,
         }
     }
 

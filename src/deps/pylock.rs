@@ -115,6 +115,9 @@ pub struct Selected {
     /// No wheel fits: `wheel`, `file` and `sha256` describe the package's sdist, which
     /// `deps::sdist` turns into a (pure) wheel before anything installs it.
     pub sdist: bool,
+    /// For a wheel the builder made from an sdist: that sdist, as the lock names it (the SBOM
+    /// reports what was locked, not the local build's bytes).
+    pub built_from: Option<Box<Selected>>,
 }
 
 pub fn parse(text: &str) -> Result<Lock> {
@@ -265,6 +268,7 @@ pub fn select(lock: &Lock, target: &Target) -> Result<Vec<Selected>> {
                     sha256: sd.sha256().unwrap_or_default().to_string(),
                     wheel: sd,
                     sdist: true,
+                    built_from: None,
                 });
                 continue;
             }
@@ -291,6 +295,7 @@ pub fn select(lock: &Lock, target: &Target) -> Result<Vec<Selected>> {
             wheel,
             sha256,
             sdist: false,
+            built_from: None,
         });
     }
     Ok(out)

@@ -63,6 +63,7 @@ fn as_selected(s: &Selected, r: &Record) -> Selected {
         },
         sha256: r.sha256.clone(),
         sdist: false,
+        built_from: Some(Box::new(s.clone())),
     }
 }
 

@@ -56,6 +56,21 @@ pub struct DepLayers {
 }
 
 impl DepLayers {
+    /// Per platform, the wheels of each group (what each image adds), as installed.
+    pub fn groups(&self) -> Vec<(String, Vec<Vec<Selected>>)> {
+        self.platforms
+            .iter()
+            .map(|p| {
+                let groups = p
+                    .groups
+                    .iter()
+                    .map(|g| g.iter().flat_map(|l| l.wheels.iter().cloned()).collect())
+                    .collect();
+                (p.platform.clone(), groups)
+            })
+            .collect()
+    }
+
     /// The layers of an image using groups `0..=level` on `platform`, with their descriptors.
     pub fn for_image(&self, platform: &str, level: usize) -> Vec<crate::oci::image::AddedLayer> {
         let p = self
@@ -78,9 +93,41 @@ impl DepLayers {
     }
 }
 
+/// The package-name sets of `groups` (cumulative: `["learner", "aggregator"]`), the last
+/// being everything (`None`).
+pub fn subsets(locked: &super::lock::Locked, groups: &[&str]) -> Vec<Option<BTreeSet<String>>> {
+    groups
+        .iter()
+        .enumerate()
+        .map(|(i, g)| {
+            if i + 1 == groups.len() {
+                None
+            } else {
+                locked.lock.subset(g)
+            }
+        })
+        .collect()
+}
+
+/// One base platform's wheels from the lock (sdists still as locked): `(linux/amd64, …)`.
+pub fn select(
+    opts: &super::Options,
+    base: &super::base::Base,
+    b: &crate::oci::assemble::BaseImage,
+    locked: &super::lock::Locked,
+) -> Result<(String, Vec<Selected>)> {
+    let target = wheel::Target::new(
+        &b.platform.architecture,
+        &base.python_full,
+        wheel::Libc::Glibc(opts.glibc.0, opts.glibc.1),
+    )?;
+    let platform = format!("{}/{}", b.platform.os, b.platform.architecture);
+    Ok((platform, pylock::select(&locked.lock, &target)?))
+}
+
 /// Splits a platform's selection into the groups of `subsets` (cumulative package-name sets,
 /// the last being everything).
-fn split(selected: Vec<Selected>, subsets: &[Option<BTreeSet<String>>]) -> Vec<Vec<Selected>> {
+pub fn split(selected: Vec<Selected>, subsets: &[Option<BTreeSet<String>>]) -> Vec<Vec<Selected>> {
     let mut groups: Vec<Vec<Selected>> = vec![Vec::new(); subsets.len()];
     for s in selected {
         let norm = crate::deps::imports::normalize(&s.name);
@@ -125,17 +172,7 @@ pub async fn dependency_layers(
     lock_dir: &std::path::Path,
 ) -> Result<DepLayers> {
     let prefix = Prefix::new(super::DEPS_PREFIX, &sess.opts.python);
-    let subsets: Vec<Option<BTreeSet<String>>> = groups
-        .iter()
-        .enumerate()
-        .map(|(i, g)| {
-            if i + 1 == groups.len() {
-                None
-            } else {
-                locked.lock.subset(g)
-            }
-        })
-        .collect();
+    let subsets = subsets(locked, groups);
     let mut selections = Vec::new();
     let mut sdists = Vec::new();
     let http = fetch::http_client()?;
@@ -145,13 +182,7 @@ pub async fn dependency_layers(
         index_url: Some(sess.opts.resolve.effective_index()),
     };
     for b in &base.images {
-        let target = wheel::Target::new(
-            &b.platform.architecture,
-            &base.python_full,
-            wheel::Libc::Glibc(sess.opts.glibc.0, sess.opts.glibc.1),
-        )?;
-        let platform = format!("{}/{}", b.platform.os, b.platform.architecture);
-        let mut selected = pylock::select(&locked.lock, &target)?;
+        let (platform, mut selected) = select(sess.opts, base, b, locked)?;
         for b in sdist::materialize(
             &mut selected,
             &platform,

@@ -75,29 +75,10 @@ pub async fn build_fl(
 ) -> Result<FlReport> {
     let sess = Session::new(&req.opts, notifier)?;
     let opts = &req.opts;
-    let mut sets = Vec::new();
-    let mut runtime = String::new();
-    for (role, rt) in images {
-        runtime.push_str(rt.requirements);
-        sets.push((*role, runtime.clone()));
-    }
+    let (runtime, sets) = runtime_sets(images);
     let src = source::source(&sess, &req.repo, &req.clone, &runtime).await?;
     let check = &src.check;
-    let id = check.repo.clone().expect("a checked repo has an id");
-    let scheme = if opts.registry.starts_with("http://") {
-        "http://"
-    } else {
-        ""
-    };
-    let targets = images
-        .iter()
-        .map(|(role, _)| {
-            Reference::parse(&format!(
-                "{scheme}{}",
-                image_name(&opts.registry, &id, role, &check.commit)?
-            ))
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let targets = targets(opts, check, images)?;
     let pulls = base_pulls(opts, &targets[0]);
     let target_refs: Vec<&Reference> = targets.iter().collect();
     let reg = target::connect(&sess, &target_refs, &pulls).await?;
@@ -195,22 +176,13 @@ pub async fn build_fl(
                 ),
             ],
             changes: changes.clone(),
-            parts: sbom::Parts {
-                source: Some((check.source.clone(), check.commit.clone())),
-                model: None,
-                files: Some((
-                    format!("flops-{}", rt.name),
-                    augment::runtime_files(rt, &opts.workdir, DEPS_PREFIX)?
-                        .into_iter()
-                        .map(|(p, b)| (format!("/{p}"), b))
-                        .collect(),
-                )),
-            },
+            parts: parts(opts, check, rt)?,
         };
         let assembled = assemble_image(&sess, &base, &deps, &spec)?;
         built.push((spec, assembled));
     }
-    let sboms = sbom::documents(&sess, &base, &deps, &built).await?;
+    let described: Vec<_> = built.iter().map(|(spec, _)| spec.described()).collect();
+    let sboms = sbom::documents(&sess, &base, &deps.groups(), &described).await?;
     let reports = push::push_all(&sess, &reg, &base, &deps, &built, &sboms, &home).await?;
     for r in &reports {
         sess.observe(&format!("pushed {}", r.reference)).await;
@@ -254,6 +226,57 @@ pub async fn build_fl(
         lock: locked.path.clone(),
         lock_source: locked.source,
     })
+}
+
+/// What an FL image holds besides its dependencies, for its SBOM: the repo at its commit and
+/// the runtime's files.
+pub fn parts(opts: &Options, check: &super::CheckReport, rt: &Runtime) -> Result<sbom::Parts> {
+    Ok(sbom::Parts {
+        source: Some((check.source.clone(), check.commit.clone())),
+        model: None,
+        files: Some((
+            format!("flops-{}", rt.name),
+            augment::runtime_files(rt, &opts.workdir, DEPS_PREFIX)?
+                .into_iter()
+                .map(|(p, b)| (format!("/{p}"), b))
+                .collect(),
+        )),
+    })
+}
+
+/// The requirements every image adds (each role's runtime on top of the previous roles'):
+/// all of them, and the cumulative set per role.
+pub fn runtime_sets(images: &[(&'static str, &Runtime)]) -> (String, Vec<(&'static str, String)>) {
+    let mut sets = Vec::new();
+    let mut runtime = String::new();
+    for (role, rt) in images {
+        runtime.push_str(rt.requirements);
+        sets.push((*role, runtime.clone()));
+    }
+    (runtime, sets)
+}
+
+/// The image references of a commit, one per role (`<registry>/<repo id>/<role>:<commit>`).
+pub fn targets(
+    opts: &Options,
+    check: &super::CheckReport,
+    images: &[(&'static str, &Runtime)],
+) -> Result<Vec<Reference>> {
+    let id = check.repo.clone().expect("a checked repo has an id");
+    let scheme = if opts.registry.starts_with("http://") {
+        "http://"
+    } else {
+        ""
+    };
+    images
+        .iter()
+        .map(|(role, _)| {
+            Reference::parse(&format!(
+                "{scheme}{}",
+                image_name(&opts.registry, &id, role, &check.commit)?
+            ))
+        })
+        .collect()
 }
 
 /// Repositories of the target registry a base may be pulled from: `library/python`, and an

@@ -1,13 +1,17 @@
 //! Phase 6½, bills of materials: one SPDX document per platform image (see [`crate::sbom`]),
-//! written after assembly and attached by the push phase as OCI referrers before any tag.
+//! written after assembly and attached by the push phase as OCI referrers before any tag;
+//! [`preview`] writes the same documents without building or pushing (`check --sbom`).
 
-use super::base::Base;
-use super::deps::DepLayers;
+use super::base::{Base, Finder};
 use super::image::ImageSpec;
-use super::Session;
-use crate::oci::assemble::Assembled;
+use super::{deps, fl_actors, lock, target, CheckReport, Options, Session};
+use crate::deps::pylock::Selected;
+use crate::notify::Notifier;
+use crate::repo::augment::Runtime;
 use crate::sbom::{self, license, BasePackage, Contents};
 use anyhow::Result;
+use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::Instant;
 
 /// What an image holds besides its dependencies: the repo at a commit or a served model, and
@@ -20,55 +24,75 @@ pub struct Parts {
     pub files: Option<crate::sbom::PlacedFiles<'static>>,
 }
 
-/// One document per image and platform (in the assembled images' order); none with
+/// One image as its SBOM names it.
+pub struct Described {
+    /// `repository:tag`, without the registry host.
+    pub image: String,
+    /// Dependency groups `0..=level` are in it.
+    pub level: usize,
+    /// RFC 3339.
+    pub created: String,
+    pub parts: Parts,
+}
+
+impl ImageSpec {
+    pub fn described(&self) -> Described {
+        Described {
+            image: format!("{}:{}", self.target.repository, self.tags[0]),
+            level: self.level,
+            created: self.changes.created.clone(),
+            parts: self.parts.clone(),
+        }
+    }
+}
+
+/// One document per image and platform (`base.images`' order, which is the assembled
+/// images'); `groups` holds each platform's wheels per dependency group. None with
 /// `--sbom none`.
 pub async fn documents(
     sess: &Session<'_>,
     base: &Base,
-    deps: &DepLayers,
-    images: &[(ImageSpec, Assembled)],
+    groups: &[(String, Vec<Vec<Selected>>)],
+    images: &[Described],
 ) -> Result<Vec<Vec<Vec<u8>>>> {
     if !sess.opts.sbom {
         return Ok(vec![Vec::new(); images.len()]);
     }
     let t = Instant::now();
-    let wheels: Vec<_> = deps
-        .platforms
+    let wheels: Vec<&Selected> = groups
         .iter()
-        .flat_map(|p| p.groups.iter().flatten().flat_map(|l| &l.wheels))
+        .flat_map(|(_, g)| g.iter().flatten())
         .collect();
     let licenses = license::licenses(sess.store.root(), &wheels).await?;
     let mut out = Vec::new();
-    for (spec, assembled) in images {
+    for img in images {
         let mut docs = Vec::new();
-        for (img, base_img) in assembled.images.iter().zip(&base.images) {
-            let platform = format!("{}/{}", img.platform.os, img.platform.architecture);
-            let p = deps
-                .platforms
+        for b in &base.images {
+            let platform = format!("{}/{}", b.platform.os, b.platform.architecture);
+            let (_, g) = groups
                 .iter()
-                .find(|p| p.platform == platform)
-                .expect("every image platform has dependency layers");
-            let packages = p.groups[..=spec.level.min(p.groups.len() - 1)]
+                .find(|(p, _)| *p == platform)
+                .expect("every base platform has a selection");
+            let packages = g[..=img.level.min(g.len() - 1)]
                 .iter()
                 .flatten()
-                .flat_map(|l| &l.wheels)
                 .map(|w| (w, licenses[&w.sha256].clone()))
                 .collect();
             let contents = Contents {
-                image: format!("{}:{}", spec.target.repository, spec.tags[0]),
+                image: img.image.clone(),
                 platform,
-                created: spec.changes.created.clone(),
+                created: img.created.clone(),
                 base: BasePackage {
                     repository_url: format!(
                         "{}/{}",
                         base.reference.registry, base.reference.repository
                     ),
                     tag: base.reference.tag.clone().unwrap_or_default(),
-                    digest: base_img.digest.clone(),
+                    digest: b.digest.clone(),
                 },
-                source: spec.parts.source.clone(),
-                model: spec.parts.model.clone(),
-                files: spec.parts.files.clone(),
+                source: img.parts.source.clone(),
+                model: img.parts.model.clone(),
+                files: img.parts.files.clone(),
                 packages,
             };
             docs.push(sbom::document(&contents));
@@ -76,5 +100,62 @@ pub async fn documents(
         out.push(docs);
     }
     sess.done("sbom", t);
+    Ok(out)
+}
+
+/// The SBOMs `build` would attach to the FL images of a checked-out commit, without building
+/// or pushing: role → platform → document. The base and the lock are found as a build finds
+/// them (pull access to `opts.registry` only); packages locked only as an sdist are described
+/// as locked, and their license is known only once a build made their wheel.
+pub async fn preview(
+    opts: &Options,
+    check: &CheckReport,
+    root: &Path,
+    images: &[(&'static str, &Runtime)],
+) -> Result<BTreeMap<String, BTreeMap<String, serde_json::Value>>> {
+    let notifier = Notifier::disabled();
+    let sess = Session::new(opts, &notifier)?;
+    let (_, sets) = fl_actors::runtime_sets(images);
+    let targets = fl_actors::targets(opts, check, images)?;
+    let refs: Vec<_> = targets.iter().collect();
+    let reg = target::connect_pull(&sess, &refs, &fl_actors::base_pulls(opts, &targets[0])).await?;
+    let finder = Finder {
+        target: &targets[0],
+        target_reg: &reg,
+        mirrors: &opts.mirrors,
+        opts: &opts.registry_opts,
+        platforms: &opts.platforms,
+    };
+    let (base, locked) =
+        lock::base_and_lock(&sess, &finder, check, root, &sets, opts.strict_python).await?;
+    let roles: Vec<&str> = images.iter().map(|(r, _)| *r).collect();
+    let subsets = deps::subsets(&locked, &roles);
+    let mut groups = Vec::new();
+    for b in &base.images {
+        let (platform, selected) = deps::select(opts, &base, b, &locked)?;
+        groups.push((platform, deps::split(selected, &subsets)));
+    }
+    let described: Vec<Described> = images
+        .iter()
+        .zip(&targets)
+        .enumerate()
+        .map(|(level, ((_, rt), t))| {
+            Ok(Described {
+                image: format!("{}:{}", t.repository, check.commit),
+                level,
+                created: crate::oci::image::rfc3339(check.commit_time.max(0) as u64),
+                parts: fl_actors::parts(opts, check, rt)?,
+            })
+        })
+        .collect::<Result<_>>()?;
+    let docs = documents(&sess, &base, &groups, &described).await?;
+    let mut out = BTreeMap::new();
+    for ((role, _), per_platform) in images.iter().zip(docs) {
+        let mut m = BTreeMap::new();
+        for ((platform, _), doc) in groups.iter().zip(per_platform) {
+            m.insert(platform.clone(), serde_json::from_slice(&doc)?);
+        }
+        out.insert(role.to_string(), m);
+    }
     Ok(out)
 }

@@ -33,6 +33,10 @@ pub struct CheckReport {
     pub doctor: Vec<Fired>,
     pub warnings: Vec<String>,
     pub phases_ms: std::collections::BTreeMap<String, u64>,
+    /// `check --sbom`: the SPDX documents a build would attach, role → platform → document.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub sboms:
+        std::collections::BTreeMap<String, std::collections::BTreeMap<String, serde_json::Value>>,
     /// Conda names taken from the index as they are; checked against it before resolving.
     #[serde(skip)]
     pub unverified: Vec<String>,
@@ -122,6 +126,7 @@ pub fn check(
         doctor: d.fired,
         warnings,
         phases_ms: phases.0,
+        sboms: Default::default(),
         unverified: d.unverified,
         unprovided: d.unprovided,
         index_url: v.spec.index_url.clone(),

@@ -17,25 +17,43 @@ pub async fn connect(
     pulls: &[String],
 ) -> Result<Arc<Registry>> {
     let t = Instant::now();
+    let reg = open(sess, images, pulls, "pull,push").await?;
+    for r in images {
+        reg.check_push(&r.repository).await?;
+    }
+    sess.done("access", t);
+    Ok(reg)
+}
+
+/// The same registry with pull scopes only, for what reads without pushing (`check --sbom`).
+pub async fn connect_pull(
+    sess: &super::Session<'_>,
+    images: &[&Reference],
+    pulls: &[String],
+) -> Result<Arc<Registry>> {
+    open(sess, images, pulls, "pull").await
+}
+
+async fn open(
+    sess: &super::Session<'_>,
+    images: &[&Reference],
+    pulls: &[String],
+    actions: &str,
+) -> Result<Arc<Registry>> {
     let first = images[0];
     let mut scopes: Vec<String> = images
         .iter()
         .map(|r| r.repository.as_str())
         .chain([POOL_REPO])
-        .map(|r| format!("repository:{r}:pull,push"))
+        .map(|r| format!("repository:{r}:{actions}"))
         .collect();
     scopes.extend(pulls.iter().map(|r| format!("repository:{r}:pull")));
-    let reg = Registry::connect(
+    Registry::connect(
         &first.registry,
         first.api_host(),
         first.plain_http,
         &sess.opts.registry_opts,
         scopes,
     )
-    .await?;
-    for r in images {
-        reg.check_push(&r.repository).await?;
-    }
-    sess.done("access", t);
-    Ok(reg)
+    .await
 }

@@ -239,7 +239,7 @@ pub async fn build(req: &ModelRequest, notifier: &Notifier) -> Result<ModelRepor
     };
     let assembled = assemble_image(&sess, &base, &deps, &spec)?;
     let built = [(spec, assembled)];
-    let sboms = sbom::documents(&sess, &base, &deps, &built).await?;
+    let sboms = sbom::documents(&sess, &base, &deps.groups(), &[built[0].0.described()]).await?;
     let mut reports = push::push_all(&sess, &reg, &base, &deps, &built, &sboms, &home).await?;
     let image = reports.remove(0);
     sess.observe(&format!("pushed {}", image.reference)).await;
@@ -315,6 +315,7 @@ fn model_check(
         doctor: d.fired,
         warnings: d.warnings,
         phases_ms: Default::default(),
+        sboms: Default::default(),
         unverified: d.unverified,
         unprovided: d.unprovided,
         index_url: dep.index_url.clone(),

@@ -118,7 +118,10 @@ fn package(id: &str, name: &str, version: &str, purpose: &str) -> serde_json::Ma
     v.as_object().expect("object").clone()
 }
 
-fn wheel_package(w: &Selected, license: &str) -> Value {
+/// A Python package as locked: its wheel, or — for a wheel the builder built — the sdist the
+/// lock names (file, sha256, URL), so the document says what was locked on every node.
+fn wheel_package(installed: &Selected, license: &str) -> Value {
+    let w = installed.built_from.as_deref().unwrap_or(installed);
     let mut p = package(
         &spdx_id("pypi", &[&w.name, &w.version]),
         &w.name,
@@ -138,10 +141,10 @@ fn wheel_package(w: &Selected, license: &str) -> Value {
     if let Some(u) = &w.wheel.url {
         p.insert("downloadLocation".into(), json!(clean_url(u)));
     }
-    if w.sdist {
+    if installed.built_from.is_some() || installed.sdist {
         p.insert(
             "comment".into(),
-            json!("only an sdist was published: the builder built a pure wheel from it"),
+            json!("only an sdist was locked: the builder built a pure wheel from it"),
         );
     }
     Value::Object(p)
@@ -279,8 +282,8 @@ mod tests {
     use super::*;
     use crate::deps::pylock::Wheel;
 
-    fn wheel(name: &str, version: &str, sdist: bool) -> Selected {
-        Selected {
+    fn wheel(name: &str, version: &str, built: bool) -> Selected {
+        let locked = Selected {
             name: name.into(),
             version: version.into(),
             file: format!("{name}-{version}-py3-none-any.whl"),
@@ -291,7 +294,23 @@ mod tests {
                 ..Default::default()
             },
             sha256: "ab".repeat(32),
-            sdist,
+            sdist: built,
+            built_from: None,
+        };
+        if !built {
+            return locked;
+        }
+        // What sdist::materialize makes of it: a local wheel that remembers the locked sdist.
+        Selected {
+            file: format!("{name}-{version}-py3-none-any.whl"),
+            wheel: Wheel::default(),
+            sha256: "ef".repeat(32),
+            sdist: false,
+            built_from: Some(Box::new(Selected {
+                file: format!("{name}-{version}.tar.gz"),
+                ..locked.clone()
+            })),
+            ..locked
         }
     }
 
@@ -359,6 +378,11 @@ mod tests {
             format!("pkg:oci/python@sha256%3A{}", "cd".repeat(32))
         );
         assert_eq!(doc["files"][0]["fileName"], "./app/main.py");
+        // The built wheel is reported as the sdist the lock names.
+        let alpha = &doc["packages"][5];
+        assert_eq!(alpha["packageFileName"], "alpha-2.tar.gz");
+        assert_eq!(alpha["checksums"][0]["checksumValue"], "ab".repeat(32));
+        assert!(alpha["comment"].as_str().unwrap().contains("sdist"));
         assert_eq!(
             doc["relationships"].as_array().unwrap().len(),
             1 + 1 + 1 + 1 + 1 + 2

@@ -159,6 +159,36 @@ pub fn skopeo_raw(reference: &str, extra: &str) -> serde_json::Value {
     .unwrap()
 }
 
+/// The SBOM of one platform manifest on the registry at `addr` (plain HTTP), found as an
+/// operator would on the CNCF registry 2.8: the referrers tag `sha256-<hex>` read with skopeo
+/// (exactly one referrer, an SPDX artifact whose subject is the manifest), the document's blob
+/// with curl. Returns the artifact manifest's digest and the document's bytes.
+pub fn referrer_sbom(addr: &str, repository: &str, manifest: &str) -> (String, Vec<u8>) {
+    let tag = manifest.replace(':', "-");
+    let idx = skopeo_raw(&format!("{addr}/{repository}:{tag}"), "");
+    let entries = idx["manifests"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{idx}");
+    assert_eq!(entries[0]["artifactType"], "application/spdx+json", "{idx}");
+    let artifact = entries[0]["digest"].as_str().unwrap().to_string();
+    let m = skopeo_raw(&format!("{addr}/{repository}@{artifact}"), "");
+    assert_eq!(m["subject"]["digest"], manifest, "{m}");
+    assert_eq!(m["artifactType"], "application/spdx+json");
+    let layer = m["layers"][0]["digest"].as_str().unwrap();
+    let out = Command::new("curl")
+        .args([
+            "-fsS",
+            &format!("http://{addr}/v2/{repository}/blobs/{layer}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (artifact, out.stdout)
+}
+
 /// skopeo copy → umoci unpack; returns the rootfs path (inside `work`, created if needed).
 pub fn unpack(reference: &str, work: &Path, extra: &str) -> PathBuf {
     std::fs::create_dir_all(work).unwrap();
