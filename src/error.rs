@@ -80,8 +80,7 @@ pub fn kind_of(err: &anyhow::Error) -> Kind {
         .find_map(|e| {
             e.downcast_ref::<Classified>().map(|c| c.kind).or_else(|| {
                 // The resolver's explanation of a conflict is about the user's input.
-                e.is::<crate::deps::resolve::Unsatisfiable>()
-                    .then_some(Kind::BadInput)
+                e.is::<Unsatisfiable>().then_some(Kind::BadInput)
             })
         })
         .unwrap_or(Kind::Internal)
@@ -114,6 +113,26 @@ pub fn full(err: &anyhow::Error) -> String {
     }
     line
 }
+
+/// uv explained why the requirements cannot be satisfied (the text names both sides).
+#[derive(Debug)]
+pub struct Unsatisfiable {
+    pub python: String,
+    pub platform: String,
+    pub explanation: String,
+}
+
+impl std::fmt::Display for Unsatisfiable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "dependency resolution failed for Python {} on {}: {}",
+            self.python, self.platform, self.explanation
+        )
+    }
+}
+
+impl std::error::Error for Unsatisfiable {}
 
 #[cfg(test)]
 mod tests {

@@ -10,6 +10,7 @@ pub mod error;
 pub mod model;
 pub mod notify;
 pub mod oci;
+pub mod paths;
 pub mod pipeline;
 pub mod progress;
 pub mod repo;

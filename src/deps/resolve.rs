@@ -12,7 +12,7 @@
 //! as constraints, so a package has the same version in every image. The smaller sets' package
 //! names go into the lock's `[tool.flops-image-builder.subsets]` table (PEP 751 tool table).
 
-use crate::error::bad_input;
+use crate::error::{bad_input, Unsatisfiable};
 use anyhow::{Context, Result};
 use pep508_rs::pep440_rs::Version;
 use std::collections::{BTreeMap, BTreeSet};
@@ -95,26 +95,6 @@ impl ResolveTarget {
         format!("platform_machine == '{}'", self.arch)
     }
 }
-
-/// uv explained why the requirements cannot be satisfied (the text names both sides).
-#[derive(Debug)]
-pub struct Unsatisfiable {
-    pub python: String,
-    pub platform: String,
-    pub explanation: String,
-}
-
-impl std::fmt::Display for Unsatisfiable {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "dependency resolution failed for Python {} on {}: {}",
-            self.python, self.platform, self.explanation
-        )
-    }
-}
-
-impl std::error::Error for Unsatisfiable {}
 
 /// The uv binary to use; a missing uv says how to install it.
 pub fn find_uv(explicit: Option<&Path>) -> Result<PathBuf> {

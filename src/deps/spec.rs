@@ -5,7 +5,7 @@
 //! file with several bad lines gets one error listing all of them.
 
 use crate::error::bad_input;
-use crate::repo::read_inside;
+use crate::paths::read_inside;
 use anyhow::Result;
 use pep508_rs::pep440_rs::Operator;
 use pep508_rs::{Requirement, VersionOrUrl};
@@ -178,7 +178,7 @@ fn classify(entry: &str, origin: &str, includes_allowed: bool) -> Entry {
         "-e" | "--editable" => {
             let inside = !arg.contains("://")
                 && !arg.starts_with('/')
-                && crate::repo::lexical_inside(Path::new(arg));
+                && crate::paths::lexical_inside(Path::new(arg));
             if inside {
                 Entry::Editable(arg.to_string())
             } else {

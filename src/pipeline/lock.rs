@@ -8,9 +8,10 @@ use super::source::CheckReport;
 use super::Session;
 use crate::deps::doctor::{unpinned, unprovided_warning, Fired};
 use crate::deps::imports::{normalize, provided_by};
-use crate::deps::resolve::{self, ResolveOptions, ResolveTarget, Unsatisfiable};
+use crate::deps::resolve::{self, ResolveOptions, ResolveTarget};
 use crate::deps::{layers, pylock};
 use crate::error::bad_input;
+use crate::error::Unsatisfiable;
 use crate::oci::blobstore::{write_atomic, EntryLock};
 use crate::oci::registry::Registry;
 use anyhow::Result;
@@ -183,7 +184,7 @@ async fn lock(
     let t = Instant::now();
     let spin = crate::progress::Bar::spinner("locking dependencies");
     let (text, source) = if check.spec == "pylock.toml" {
-        let text = crate::repo::read_inside(root, Path::new("pylock.toml"))?;
+        let text = crate::paths::read_inside(root, Path::new("pylock.toml"))?;
         (text, "repo")
     } else {
         let mut opts = sess.opts.resolve.clone();

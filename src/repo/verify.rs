@@ -4,7 +4,7 @@
 use crate::deps::imports::{scan_source, Imports};
 use crate::deps::spec::{self, DepSpec, Loaded};
 use crate::error::bad_input;
-use crate::repo::read_inside;
+use crate::paths::read_inside;
 use anyhow::Result;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -119,7 +119,7 @@ fn scan(root: &Path, dir: &Path, found: &mut Scan) -> Result<()> {
         if m.is_symlink() {
             let target = std::fs::read_link(&p)?;
             let resolved = rel.parent().unwrap_or(Path::new("")).join(&target);
-            if target.is_absolute() || !super::lexical_inside(&resolved) {
+            if target.is_absolute() || !crate::paths::lexical_inside(&resolved) {
                 found.warnings.push(format!("{} is a symlink to {} outside the repository; it is kept as a symlink and never followed", rel.display(), target.display()));
             }
         } else if m.is_dir() {
