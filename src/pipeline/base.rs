@@ -54,6 +54,19 @@ pub struct Finder<'a> {
     pub platforms: &'a [crate::oci::reference::Platform],
 }
 
+impl<'a> Finder<'a> {
+    /// Bases for images pushed to `target` on `reg`, with the options' mirrors and platforms.
+    pub fn new(opts: &'a super::Options, target: &'a Reference, reg: &'a Arc<Registry>) -> Self {
+        Finder {
+            target,
+            target_reg: reg,
+            mirrors: &opts.mirrors,
+            opts: &opts.registry_opts,
+            platforms: &opts.platforms,
+        }
+    }
+}
+
 impl Finder<'_> {
     /// `--base-image REF`: used as written (mirrors apply to Docker Hub references).
     /// A base without `PYTHON_VERSION` in its config is taken to have Python `assume`.

@@ -171,39 +171,8 @@ pub async fn dependency_layers(
     home: &[String],
     lock_dir: &std::path::Path,
 ) -> Result<DepLayers> {
-    let prefix = Prefix::new(super::DEPS_PREFIX, &sess.opts.python);
-    let subsets = subsets(locked, groups);
-    let mut selections = Vec::new();
-    let mut sdists = Vec::new();
     let http = fetch::http_client()?;
-    let policy = sdist::BuildPolicy {
-        uv: sess.opts.resolve.uv.clone(),
-        no_build: sess.opts.resolve.no_build,
-        index_url: Some(sess.opts.resolve.effective_index()),
-    };
-    for b in &base.images {
-        let (platform, mut selected) = select(sess.opts, base, b, locked)?;
-        for b in sdist::materialize(
-            &mut selected,
-            &platform,
-            &http,
-            reg,
-            layers::POOL_REPO,
-            &sess.store,
-            lock_dir,
-            &policy,
-        )
-        .await?
-        {
-            if !sdists
-                .iter()
-                .any(|x: &sdist::Built| x.name == b.name && x.version == b.version)
-            {
-                sdists.push(b);
-            }
-        }
-        selections.push((platform, selected));
-    }
+    let (selections, sdists) = selections(sess, reg, base, locked, lock_dir, &http).await?;
     let warnings = platform_gaps(&selections);
     if sess.opts.strict_platforms && !warnings.is_empty() {
         return Err(bad_input(crate::error::listed(
@@ -211,69 +180,14 @@ pub async fn dependency_layers(
             &warnings,
         )));
     }
-    let mut platforms = Vec::new();
-    for (platform, selected) in selections {
-        let plans = split(selected, &subsets)
-            .into_iter()
-            .enumerate()
-            .map(|(i, g)| {
-                // Extra groups are small (the aggregator's MLflow): a smaller layer budget.
-                let budget = if i == 0 {
-                    sess.opts.max_dep_layers
-                } else {
-                    (sess.opts.max_dep_layers / 3).max(1)
-                };
-                layers::plan(&g, budget, &platform, &prefix, sess.opts.compression)
-            })
-            .collect();
-        platforms.push(PlatformDeps {
-            platform,
-            groups: plans,
-        });
-    }
-
+    let platforms = plan_platforms(sess, selections, &subsets(locked, groups));
     let t = Instant::now();
-    // Reuse, cheapest first: this plan's repositories' earlier images, the shared layer pool
-    // (mounted), the local cache; only what none of them has is fetched and built.
-    let mut remote = HashMap::new();
-    for repo in home {
-        remote.extend(layers::registry_cache(reg, repo).await);
-    }
-    let missing: Vec<String> = platforms
-        .iter()
-        .flat_map(|p| p.groups.iter().flatten().map(|d| d.key.clone()))
-        .filter(|k| !remote.contains_key(k))
-        .collect();
-    let pooled = layers::pool_lookup(reg, layers::POOL_REPO, &missing).await;
-    let pool_src = BaseSource {
-        registry: reg.clone(),
-        repository: layers::POOL_REPO.to_string(),
-    };
-    let mut mount_from = HashMap::new();
-    let mut ready: HashMap<String, (Layer, &'static str)> = HashMap::new();
-    let mut to_build: Vec<(usize, layers::DepLayer)> = Vec::new();
-    for p in &platforms {
-        for (g, dep) in p
-            .groups
-            .iter()
-            .enumerate()
-            .flat_map(|(g, l)| l.iter().map(move |d| (g, d)))
-        {
-            if ready.contains_key(&dep.key) || to_build.iter().any(|(_, d)| d.key == dep.key) {
-                continue;
-            }
-            if let Some(l) = remote.get(&dep.key) {
-                ready.insert(dep.key.clone(), (l.clone(), "registry"));
-            } else if let Some(l) = pooled.get(&dep.key) {
-                mount_from.insert(l.digest.clone(), pool_src.clone());
-                ready.insert(dep.key.clone(), (l.clone(), "pool"));
-            } else if let Some(l) = layers::local_cached(&sess.store, &dep.key) {
-                ready.insert(dep.key.clone(), (l, "cache"));
-            } else {
-                to_build.push((g, dep.clone()));
-            }
-        }
-    }
+    let Reusable {
+        mut ready,
+        mount_from,
+        to_build,
+        pooled,
+    } = reusable(sess, reg, home, &platforms).await;
     let built = build_all(sess, reg, &http, home, to_build, lock_dir, t).await?;
     let mut uploaded_early = vec![(HashSet::new(), 0u64); groups.len()];
     for (g, key, layer, uploaded) in built {
@@ -283,27 +197,7 @@ pub async fn dependency_layers(
         }
         ready.insert(key, (layer, "built"));
     }
-    let mut reports = Vec::new();
-    let mut seen = HashSet::new();
-    let mut new_in_pool = Vec::new();
-    for p in &platforms {
-        for (g, group) in p.groups.iter().enumerate() {
-            for dep in group {
-                let (l, src) = &ready[&dep.key];
-                reports.push(DepLayerReport {
-                    platform: p.platform.clone(),
-                    group: groups[g],
-                    packages: dep.packages(),
-                    digest: l.digest.clone(),
-                    size: l.size,
-                    source: src,
-                });
-                if !pooled.contains_key(&dep.key) && seen.insert(dep.key.clone()) {
-                    new_in_pool.push((dep.clone(), l.clone()));
-                }
-            }
-        }
-    }
+    let (reports, new_in_pool) = layer_reports(&platforms, &ready, &pooled, groups);
     let n = ready.len();
     let n_built = ready.values().filter(|(_, s)| *s == "built").count();
     sess.observe(&format!(
@@ -321,6 +215,176 @@ pub async fn dependency_layers(
         warnings,
         sdists,
     })
+}
+
+/// Each base platform's wheels from the lock, with packages locked only as an sdist turned
+/// into wheels (built, or found built in the cache or the pool); and those sdists, once each.
+async fn selections(
+    sess: &Session<'_>,
+    reg: &Arc<Registry>,
+    base: &super::base::Base,
+    locked: &super::lock::Locked,
+    lock_dir: &std::path::Path,
+    http: &reqwest::Client,
+) -> Result<(Vec<(String, Vec<Selected>)>, Vec<sdist::Built>)> {
+    let mut selections = Vec::new();
+    let mut sdists = Vec::new();
+    let policy = sdist::BuildPolicy {
+        uv: sess.opts.resolve.uv.clone(),
+        no_build: sess.opts.resolve.no_build,
+        index_url: Some(sess.opts.resolve.effective_index()),
+    };
+    for b in &base.images {
+        let (platform, mut selected) = select(sess.opts, base, b, locked)?;
+        for b in sdist::materialize(
+            &mut selected,
+            &platform,
+            http,
+            reg,
+            layers::POOL_REPO,
+            &sess.store,
+            lock_dir,
+            &policy,
+        )
+        .await?
+        {
+            if !sdists
+                .iter()
+                .any(|x: &sdist::Built| x.name == b.name && x.version == b.version)
+            {
+                sdists.push(b);
+            }
+        }
+        selections.push((platform, selected));
+    }
+    Ok((selections, sdists))
+}
+
+/// Each platform's groups split into layers (extra groups, small, get a smaller budget).
+fn plan_platforms(
+    sess: &Session<'_>,
+    selections: Vec<(String, Vec<Selected>)>,
+    subsets: &[Option<BTreeSet<String>>],
+) -> Vec<PlatformDeps> {
+    let prefix = Prefix::new(super::DEPS_PREFIX, &sess.opts.python);
+    selections
+        .into_iter()
+        .map(|(platform, selected)| {
+            let groups = split(selected, subsets)
+                .into_iter()
+                .enumerate()
+                .map(|(i, g)| {
+                    // Extra groups are small (the aggregator's MLflow): a smaller layer budget.
+                    let budget = if i == 0 {
+                        sess.opts.max_dep_layers
+                    } else {
+                        (sess.opts.max_dep_layers / 3).max(1)
+                    };
+                    layers::plan(&g, budget, &platform, &prefix, sess.opts.compression)
+                })
+                .collect();
+            PlatformDeps { platform, groups }
+        })
+        .collect()
+}
+
+/// Layers found made, and what is left to build.
+struct Reusable {
+    /// Cache key → (layer, `registry`, `pool` or `cache`).
+    ready: HashMap<String, (Layer, &'static str)>,
+    /// Pool layers to mount when pushing.
+    mount_from: HashMap<String, BaseSource>,
+    /// (group, layer) of what none of them has.
+    to_build: Vec<(usize, layers::DepLayer)>,
+    /// Every key the pool has.
+    pooled: HashMap<String, Layer>,
+}
+
+/// Reuse, cheapest first: this plan's repositories' earlier images, the shared layer pool
+/// (mounted), the local cache; only what none of them has is left to build.
+async fn reusable(
+    sess: &Session<'_>,
+    reg: &Arc<Registry>,
+    home: &[String],
+    platforms: &[PlatformDeps],
+) -> Reusable {
+    let mut remote = HashMap::new();
+    for repo in home {
+        remote.extend(layers::registry_cache(reg, repo).await);
+    }
+    let missing: Vec<String> = platforms
+        .iter()
+        .flat_map(|p| p.groups.iter().flatten().map(|d| d.key.clone()))
+        .filter(|k| !remote.contains_key(k))
+        .collect();
+    let pooled = layers::pool_lookup(reg, layers::POOL_REPO, &missing).await;
+    let pool_src = BaseSource {
+        registry: reg.clone(),
+        repository: layers::POOL_REPO.to_string(),
+    };
+    let mut found = Reusable {
+        ready: HashMap::new(),
+        mount_from: HashMap::new(),
+        to_build: Vec::new(),
+        pooled: HashMap::new(),
+    };
+    for p in platforms {
+        for (g, dep) in p
+            .groups
+            .iter()
+            .enumerate()
+            .flat_map(|(g, l)| l.iter().map(move |d| (g, d)))
+        {
+            let known = found.ready.contains_key(&dep.key)
+                || found.to_build.iter().any(|(_, d)| d.key == dep.key);
+            if known {
+                continue;
+            }
+            if let Some(l) = remote.get(&dep.key) {
+                found.ready.insert(dep.key.clone(), (l.clone(), "registry"));
+            } else if let Some(l) = pooled.get(&dep.key) {
+                found.mount_from.insert(l.digest.clone(), pool_src.clone());
+                found.ready.insert(dep.key.clone(), (l.clone(), "pool"));
+            } else if let Some(l) = layers::local_cached(&sess.store, &dep.key) {
+                found.ready.insert(dep.key.clone(), (l, "cache"));
+            } else {
+                found.to_build.push((g, dep.clone()));
+            }
+        }
+    }
+    found.pooled = pooled;
+    found
+}
+
+/// One report line per platform, group and layer; and the layers the pool lacks (each once).
+fn layer_reports(
+    platforms: &[PlatformDeps],
+    ready: &HashMap<String, (Layer, &'static str)>,
+    pooled: &HashMap<String, Layer>,
+    groups: &[&'static str],
+) -> (Vec<DepLayerReport>, Vec<(layers::DepLayer, Layer)>) {
+    let mut reports = Vec::new();
+    let mut seen = HashSet::new();
+    let mut new_in_pool = Vec::new();
+    for p in platforms {
+        for (g, group) in p.groups.iter().enumerate() {
+            for dep in group {
+                let (l, src) = &ready[&dep.key];
+                reports.push(DepLayerReport {
+                    platform: p.platform.clone(),
+                    group: groups[g],
+                    packages: dep.packages(),
+                    digest: l.digest.clone(),
+                    size: l.size,
+                    source: src,
+                });
+                if !pooled.contains_key(&dep.key) && seen.insert(dep.key.clone()) {
+                    new_in_pool.push((dep.clone(), l.clone()));
+                }
+            }
+        }
+    }
+    (reports, new_in_pool)
 }
 
 /// One task per missing dependency layer: fetch its wheels, build when a core is free, upload

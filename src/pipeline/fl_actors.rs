@@ -11,6 +11,7 @@ use crate::deps::doctor::Fired;
 use crate::notify::Notifier;
 use crate::oci::append::Report;
 use crate::oci::image::{rfc3339, ConfigChanges};
+use crate::oci::layer::Layer;
 use crate::oci::reference::Reference;
 use crate::repo::augment::{self, Runtime};
 use crate::repo::clone::CloneOptions;
@@ -77,107 +78,22 @@ pub async fn build_fl(
     let opts = &req.opts;
     let (runtime, sets) = runtime_sets(images);
     let src = source::source(&sess, &req.repo, &req.clone, &runtime).await?;
-    let check = &src.check;
+    let (check, root) = (&src.check, src.checkout.root());
     let targets = targets(opts, check, images)?;
-    let pulls = base_pulls(opts, &targets[0]);
-    let target_refs: Vec<&Reference> = targets.iter().collect();
-    let reg = target::connect(&sess, &target_refs, &pulls).await?;
-    let finder = Finder {
-        target: &targets[0],
-        target_reg: &reg,
-        mirrors: &opts.mirrors,
-        opts: &opts.registry_opts,
-        platforms: &opts.platforms,
-    };
-    let (base, locked) = lock::base_and_lock(
-        &sess,
-        &finder,
-        check,
-        src.checkout.root(),
-        &sets,
-        opts.strict_python,
-    )
-    .await?;
-
+    let refs: Vec<&Reference> = targets.iter().collect();
+    let reg = target::connect(&sess, &refs, &base_pulls(opts, &targets[0])).await?;
+    let finder = Finder::new(opts, &targets[0], &reg);
+    let (base, locked) =
+        lock::base_and_lock(&sess, &finder, check, root, &sets, opts.strict_python).await?;
     // Runtime and code layers are built while the dependency layers are.
-    let epoch = src.checkout.commit_time.max(0) as u64;
-    let own_layers = {
-        let (store, root, workdir, c) = (
-            sess.store.clone(),
-            src.checkout.root().to_path_buf(),
-            opts.workdir.clone(),
-            opts.compression,
-        );
-        let runtimes: Vec<Runtime> = images.iter().map(|(_, rt)| **rt).collect();
-        let mut skip = vec![".git"];
-        skip.extend(&check.replaced_by_runtime);
-        tokio::task::spawn_blocking(move || {
-            let rts = runtimes
-                .iter()
-                .map(|rt| augment::runtime_layer(&store, rt, &workdir, DEPS_PREFIX, c))
-                .collect::<Result<Vec<_>>>()?;
-            let (code, _) =
-                crate::oci::layer::tree_layer(&store, &root, &workdir, &skip, c, epoch)?;
-            anyhow::Ok((rts, code))
-        })
-    };
+    let own = own_layers(&sess, &src, images);
     let home: Vec<String> = targets.iter().map(|t| t.repository.clone()).collect();
     let roles: Vec<&'static str> = images.iter().map(|(r, _)| *r).collect();
-    let deps = deps::dependency_layers(
-        &sess,
-        &reg,
-        &base,
-        &locked,
-        &roles,
-        &home,
-        src.checkout.root(),
-    )
-    .await?;
-    let (runtime_layers, code) = own_layers.await??;
-
-    let mut extra_env = Vec::new();
-    if let Some(f) = &opts.model_flavor {
-        extra_env.push(("ML_MODEL_FLAVOR", f.clone()));
-    }
-    let changes = ConfigChanges {
-        env: env(&base, &extra_env),
-        workdir: Some(opts.workdir.clone()),
-        labels: labels(&[
-            ("org.opencontainers.image.source", check.source.clone()),
-            ("org.opencontainers.image.revision", check.commit.clone()),
-            ("org.opencontainers.image.created", rfc3339(epoch)),
-        ]),
-        created: rfc3339(epoch),
-        ..Default::default()
-    };
+    let deps = deps::dependency_layers(&sess, &reg, &base, &locked, &roles, &home, root).await?;
+    let (runtime_layers, code) = own.await??;
+    let specs = image_specs(opts, &src, &base, images, &targets, &runtime_layers, &code)?;
     let mut built = Vec::new();
-    for (i, ((role, rt), target)) in images.iter().zip(&targets).enumerate() {
-        let mut tags = vec![check.commit.clone()];
-        tags.extend(opts.extra_tags.iter().cloned());
-        let spec = ImageSpec {
-            role,
-            target: target.clone(),
-            tags,
-            level: i,
-            top: vec![
-                (
-                    runtime_layers[i].clone(),
-                    format!(
-                        "flops-image-builder: COPY base-layers/{} {}",
-                        rt.name, opts.workdir
-                    ),
-                ),
-                (
-                    code.clone(),
-                    format!(
-                        "flops-image-builder: COPY {} {}",
-                        check.source, opts.workdir
-                    ),
-                ),
-            ],
-            changes: changes.clone(),
-            parts: parts(opts, check, rt)?,
-        };
+    for spec in specs {
         let assembled = assemble_image(&sess, &base, &deps, &spec)?;
         built.push((spec, assembled));
     }
@@ -187,22 +103,105 @@ pub async fn build_fl(
     for r in &reports {
         sess.observe(&format!("pushed {}", r.reference)).await;
     }
-    let mut doctor = check.doctor.clone();
-    doctor.extend(locked.fired.iter().cloned());
-    locked.annotate(&mut doctor);
-    let mut warnings: Vec<String> = check
-        .warnings
-        .iter()
-        .filter(|w| !locked.stale_warnings.contains(w))
-        .cloned()
-        .collect();
-    warnings.extend(deps.warnings.iter().cloned());
-    for w in &deps.warnings {
-        tracing::warn!("{w}");
+    Ok(fl_report(check, &base, &locked, deps, &roles, reports))
+}
+
+/// The runtime layer of each image and the code layer, built on a blocking thread.
+fn own_layers(
+    sess: &Session<'_>,
+    src: &source::Source,
+    images: &[(&'static str, &Runtime)],
+) -> tokio::task::JoinHandle<Result<(Vec<Layer>, Layer)>> {
+    let opts = sess.opts;
+    let (store, root, workdir, c) = (
+        sess.store.clone(),
+        src.checkout.root().to_path_buf(),
+        opts.workdir.clone(),
+        opts.compression,
+    );
+    let epoch = src.checkout.commit_time.max(0) as u64;
+    let runtimes: Vec<Runtime> = images.iter().map(|(_, rt)| **rt).collect();
+    let mut skip = vec![".git"];
+    skip.extend(&src.check.replaced_by_runtime);
+    tokio::task::spawn_blocking(move || {
+        let rts = runtimes
+            .iter()
+            .map(|rt| augment::runtime_layer(&store, rt, &workdir, DEPS_PREFIX, c))
+            .collect::<Result<Vec<_>>>()?;
+        let (code, _) = crate::oci::layer::tree_layer(&store, &root, &workdir, &skip, c, epoch)?;
+        Ok((rts, code))
+    })
+}
+
+/// One image spec per role: its dependency level, its runtime and the code on top, the
+/// config every FL image shares (env, labels, creation time = the commit's).
+fn image_specs(
+    opts: &Options,
+    src: &source::Source,
+    base: &super::base::Base,
+    images: &[(&'static str, &Runtime)],
+    targets: &[Reference],
+    runtime_layers: &[Layer],
+    code: &Layer,
+) -> Result<Vec<ImageSpec>> {
+    let check = &src.check;
+    let epoch = src.checkout.commit_time.max(0) as u64;
+    let mut extra_env = Vec::new();
+    if let Some(f) = &opts.model_flavor {
+        extra_env.push(("ML_MODEL_FLAVOR", f.clone()));
     }
+    let changes = ConfigChanges {
+        env: env(base, &extra_env),
+        workdir: Some(opts.workdir.clone()),
+        labels: labels(&[
+            ("org.opencontainers.image.source", check.source.clone()),
+            ("org.opencontainers.image.revision", check.commit.clone()),
+            ("org.opencontainers.image.created", rfc3339(epoch)),
+        ]),
+        created: rfc3339(epoch),
+        ..Default::default()
+    };
+    let mut tags = vec![check.commit.clone()];
+    tags.extend(opts.extra_tags.iter().cloned());
+    let copy = |what: &str| format!("flops-image-builder: COPY {what} {}", opts.workdir);
+    images
+        .iter()
+        .zip(targets)
+        .enumerate()
+        .map(|(i, ((role, rt), target))| {
+            Ok(ImageSpec {
+                role,
+                target: target.clone(),
+                tags: tags.clone(),
+                level: i,
+                top: vec![
+                    (
+                        runtime_layers[i].clone(),
+                        copy(&format!("base-layers/{}", rt.name)),
+                    ),
+                    (code.clone(), copy(&check.source)),
+                ],
+                changes: changes.clone(),
+                parts: parts(opts, check, rt)?,
+            })
+        })
+        .collect()
+}
+
+/// The report: every image by role (the first also as `image`), and what the doctor, the lock
+/// and the dependency layers found.
+fn fl_report(
+    check: &super::CheckReport,
+    base: &super::base::Base,
+    locked: &lock::Locked,
+    deps: deps::DepLayers,
+    roles: &[&'static str],
+    reports: Vec<Report>,
+) -> FlReport {
+    let (doctor, warnings) = locked.findings(check, &deps.warnings);
     let mut by_role: BTreeMap<&'static str, Report> = roles.iter().copied().zip(reports).collect();
     let first = by_role.remove(roles[0]).expect("one image at least");
-    let images_map = if roles.len() > 1 {
+    let images = if roles.len() > 1 {
         let mut m = BTreeMap::new();
         m.insert(roles[0], first.clone());
         m.extend(by_role);
@@ -210,9 +209,9 @@ pub async fn build_fl(
     } else {
         BTreeMap::new()
     };
-    Ok(FlReport {
+    FlReport {
         image: first,
-        images: images_map,
+        images,
         commit: check.commit.clone(),
         spec: check.spec,
         python: base.python_full.clone(),
@@ -225,7 +224,7 @@ pub async fn build_fl(
         package_code: crate::deps::sandbox::report(),
         lock: locked.path.clone(),
         lock_source: locked.source,
-    })
+    }
 }
 
 /// What an FL image holds besides its dependencies, for its SBOM: the repo at its commit and

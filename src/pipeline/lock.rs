@@ -50,6 +50,26 @@ impl Locked {
     }
 
     /// Appends the version the lock chose to each rule that changed a package.
+    /// What a plan reports: the doctor's rules of `check` and of the lock (annotated with the
+    /// locked versions), and the warnings of `check` the lock did not make stale, then `more`
+    /// (logged too).
+    pub fn findings(&self, check: &CheckReport, more: &[String]) -> (Vec<Fired>, Vec<String>) {
+        let mut doctor = check.doctor.clone();
+        doctor.extend(self.fired.iter().cloned());
+        self.annotate(&mut doctor);
+        let mut warnings: Vec<String> = check
+            .warnings
+            .iter()
+            .filter(|w| !self.stale_warnings.contains(w))
+            .cloned()
+            .collect();
+        warnings.extend(more.iter().cloned());
+        for w in more {
+            tracing::warn!("{w}");
+        }
+        (doctor, warnings)
+    }
+
     pub fn annotate(&self, fired: &mut [Fired]) {
         let versions = self.versions();
         for f in fired.iter_mut() {

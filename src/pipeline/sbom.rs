@@ -119,13 +119,7 @@ pub async fn preview(
     let targets = fl_actors::targets(opts, check, images)?;
     let refs: Vec<_> = targets.iter().collect();
     let reg = target::connect_pull(&sess, &refs, &fl_actors::base_pulls(opts, &targets[0])).await?;
-    let finder = Finder {
-        target: &targets[0],
-        target_reg: &reg,
-        mirrors: &opts.mirrors,
-        opts: &opts.registry_opts,
-        platforms: &opts.platforms,
-    };
+    let finder = Finder::new(opts, &targets[0], &reg);
     let (base, locked) =
         lock::base_and_lock(&sess, &finder, check, root, &sets, opts.strict_python).await?;
     let roles: Vec<&str> = images.iter().map(|(r, _)| *r).collect();

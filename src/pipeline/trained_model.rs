@@ -16,6 +16,7 @@ use crate::model::{self, mlmodel, ModelSource};
 use crate::notify::Notifier;
 use crate::oci::append::Report;
 use crate::oci::image::{rfc3339, ConfigChanges};
+use crate::oci::layer::Layer;
 use crate::oci::reference::Reference;
 use crate::repo::augment::{self, Runtime};
 use crate::repo::naming::trained_model_image;
@@ -70,6 +71,71 @@ const SERVING: Runtime = Runtime {
 pub async fn build(req: &ModelRequest, notifier: &Notifier) -> Result<ModelReport> {
     let sess = Session::new(&req.opts, notifier)?;
     let opts = &req.opts;
+    let target = target_of(req)?;
+    // Push access first: a bad credential fails before the model is downloaded.
+    let reg = target::connect(&sess, &[&target], &base_pulls(opts, &target)).await?;
+    let (fetched, ml) = fetch(&sess, &req.source).await?;
+    let runtime = ml.serving_requirements();
+    let check = model_check(&fetched.dir, &ml, &runtime, &target)?;
+    for f in &check.doctor {
+        sess.observe(&format!("dependency doctor [{}]: {}", f.rule, f.detail))
+            .await;
+    }
+    let finder = Finder::new(opts, &target, &reg);
+    let sets = [("trained_model", runtime)];
+    let (base, locked) = lock::base_and_lock(
+        &sess,
+        &finder,
+        &check,
+        &fetched.dir,
+        &sets,
+        opts.strict_python,
+    )
+    .await?;
+    let home = [target.repository.clone()];
+    let groups = ["trained_model"];
+    let deps =
+        deps::dependency_layers(&sess, &reg, &base, &locked, &groups, &home, &fetched.dir).await?;
+    let layers = {
+        let (store, c, dir, epoch) = (
+            sess.store.clone(),
+            opts.compression,
+            fetched.dir.clone(),
+            fetched.epoch,
+        );
+        tokio::task::spawn_blocking(move || own_layers(&store, c, &dir, epoch)).await??
+    };
+    let spec = image_spec(req, &fetched, &base, &target, layers)?;
+    let assembled = assemble_image(&sess, &base, &deps, &spec)?;
+    let built = [(spec, assembled)];
+    let described = [built[0].0.described()];
+    let sboms = sbom::documents(&sess, &base, &deps.groups(), &described).await?;
+    let mut reports = push::push_all(&sess, &reg, &base, &deps, &built, &sboms, &home).await?;
+    let image = reports.remove(0);
+    sess.observe(&format!("pushed {}", image.reference)).await;
+    let (doctor, warnings) = locked.findings(&check, &deps.warnings);
+    Ok(ModelReport {
+        image,
+        run_id: fetched.run_id.clone(),
+        model_origin: fetched.origin.clone(),
+        flavors: ml.flavors.clone(),
+        mlflow_version: ml.mlflow_version.clone(),
+        python: base.python_full.clone(),
+        base: base.report.clone(),
+        doctor,
+        warnings,
+        notes: check.notes.clone(),
+        dependency_layers: deps.reports,
+        sdists: deps.sdists,
+        package_code: crate::deps::sandbox::report(),
+        lock: locked.path.clone(),
+        lock_source: locked.source,
+    })
+}
+
+/// `<registry>/<customer>/trained_model:<run id>` (a model directory: the first `--tag`).
+fn target_of(req: &ModelRequest) -> Result<Reference> {
+    let opts = &req.opts;
     let tag = match &req.source {
         ModelSource::Run { run_id, .. } => run_id.clone(),
         ModelSource::Dir(_) => opts.extra_tags.first().cloned().ok_or_else(|| {
@@ -83,14 +149,19 @@ pub async fn build(req: &ModelRequest, notifier: &Notifier) -> Result<ModelRepor
     } else {
         ""
     };
-    let target = Reference::parse(&format!(
+    Reference::parse(&format!(
         "{scheme}{}",
         trained_model_image(&opts.registry, &req.customer_id, &tag)?
-    ))?;
-    // Push access first: a bad credential fails before the model is downloaded.
-    let reg = target::connect(&sess, &[&target], &base_pulls(opts, &target)).await?;
+    ))
+}
+
+/// The model, downloaded (or a local directory), and its MLmodel.
+async fn fetch(
+    sess: &Session<'_>,
+    source: &ModelSource,
+) -> Result<(model::Fetched, mlmodel::MlModel)> {
     let t = Instant::now();
-    let fetched = model::fetch(&req.source, sess.store.root()).await?;
+    let fetched = model::fetch(source, sess.store.root()).await?;
     let ml = mlmodel::read(&fetched.dir)?;
     sess.done("model", t);
     sess.observe(&format!(
@@ -100,95 +171,23 @@ pub async fn build(req: &ModelRequest, notifier: &Notifier) -> Result<ModelRepor
         ml.mlflow_version.as_deref().unwrap_or("?")
     ))
     .await;
-    let runtime = ml.serving_requirements();
-    let check = model_check(&fetched.dir, &ml, &runtime, &target)?;
-    for f in &check.doctor {
-        sess.observe(&format!("dependency doctor [{}]: {}", f.rule, f.detail))
-            .await;
-    }
-    let finder = Finder {
-        target: &target,
-        target_reg: &reg,
-        mirrors: &opts.mirrors,
-        opts: &opts.registry_opts,
-        platforms: &opts.platforms,
-    };
-    let sets = [("trained_model", runtime)];
-    let (base, locked) = lock::base_and_lock(
-        &sess,
-        &finder,
-        &check,
-        &fetched.dir,
-        &sets,
-        opts.strict_python,
-    )
-    .await?;
-    let home = [target.repository.clone()];
-    let deps = deps::dependency_layers(
-        &sess,
-        &reg,
-        &base,
-        &locked,
-        &["trained_model"],
-        &home,
-        &fetched.dir,
-    )
-    .await?;
-    let (site, model_layer) = {
-        let (store, dir, c, epoch) = (
-            sess.store.clone(),
-            fetched.dir.clone(),
-            opts.compression,
-            fetched.epoch,
-        );
-        tokio::task::spawn_blocking(move || {
-            let site = augment::runtime_layer(&store, &SERVING, "/opt/ml", DEPS_PREFIX, c)?;
-            // The run's start time as every mtime: the same run gives the same digest.
-            let (model, _) = crate::oci::layer::tree_layer(&store, &dir, MODEL_DIR, &[], c, epoch)?;
-            anyhow::Ok((site, model))
-        })
-        .await??
-    };
-    let mut extra_labels = vec![
-        ("io.oakestra.flops.model.origin", fetched.origin.clone()),
-        ("org.opencontainers.image.created", rfc3339(fetched.epoch)),
-    ];
-    if let ModelSource::Run {
-        tracking_uri,
-        run_id,
-        artifact_path,
-    } = &req.source
-    {
-        extra_labels.push(("io.oakestra.flops.mlflow.run-id", run_id.clone()));
-        extra_labels.push((
-            "io.oakestra.flops.mlflow.tracking-uri",
-            model::mlflow::shown(tracking_uri),
-        ));
-        extra_labels.push((
-            "io.oakestra.flops.mlflow.artifact-path",
-            artifact_path.clone(),
-        ));
-    }
-    let serve: Vec<String> = [
-        &format!("{DEPS_PREFIX}/bin/mlflow"),
-        "models",
-        "serve",
-        "-m",
-        MODEL_DIR,
-        "--env-manager",
-        "local",
-        "-h",
-        "0.0.0.0",
-        "-p",
-        &PORT.to_string(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let mut tags = vec![tag];
+    Ok((fetched, ml))
+}
+
+/// The serving image: the site hook and the model in their own layers, MLflow's scoring
+/// server as the entrypoint (no root), labels naming the run.
+fn image_spec(
+    req: &ModelRequest,
+    fetched: &model::Fetched,
+    base: &super::base::Base,
+    target: &Reference,
+    (site, model_layer): (Layer, Layer),
+) -> Result<ImageSpec> {
+    let opts = &req.opts;
+    let mut tags = vec![target.tag.clone().unwrap_or_default()];
     tags.extend(opts.extra_tags.iter().skip(1).cloned());
     tags.dedup();
-    let spec = ImageSpec {
+    Ok(ImageSpec {
         role: "trained_model",
         target: target.clone(),
         tags,
@@ -208,13 +207,13 @@ pub async fn build(req: &ModelRequest, notifier: &Notifier) -> Result<ModelRepor
         ],
         changes: ConfigChanges {
             // HOME: the scoring server's user has no home directory in the base.
-            env: env(&base, &[("HOME", "/tmp".to_string())]),
+            env: env(base, &[("HOME", "/tmp".to_string())]),
             // Writable for the server user (MLflow tracing writes ./mlruns there).
             workdir: Some("/tmp".into()),
-            entrypoint: Some(serve),
+            entrypoint: Some(serve_command()),
             user: Some(USER.into()),
             exposed_ports: vec![format!("{PORT}/tcp")],
-            labels: labels(&extra_labels),
+            labels: labels(&model_labels(req, fetched)),
             created: rfc3339(fetched.epoch),
             ..Default::default()
         },
@@ -236,35 +235,66 @@ pub async fn build(req: &ModelRequest, notifier: &Notifier) -> Result<ModelRepor
                     .collect(),
             )),
         },
-    };
-    let assembled = assemble_image(&sess, &base, &deps, &spec)?;
-    let built = [(spec, assembled)];
-    let sboms = sbom::documents(&sess, &base, &deps.groups(), &[built[0].0.described()]).await?;
-    let mut reports = push::push_all(&sess, &reg, &base, &deps, &built, &sboms, &home).await?;
-    let image = reports.remove(0);
-    sess.observe(&format!("pushed {}", image.reference)).await;
-    let mut doctor = check.doctor.clone();
-    doctor.extend(locked.fired.iter().cloned());
-    locked.annotate(&mut doctor);
-    let mut warnings = check.warnings.clone();
-    warnings.extend(deps.warnings.iter().cloned());
-    Ok(ModelReport {
-        image,
-        run_id: fetched.run_id.clone(),
-        model_origin: fetched.origin.clone(),
-        flavors: ml.flavors.clone(),
-        mlflow_version: ml.mlflow_version.clone(),
-        python: base.python_full.clone(),
-        base: base.report.clone(),
-        doctor,
-        warnings,
-        notes: check.notes.clone(),
-        dependency_layers: deps.reports,
-        sdists: deps.sdists,
-        package_code: crate::deps::sandbox::report(),
-        lock: locked.path.clone(),
-        lock_source: locked.source,
     })
+}
+
+/// The site hook's layer and the model's (the run's start time as every mtime: the same run
+/// gives the same digest).
+fn own_layers(
+    store: &crate::oci::blobstore::BlobStore,
+    c: crate::oci::layer::Compression,
+    dir: &Path,
+    epoch: u64,
+) -> Result<(Layer, Layer)> {
+    let site = augment::runtime_layer(store, &SERVING, "/opt/ml", DEPS_PREFIX, c)?;
+    let (model, _) = crate::oci::layer::tree_layer(store, dir, MODEL_DIR, &[], c, epoch)?;
+    Ok((site, model))
+}
+
+/// The labels of a model image: its origin, creation time, and the run it serves.
+fn model_labels(req: &ModelRequest, fetched: &model::Fetched) -> Vec<(&'static str, String)> {
+    let mut labels = vec![
+        ("io.oakestra.flops.model.origin", fetched.origin.clone()),
+        ("org.opencontainers.image.created", rfc3339(fetched.epoch)),
+    ];
+    if let ModelSource::Run {
+        tracking_uri,
+        run_id,
+        artifact_path,
+    } = &req.source
+    {
+        labels.push(("io.oakestra.flops.mlflow.run-id", run_id.clone()));
+        labels.push((
+            "io.oakestra.flops.mlflow.tracking-uri",
+            model::mlflow::shown(tracking_uri),
+        ));
+        labels.push((
+            "io.oakestra.flops.mlflow.artifact-path",
+            artifact_path.clone(),
+        ));
+    }
+    labels
+}
+
+/// `mlflow models serve` of the model on every interface, port [`PORT`], in the image's
+/// environment (no conda, no virtualenv).
+fn serve_command() -> Vec<String> {
+    [
+        &format!("{DEPS_PREFIX}/bin/mlflow"),
+        "models",
+        "serve",
+        "-m",
+        MODEL_DIR,
+        "--env-manager",
+        "local",
+        "-h",
+        "0.0.0.0",
+        "-p",
+        &PORT.to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
 }
 
 /// The model's dependencies (its requirements.txt, else conda.yaml) through the doctor, as
