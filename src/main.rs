@@ -6,12 +6,12 @@ mod cli;
 use clap::Parser;
 use cli::run::{run_append, run_build, run_check, run_model};
 use cli::{Cli, Command};
-use flops_image_builder::deps::sandbox;
 use flops_image_builder::error::kind_of;
+use flops_image_builder::resolve::sandbox;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    // The package-code launcher (src/deps/sandbox.rs): restrict, then exec; before anything else.
+    // The package-code launcher (src/resolve/sandbox.rs): restrict, then exec; before anything else.
     let raw: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if raw.get(1).is_some_and(|a| a == sandbox::SANDBOX_ARG) {
         return ExitCode::from(sandbox::launcher_main(&raw[2..]) as u8);

@@ -2,9 +2,9 @@
 //! matches `pip install --target` file for file, and bad wheels are refused.
 mod common;
 use common::*;
-use flops_image_builder::deps::install::{install, Prefix};
 use flops_image_builder::oci::blobstore::BlobStore;
 use flops_image_builder::oci::layer::{Compression, LayerWriter};
+use flops_image_builder::wheels::install::{install, Prefix};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 

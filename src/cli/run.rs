@@ -313,7 +313,7 @@ fn options(a: &ImageArgs, model_flavor: Option<String>) -> anyhow::Result<pipeli
             || std::thread::available_parallelism().map_or(2, |n| n.get()),
             usize::from,
         ),
-        resolve: flops_image_builder::deps::resolve::ResolveOptions {
+        resolve: flops_image_builder::resolve::ResolveOptions {
             uv: a.uv.clone(),
             index_url: a.index_url.clone(),
             extra_index_urls: Vec::new(),

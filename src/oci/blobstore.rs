@@ -10,6 +10,7 @@
 //!   they hold it, so the entry is made once and the other builder reuses it.
 
 use anyhow::{Context, Result};
+use sha2::{Digest as _, Sha256};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone)]
@@ -49,7 +50,7 @@ impl BlobStore {
             return false;
         }
         let path = self.path(digest);
-        if crate::oci::layer::verify_file_digest(&path, digest).is_ok() {
+        if verify_file_digest(&path, digest).is_ok() {
             return true;
         }
         tracing::warn!(
@@ -156,6 +157,18 @@ impl EntryLock {
         let entry = entry.to_path_buf();
         tokio::task::spawn_blocking(move || Self::acquire_blocking(&entry)).await?
     }
+}
+
+/// Checks a blob file is what its digest says (a cache entry before reuse).
+pub fn verify_file_digest(path: &Path, digest: &str) -> Result<()> {
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h)?;
+    let got = format!("sha256:{}", hex::encode(h.finalize()));
+    if got != digest {
+        anyhow::bail!("{} has digest {got}, expected {digest}", path.display());
+    }
+    Ok(())
 }
 
 #[cfg(test)]

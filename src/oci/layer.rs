@@ -16,7 +16,7 @@
 
 use crate::error::{bad_input, usage};
 use crate::oci::blobstore::BlobStore;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use std::io::{self, BufWriter, Read, Write};
@@ -748,18 +748,6 @@ pub fn remember_layer(store: &BlobStore, name: &str, layer: &Layer) {
     if let Ok(bytes) = serde_json::to_vec(layer) {
         crate::oci::blobstore::write_atomic(&record, &bytes).ok();
     }
-}
-
-/// Checks an unpacked-by-us layer is what it claims (used by tests and `oci-layout` reuse).
-pub fn verify_file_digest(path: &Path, digest: &str) -> Result<()> {
-    let mut f = std::fs::File::open(path)?;
-    let mut h = Sha256::new();
-    io::copy(&mut f, &mut h)?;
-    let got = format!("sha256:{}", hex::encode(h.finalize()));
-    if got != digest {
-        bail!("{} has digest {got}, expected {digest}", path.display());
-    }
-    Ok(())
 }
 
 #[cfg(test)]

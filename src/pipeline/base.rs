@@ -6,12 +6,12 @@
 //! Python that has one (the `python-minor` doctor rule: MLflow records the Python it happened
 //! to run on, not a requirement), unless `--strict-python`.
 
-use crate::deps::doctor::Fired;
 use crate::oci::assemble::{resolve_base, BaseImage};
 use crate::oci::image;
 use crate::oci::mirrors::Mirrors;
 use crate::oci::reference::{Reference, DOCKER_HUB};
 use crate::oci::registry::{self, Registry};
+use crate::spec::doctor::Fired;
 use anyhow::Result;
 use serde::Serialize;
 use std::str::FromStr;

@@ -4,14 +4,16 @@
 //! registry's shared pool, the local cache) and fetch + build + upload only the rest.
 
 use super::Session;
-use crate::deps::install::Prefix;
-use crate::deps::pylock::{self, Selected};
-use crate::deps::{fetch, layers, sdist, wheel};
 use crate::error::bad_input;
 use crate::oci::blobstore::EntryLock;
 use crate::oci::layer::Layer;
 use crate::oci::push::BaseSource;
 use crate::oci::registry::Registry;
+use crate::pool;
+use crate::resolve::sdist;
+use crate::wheels::install::Prefix;
+use crate::wheels::pylock::{self, Selected};
+use crate::wheels::{fetch, layers, tags as wheel};
 use anyhow::Result;
 use serde::Serialize;
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -130,7 +132,7 @@ pub fn select(
 pub fn split(selected: Vec<Selected>, subsets: &[Option<BTreeSet<String>>]) -> Vec<Vec<Selected>> {
     let mut groups: Vec<Vec<Selected>> = vec![Vec::new(); subsets.len()];
     for s in selected {
-        let norm = crate::deps::imports::normalize(&s.name);
+        let norm = crate::spec::imports::normalize(&s.name);
         let g = subsets
             .iter()
             .position(|set| set.as_ref().is_none_or(|set| set.contains(&norm)))
@@ -241,7 +243,7 @@ async fn selections(
             &platform,
             http,
             reg,
-            layers::POOL_REPO,
+            pool::POOL_REPO,
             &sess.store,
             lock_dir,
             &policy,
@@ -317,10 +319,10 @@ async fn reusable(
         .flat_map(|p| p.groups.iter().flatten().map(|d| d.key.clone()))
         .filter(|k| !remote.contains_key(k))
         .collect();
-    let pooled = layers::pool_lookup(reg, layers::POOL_REPO, &missing).await;
+    let pooled = pool::pool_lookup(reg, pool::POOL_REPO, &missing).await;
     let pool_src = BaseSource {
         registry: reg.clone(),
-        repository: layers::POOL_REPO.to_string(),
+        repository: pool::POOL_REPO.to_string(),
     };
     let mut found = Reusable {
         ready: HashMap::new(),

@@ -7,7 +7,6 @@ use super::base::{BaseReport, Finder};
 use super::deps::DepLayerReport;
 use super::image::{assemble_image, env, labels, ImageSpec};
 use super::{deps, lock, push, sbom, source, target, Options, Session, DEPS_PREFIX};
-use crate::deps::doctor::Fired;
 use crate::notify::Notifier;
 use crate::oci::append::Report;
 use crate::oci::image::{rfc3339, ConfigChanges};
@@ -16,6 +15,7 @@ use crate::oci::reference::Reference;
 use crate::repo::augment::{self, Runtime};
 use crate::repo::clone::CloneOptions;
 use crate::repo::naming::image_name;
+use crate::spec::doctor::Fired;
 use anyhow::Result;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -45,9 +45,9 @@ pub struct FlReport {
     pub dependency_layers: Vec<DepLayerReport>,
     /// Packages that had only an sdist: the pure wheel built from it (`built`), or found built
     /// by an earlier run (`cache`) or another node (`pool`).
-    pub sdists: Vec<crate::deps::sdist::Built>,
+    pub sdists: Vec<crate::resolve::sdist::Built>,
     /// Package code (sdists' build hooks) that ran for this build, and its sandbox.
-    pub package_code: crate::deps::sandbox::PackageCode,
+    pub package_code: crate::resolve::sandbox::PackageCode,
     /// The lock the images were built from (kept in the cache, by content).
     pub lock: std::path::PathBuf,
     /// `repo` (its pylock.toml), `cache`, `registry` (the pool) or `resolved` (uv ran).
@@ -221,7 +221,7 @@ fn fl_report(
         notes: check.notes.clone(),
         dependency_layers: deps.reports,
         sdists: deps.sdists,
-        package_code: crate::deps::sandbox::report(),
+        package_code: crate::resolve::sandbox::report(),
         lock: locked.path.clone(),
         lock_source: locked.source,
     }

@@ -81,3 +81,15 @@ pub fn assemble_image(
         sess.opts.platforms.len() > 1,
     )
 }
+
+impl ImageSpec {
+    /// The image as its SBOM names it.
+    pub fn described(&self) -> super::sbom::Described {
+        super::sbom::Described {
+            image: format!("{}:{}", self.target.repository, self.tags[0]),
+            level: self.level,
+            created: self.changes.created.clone(),
+            parts: self.parts.clone(),
+        }
+    }
+}

@@ -6,14 +6,15 @@
 use super::base::{candidates, python_minor, Base, Finder};
 use super::source::CheckReport;
 use super::Session;
-use crate::deps::doctor::{unpinned, unprovided_warning, Fired};
-use crate::deps::imports::{normalize, provided_by};
-use crate::deps::resolve::{self, ResolveOptions, ResolveTarget};
-use crate::deps::{layers, pylock};
 use crate::error::bad_input;
 use crate::error::Unsatisfiable;
 use crate::oci::blobstore::{write_atomic, EntryLock};
 use crate::oci::registry::Registry;
+use crate::pool;
+use crate::resolve::{self, ResolveOptions, ResolveTarget};
+use crate::spec::doctor::{unpinned, unprovided_warning, Fired};
+use crate::spec::imports::{normalize, provided_by};
+use crate::wheels::pylock;
 use anyhow::Result;
 use pep508_rs::Requirement;
 use std::collections::{BTreeMap, BTreeSet};
@@ -179,10 +180,10 @@ fn targets(sess: &Session<'_>, base: &Base) -> Result<Vec<ResolveTarget>> {
     base.images
         .iter()
         .map(|b| {
-            let t = crate::deps::wheel::Target::new(
+            let t = crate::wheels::tags::Target::new(
                 &b.platform.architecture,
                 &base.python_full,
-                crate::deps::wheel::Libc::Glibc(sess.opts.glibc.0, sess.opts.glibc.1),
+                crate::wheels::tags::Libc::Glibc(sess.opts.glibc.0, sess.opts.glibc.1),
             )?;
             Ok(ResolveTarget {
                 platform: format!("{}/{}", b.platform.os, b.platform.architecture),
@@ -215,7 +216,7 @@ async fn lock(
             .extend(check.extra_index_urls.iter().cloned());
         opts.constraints.extend(check.constraints.iter().cloned());
         if !check.unverified.is_empty() {
-            let http = crate::deps::fetch::http_client()?;
+            let http = crate::wheels::fetch::http_client()?;
             let index = opts.effective_index();
             let unknown = resolve::unknown_to_index(&http, &index, &check.unverified).await;
             if !unknown.is_empty() {
@@ -250,7 +251,7 @@ async fn lock(
             .then(|| std::fs::read_to_string(&local).ok())
             .flatten();
         let pooled = match (&cached, sess.opts.refresh_lock) {
-            (None, false) => layers::pool_lock(reg, layers::POOL_REPO, &key).await,
+            (None, false) => pool::pool_lock(reg, pool::POOL_REPO, &key).await,
             _ => None,
         };
         let (text, source) = match (cached, pooled) {
@@ -265,7 +266,7 @@ async fn lock(
                 let sets: Vec<(&'static str, String)> = sets.to_vec();
                 let text = resolve_checked(check.spec, reqs, imported, sets, python, targets, opts)
                     .await?;
-                layers::pool_put_lock(reg, layers::POOL_REPO, &key, &sess.store, &text).await;
+                pool::pool_put_lock(reg, pool::POOL_REPO, &key, &sess.store, &text).await;
                 (text, "resolved")
             }
         };
@@ -337,7 +338,7 @@ async fn resolve_checked(
 ) -> Result<String> {
     let index = IndexView {
         runtime: tokio::runtime::Handle::current(),
-        http: crate::deps::fetch::http_client()?,
+        http: crate::wheels::fetch::http_client()?,
         indexes: std::iter::once(opts.effective_index())
             .chain(opts.effective_extra_indexes())
             .collect(),
@@ -464,7 +465,7 @@ fn resolve_relaxing(
             if !why.contains(&format!("{name}=={v}")) || name == "flwr" {
                 continue;
             }
-            let module = crate::deps::imports::IMPORT_TO_DIST
+            let module = crate::spec::imports::IMPORT_TO_DIST
                 .iter()
                 .find(|(_, d)| normalize(d) == name)
                 .map(|(m, _)| m.to_string())
@@ -598,11 +599,11 @@ fn numpy_abi_in(text: &str) -> Option<String> {
     let version = |p: &pylock::Package| p.version.clone().unwrap_or_default();
     lock.packages
         .iter()
-        .find(|p| p.name == "numpy" && crate::deps::abi::is_numpy2(&version(p)))?;
+        .find(|p| p.name == "numpy" && crate::spec::abi::is_numpy2(&version(p)))?;
     let why: Vec<String> = lock
         .packages
         .iter()
-        .filter_map(|p| crate::deps::abi::needs_numpy1(&p.name, &version(p)))
+        .filter_map(|p| crate::spec::abi::needs_numpy1(&p.name, &version(p)))
         .collect();
     (!why.is_empty()).then(|| why.join("; "))
 }
@@ -651,7 +652,7 @@ fn relaxed_by_resolver(lock: &pylock::Lock) -> Vec<Fired> {
     };
     let fixes = list(FIXES_KEY).into_iter().filter_map(|v| {
         let (rule, detail) = v.as_str()?.split_once(": ")?;
-        let rule = crate::deps::doctor::REASONS
+        let rule = crate::spec::doctor::REASONS
             .iter()
             .find(|(r, _)| *r == rule)?
             .0;

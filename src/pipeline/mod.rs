@@ -24,13 +24,13 @@ pub mod trained_model;
 
 pub use source::{check, CheckReport};
 
-use crate::deps::resolve::ResolveOptions;
 use crate::notify::Notifier;
 use crate::oci::append::Phases;
 use crate::oci::blobstore::BlobStore;
 use crate::oci::layer::Compression;
 use crate::oci::reference::Platform;
 use crate::oci::registry;
+use crate::resolve::ResolveOptions;
 use anyhow::Result;
 use std::path::PathBuf;
 use std::sync::Mutex;

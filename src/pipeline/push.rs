@@ -6,12 +6,12 @@ use super::base::Base;
 use super::deps::DepLayers;
 use super::image::ImageSpec;
 use super::Session;
-use crate::deps::layers;
 use crate::oci::append::{self, Report};
 use crate::oci::assemble::Assembled;
 use crate::oci::push::{self as oci_push, BaseSource};
 use crate::oci::referrers;
 use crate::oci::registry::{BlobStatus, Registry};
+use crate::pool;
 use crate::sbom;
 use anyhow::Result;
 use std::collections::HashMap;
@@ -93,7 +93,7 @@ pub async fn push_all(
             .filter(|(d, _)| by_group.get(&d.key) == Some(&g))
             .cloned()
             .collect();
-        layers::pool_publish(reg, layers::POOL_REPO, repo, &sess.store, &new).await;
+        pool::pool_publish(reg, pool::POOL_REPO, repo, &sess.store, &new).await;
     }
     sess.done("push", t);
     let phases = sess.timings();

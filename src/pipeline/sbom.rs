@@ -3,12 +3,11 @@
 //! [`preview`] writes the same documents without building or pushing (`check --sbom`).
 
 use super::base::{Base, Finder};
-use super::image::ImageSpec;
 use super::{deps, fl_actors, lock, target, CheckReport, Options, Session};
-use crate::deps::pylock::Selected;
 use crate::notify::Notifier;
 use crate::repo::augment::Runtime;
 use crate::sbom::{self, license, BasePackage, Contents};
+use crate::wheels::pylock::Selected;
 use anyhow::Result;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -33,17 +32,6 @@ pub struct Described {
     /// RFC 3339.
     pub created: String,
     pub parts: Parts,
-}
-
-impl ImageSpec {
-    pub fn described(&self) -> Described {
-        Described {
-            image: format!("{}:{}", self.target.repository, self.tags[0]),
-            level: self.level,
-            created: self.changes.created.clone(),
-            parts: self.parts.clone(),
-        }
-    }
 }
 
 /// One document per image and platform (`base.images`' order, which is the assembled

@@ -1,10 +1,10 @@
 //! Phase 1, the source: clone → verify → doctor (`check` is exactly this phase).
 
-use crate::deps::doctor::{doctor, unprovided_warning, Facts, Fired};
 use crate::oci::append::Phases;
 use crate::repo::clone::{clone, Checkout, CloneOptions};
 use crate::repo::naming::{image_name, repo_id, RepoId};
 use crate::repo::verify::verify;
+use crate::spec::doctor::{doctor, unprovided_warning, Facts, Fired};
 use anyhow::Result;
 use serde::Serialize;
 use std::time::Instant;
@@ -60,7 +60,7 @@ pub struct CheckReport {
     pub repo: Option<RepoId>,
     /// What the repo's code imports (module → files).
     #[serde(skip)]
-    pub imports: crate::deps::imports::Imports,
+    pub imports: crate::spec::imports::Imports,
 }
 
 /// Clones, verifies and doctors for images whose runtime adds `runtime` (requirements text);
@@ -246,12 +246,12 @@ pub fn platform_warnings(
     );
     let mut envs = Vec::new();
     for p in platforms {
-        let t = crate::deps::wheel::Target::new(
+        let t = crate::wheels::tags::Target::new(
             &p.architecture,
             &python,
-            crate::deps::wheel::Libc::Glibc(2, 28),
+            crate::wheels::tags::Libc::Glibc(2, 28),
         )?;
-        envs.push((p.to_string(), crate::deps::pylock::marker_env(&t)?));
+        envs.push((p.to_string(), crate::wheels::pylock::marker_env(&t)?));
     }
     let mut out = Vec::new();
     for r in &report.requirements {

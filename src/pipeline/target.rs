@@ -2,9 +2,9 @@
 //! the shared layer pool), with push access proven before any dependency work, so a wrong
 //! password or a read-only token fails in seconds, not after resolving and building.
 
-use crate::deps::layers::POOL_REPO;
 use crate::oci::reference::Reference;
 use crate::oci::registry::Registry;
+use crate::pool::POOL_REPO;
 use anyhow::Result;
 use std::sync::Arc;
 use std::time::Instant;

@@ -9,8 +9,6 @@ use super::fl_actors::base_pulls;
 use super::image::{assemble_image, env, labels, ImageSpec};
 use super::source::CheckReport;
 use super::{deps, lock, push, sbom, target, Options, Session, DEPS_PREFIX};
-use crate::deps::doctor::{doctor, Facts, Fired};
-use crate::deps::spec::{self, Loaded, SpecKind};
 use crate::error::bad_input;
 use crate::model::{self, mlmodel, ModelSource};
 use crate::notify::Notifier;
@@ -20,6 +18,8 @@ use crate::oci::layer::Layer;
 use crate::oci::reference::Reference;
 use crate::repo::augment::{self, Runtime};
 use crate::repo::naming::trained_model_image;
+use crate::spec::doctor::{doctor, Facts, Fired};
+use crate::spec::{self, Loaded, SpecKind};
 use anyhow::Result;
 use serde::Serialize;
 use std::path::Path;
@@ -54,9 +54,9 @@ pub struct ModelReport {
     /// What the builder chose and why (e.g. versions from the training environment).
     pub notes: Vec<String>,
     pub dependency_layers: Vec<DepLayerReport>,
-    pub sdists: Vec<crate::deps::sdist::Built>,
+    pub sdists: Vec<crate::resolve::sdist::Built>,
     /// Package code (sdists' build hooks) that ran for this build, and its sandbox.
-    pub package_code: crate::deps::sandbox::PackageCode,
+    pub package_code: crate::resolve::sandbox::PackageCode,
     pub lock: std::path::PathBuf,
     pub lock_source: &'static str,
 }
@@ -127,7 +127,7 @@ pub async fn build(req: &ModelRequest, notifier: &Notifier) -> Result<ModelRepor
         notes: check.notes.clone(),
         dependency_layers: deps.reports,
         sdists: deps.sdists,
-        package_code: crate::deps::sandbox::report(),
+        package_code: crate::resolve::sandbox::report(),
         lock: locked.path.clone(),
         lock_source: locked.source,
     })
@@ -370,7 +370,7 @@ fn training_environment(
     requirements: &[pep508_rs::Requirement],
     runtime: &str,
 ) -> Result<(Vec<String>, Option<String>)> {
-    use crate::deps::imports::normalize;
+    use crate::spec::imports::normalize;
     let Ok(text) = std::fs::read_to_string(dir.join(TRAINING_ENVIRONMENT)) else {
         return Ok((Vec::new(), None));
     };

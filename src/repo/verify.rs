@@ -1,10 +1,10 @@
 //! Step 2: the repo has what FLOps needs — `model_manager.py` and a dependency spec — and
 //! facts about its code that the dependency doctor uses (what it imports, what it provides).
 
-use crate::deps::imports::{scan_source, Imports};
-use crate::deps::spec::{self, DepSpec, Loaded};
 use crate::error::bad_input;
 use crate::paths::read_inside;
+use crate::spec::imports::{scan_source, Imports};
+use crate::spec::{self, DepSpec, Loaded};
 use anyhow::Result;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

@@ -11,7 +11,7 @@
 //! per wheel sha256.
 
 use super::remote_zip;
-use crate::deps::pylock::Selected;
+use crate::wheels::pylock::Selected;
 use anyhow::Result;
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -198,7 +198,7 @@ async fn metadata_of(http: &reqwest::Client, cache: &Path, w: &Selected) -> Opti
             Err(e) => tracing::debug!("{}: PEP 658 metadata: {e}", w.file),
         }
     }
-    let path = crate::deps::fetch::cache_path(cache, w);
+    let path = crate::wheels::fetch::cache_path(cache, w);
     let (http, size, file) = (http.clone(), w.wheel.size, w.file.clone());
     tokio::task::spawn_blocking(move || {
         if let Ok(f) = std::fs::File::open(&path) {
@@ -225,7 +225,7 @@ async fn metadata_of(http: &reqwest::Client, cache: &Path, w: &Selected) -> Opti
 /// not cached: a later build may know more).
 pub async fn licenses(cache: &Path, wheels: &[&Selected]) -> Result<BTreeMap<String, String>> {
     use futures_util::StreamExt;
-    let http = crate::deps::fetch::http_client()?;
+    let http = crate::wheels::fetch::http_client()?;
     let dir = cache.join("licenses");
     std::fs::create_dir_all(&dir)?;
     let mut unique: BTreeMap<&str, &Selected> = BTreeMap::new();

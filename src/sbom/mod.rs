@@ -11,7 +11,7 @@
 pub mod license;
 pub mod remote_zip;
 
-use crate::deps::pylock::Selected;
+use crate::wheels::pylock::Selected;
 use serde_json::{json, Value};
 use sha1::Sha1;
 use sha2::{Digest as _, Sha256};
@@ -84,7 +84,7 @@ fn clean_url(u: &str) -> String {
 }
 
 fn purl_pypi(name: &str, version: &str) -> String {
-    let name = crate::deps::imports::normalize(name);
+    let name = crate::spec::imports::normalize(name);
     format!("pkg:pypi/{name}@{}", version.replace('+', "%2B"))
 }
 
@@ -280,7 +280,7 @@ pub fn document(c: &Contents<'_>) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::deps::pylock::Wheel;
+    use crate::wheels::pylock::Wheel;
 
     fn wheel(name: &str, version: &str, built: bool) -> Selected {
         let locked = Selected {

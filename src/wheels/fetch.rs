@@ -5,8 +5,8 @@
 //! does not match the lock fails loudly). Builders sharing the cache download each wheel once
 //! (an entry lock per wheel).
 
-use crate::deps::pylock::Selected;
 use crate::error::{bad_input, registry as net_err};
+use crate::wheels::pylock::Selected;
 use anyhow::{Context, Result};
 use sha2::{Digest as _, Sha256};
 use std::io::Read;

@@ -9,7 +9,7 @@
 //! Hand-written: no maintained crate converts Poetry constraints to PEP 440 (the rules are
 //! Poetry's documented ones, <https://python-poetry.org/docs/dependency-specification/>).
 
-use crate::deps::spec::{requirement, DepSpec};
+use super::parsed::{refusals, requirement, DepSpec};
 use anyhow::Result;
 
 /// Reads the main dependency table into `spec`.
@@ -72,7 +72,7 @@ pub fn read(
             "{file}: [tool.poetry.dev-dependencies] left out (development tools)"
         ));
     }
-    crate::deps::spec::refusals(file, problems)
+    refusals(file, problems)
 }
 
 /// One dependency value as a PEP 508 string; `None` for optional ones.
@@ -211,7 +211,7 @@ fn python_marker(c: &str) -> std::result::Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::deps::spec::{parse_pyproject, Loaded};
+    use crate::spec::{parse_pyproject, Loaded};
 
     #[test]
     fn constraints_as_poetry_documents_them() {

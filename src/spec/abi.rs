@@ -97,10 +97,10 @@ const PURE_PYTHON: &[&str] = &["datasets"];
 
 /// The reason a `name==version` needs NumPy 1.x, if it does.
 pub fn needs_numpy1(name: &str, version: &str) -> Option<String> {
-    let norm = crate::deps::imports::normalize(name);
+    let norm = crate::spec::imports::normalize(name);
     let (_, first, source) = NUMPY2_FIRST
         .iter()
-        .find(|(n, _, _)| crate::deps::imports::normalize(n) == norm)?;
+        .find(|(n, _, _)| crate::spec::imports::normalize(n) == norm)?;
     let v = Version::from_str(version).ok()?;
     let first_v = Version::from_str(first).ok()?;
     let what = if PURE_PYTHON.contains(&norm.as_str()) {

@@ -7,13 +7,13 @@
 //! the registry's shared pool (`flops-cache/deps:wheel-<sdist sha256>`), so another node with
 //! an empty disk downloads the wheel instead of building it. `--no-build` forbids building.
 
-use crate::deps::fetch;
-use crate::deps::pylock::{Selected, Wheel};
-use crate::deps::wheel::WheelName;
 use crate::error::bad_input;
 use crate::oci::blobstore::{write_atomic, BlobStore, EntryLock};
 use crate::oci::image::{Descriptor, Manifest};
 use crate::oci::registry::Registry;
+use crate::wheels::fetch;
+use crate::wheels::pylock::{Selected, Wheel};
+use crate::wheels::tags::WheelName;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -135,8 +135,7 @@ async fn to_pool(reg: &Registry, pool: &str, store: &BlobStore, sdist_sha: &str,
         }
         let mut layer = Descriptor::new(WHEEL_MEDIA_TYPE, &digest, r.size);
         layer.annotations.insert(TITLE.into(), r.file.clone());
-        crate::deps::layers::put_pool_blob_manifest(reg, pool, &pool_tag(sdist_sha), store, layer)
-            .await
+        crate::pool::put_pool_blob_manifest(reg, pool, &pool_tag(sdist_sha), store, layer).await
     }
     .await;
     if let Err(e) = result {
@@ -204,7 +203,7 @@ pub async fn materialize(
                 path.clone(),
                 format!("{} {} for {platform}", s.name, s.version),
             );
-            crate::deps::sandbox::count_runs(&s.name, 1);
+            crate::resolve::sandbox::count_runs(&s.name, 1);
             let wheel = tokio::task::spawn_blocking(move || build(&sd, &pol, &what)).await??;
             let r = keep(store, &s.sha256, &wheel.0)?;
             drop(wheel);
@@ -232,7 +231,7 @@ pub async fn materialize(
 /// `uv build --wheel` of one sdist in a temporary directory; returns the wheel (kept alive
 /// with its directory) when it is pure.
 fn build(sdist: &Path, policy: &BuildPolicy, what: &str) -> Result<(PathBuf, tempfile::TempDir)> {
-    let uv = crate::deps::resolve::find_uv(policy.uv.as_deref())?;
+    let uv = crate::resolve::find_uv(policy.uv.as_deref())?;
     let dir = tempfile::Builder::new().prefix("flops-sdist-").tempdir()?;
     let out = dir.path().join("dist");
     tracing::info!(
@@ -240,7 +239,7 @@ fn build(sdist: &Path, policy: &BuildPolicy, what: &str) -> Result<(PathBuf, tem
         BUILD_TIMEOUT.as_secs()
     );
     // Package code: in the sandbox, reading the sdist, writing only its own directory.
-    let sandbox = crate::deps::sandbox::Sandbox::new()?;
+    let sandbox = crate::resolve::sandbox::Sandbox::new()?;
     let sdist_dir = sdist.parent().unwrap_or(Path::new("/"));
     let mut cmd = sandbox.command(&uv, &[sdist_dir], &[dir.path()]);
     cmd.args(["build", "--wheel", "--quiet", "--system-certs", "--out-dir"])

@@ -2,8 +2,8 @@
 //! every package whose marker holds there. Choice is offline and never substitutes: a package
 //! with no compatible wheel is an error naming package, version and platform.
 
-use crate::deps::wheel::{Ranker, Target, WheelName};
 use crate::error::bad_input;
+use crate::wheels::tags::{Ranker, Target, WheelName};
 use anyhow::Result;
 use pep508_rs::pep440_rs::{Version, VersionSpecifiers};
 use pep508_rs::{MarkerEnvironment, MarkerEnvironmentBuilder, MarkerTree};
@@ -26,7 +26,7 @@ pub struct Lock {
 }
 
 impl Lock {
-    /// Package names of the requirement set `name` (see `deps::resolve`); `None` when the
+    /// Package names of the requirement set `name` (see `crate::resolve`); `None` when the
     /// lock has no such subset (then the whole lock applies).
     pub fn subset(&self, name: &str) -> Option<std::collections::BTreeSet<String>> {
         let list = self
@@ -39,7 +39,7 @@ impl Lock {
         Some(
             list.iter()
                 .filter_map(|v| v.as_str())
-                .map(crate::deps::imports::normalize)
+                .map(crate::spec::imports::normalize)
                 .collect(),
         )
     }
@@ -113,7 +113,7 @@ pub struct Selected {
     pub wheel: Wheel,
     pub sha256: String,
     /// No wheel fits: `wheel`, `file` and `sha256` describe the package's sdist, which
-    /// `deps::sdist` turns into a (pure) wheel before anything installs it.
+    /// `crate::resolve::sdist` turns into a (pure) wheel before anything installs it.
     pub sdist: bool,
     /// For a wheel the builder made from an sdist: that sdist, as the lock names it (the SBOM
     /// reports what was locked, not the local build's bytes).
@@ -304,7 +304,7 @@ pub fn select(lock: &Lock, target: &Target) -> Result<Vec<Selected>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::deps::wheel::Libc;
+    use crate::wheels::tags::Libc;
 
     const LOCK: &str = r#"
 lock-version = "1.0"

@@ -2,9 +2,9 @@
 //! reason. Every rule that fires is reported (log, `check` output, observer messages, the
 //! success payload). A ready `pylock.toml` is used exactly as written: no rule touches it.
 
-use crate::deps::imports::{self, Imports};
-use crate::deps::spec::{requirement, CondaDep, DepSpec, SpecKind};
 use crate::error::bad_input;
+use crate::spec::imports::{self, Imports};
+use crate::spec::{requirement, CondaDep, DepSpec, SpecKind};
 use anyhow::Result;
 use pep508_rs::pep440_rs::{Operator, Version, VersionSpecifiers};
 use pep508_rs::{Requirement, VersionOrUrl};
@@ -110,7 +110,7 @@ pub const REASONS: &[(&str, &str)] = &[
     ("mlflow", "learners never log to MLflow (FL privacy) and it is large; mlflow-skinny has the API"),
     ("torch-gmpy2", "MLflow's export lists gmpy2 where the model needs torchvision (upstream FLOps fix)"),
     ("runtime-pin-conflict", "MLflow records every package it saw; an incidental pin must not break the FL runtime"),
-    ("numpy-abi", "a wheel built against NumPy 1.x cannot run with NumPy 2, and old wheels do not say so (src/deps/abi.rs)"),
+    ("numpy-abi", "a wheel built against NumPy 1.x cannot run with NumPy 2, and old wheels do not say so (src/spec/abi.rs)"),
     ("missing-import", "MLflow logs what the model object needs, not what data loading imports"),
     ("implicit-setuptools", "pip and conda environments always carry setuptools (pkg_resources, the distutils shim); below 82, which removed pkg_resources"),
 ];
@@ -735,7 +735,7 @@ fn numpy_abi(c: &mut Ctx) -> Result<Vec<Fired>> {
         .reqs
         .iter()
         .filter_map(|r| {
-            crate::deps::abi::needs_numpy1(r.name.as_ref(), &pinned_release(r)?.to_string())
+            crate::spec::abi::needs_numpy1(r.name.as_ref(), &pinned_release(r)?.to_string())
         })
         .collect();
     if why.is_empty() {
@@ -873,7 +873,7 @@ fn implicit_setuptools(c: &mut Ctx) -> Result<Vec<Fired>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::deps::spec::parse_conda;
+    use crate::spec::parse_conda;
 
     const RUNTIME: &str = "flwr>=1.8.0,<1.12\npyarrow>=15,<21\n";
 

@@ -198,7 +198,7 @@ fn plan_wheel(
         .and_then(|n| n.to_str())
         .unwrap_or("wheel")
         .to_string();
-    let parsed = crate::deps::wheel::WheelName::parse(&wname)?;
+    let parsed = crate::wheels::tags::WheelName::parse(&wname)?;
     let read_text = |zip: &mut zip::ZipArchive<std::fs::File>, name: &str| -> Result<String> {
         let mut s = String::new();
         zip.by_name(name)

@@ -12,6 +12,9 @@
 //! as constraints, so a package has the same version in every image. The smaller sets' package
 //! names go into the lock's `[tool.flops-image-builder.subsets]` table (PEP 751 tool table).
 
+pub mod sandbox;
+pub mod sdist;
+
 use crate::error::{bad_input, Unsatisfiable};
 use anyhow::{Context, Result};
 use pep508_rs::pep440_rs::Version;
@@ -209,7 +212,7 @@ fn compile(
     let _ = std::fs::remove_file(&out);
     // Package code may run here (metadata of sdists): in the sandbox, with uv's log on, which
     // names each metadata preparation.
-    let sandbox = crate::deps::sandbox::Sandbox::new()?;
+    let sandbox = crate::resolve::sandbox::Sandbox::new()?;
     let mut cmd = sandbox.command(uv, &[], &[dir]);
     cmd.args([
         "pip",
@@ -250,7 +253,7 @@ fn compile(
         .with_context(|| format!("running {}", uv.display()))?;
     let log = String::from_utf8_lossy(&o.stderr);
     for pkg in metadata_preparations(&log) {
-        crate::deps::sandbox::count_runs(pkg, 1);
+        crate::resolve::sandbox::count_runs(pkg, 1);
     }
     if !o.status.success() {
         return Err(Unsatisfiable {
@@ -459,7 +462,7 @@ async fn project_page(http: &reqwest::Client, index: &str, name: &str) -> Page {
     let url = format!(
         "{}/{}/",
         index.trim_end_matches('/'),
-        crate::deps::imports::normalize(name)
+        crate::spec::imports::normalize(name)
     );
     let answer = async {
         let r = http
@@ -532,7 +535,7 @@ pub async fn missing_on_index(
         .join(" or ");
     let checks = requirements.iter().filter_map(|r| {
         let req = r.parse::<pep508_rs::Requirement>().ok()?;
-        let name = crate::deps::imports::normalize(req.name.as_ref());
+        let name = crate::spec::imports::normalize(req.name.as_ref());
         let pinned = match &req.version_or_url {
             Some(pep508_rs::VersionOrUrl::VersionSpecifier(s)) if s.len() == 1 => s
                 .iter()
@@ -641,7 +644,7 @@ wheels = [{ url = "https://f/numpy-1.26.4-cp311-cp311-manylinux_2_17_aarch64.whl
             [("learner".to_string(), ["numpy".to_string()].into())].into();
         let merged = merge(&[(&a, amd), (&b, arm)], "3.11", &subsets, "aggregator");
         let text = toml::to_string(&merged).unwrap();
-        let lock = crate::deps::pylock::parse(&text).unwrap();
+        let lock = crate::wheels::pylock::parse(&text).unwrap();
         assert_eq!(lock.requires_python.as_deref(), Some("==3.11.*"));
         assert_eq!(lock.packages.len(), 2);
         assert_eq!(lock.packages[0].wheels.len(), 2);
