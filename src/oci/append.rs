@@ -226,6 +226,8 @@ pub fn report(
     }
 }
 
+/// `append`: the base + one layer per directory → pushed (tag last) or written as an
+/// oci-layout.
 pub async fn run(req: AppendRequest) -> Result<Report> {
     let total = Instant::now();
     let mut phases = Phases::default();
@@ -241,20 +243,7 @@ pub async fn run(req: AppendRequest) -> Result<Report> {
     // Layers depend only on local files: build them (one blocking task each, in parallel)
     // while the registries are contacted and the base is resolved.
     let t_layers = Instant::now();
-    let builds: Vec<_> = dirs
-        .iter()
-        .map(|(local, dest)| {
-            let (store, local, dest, c, e) = (
-                store.clone(),
-                local.clone(),
-                dest.clone(),
-                req.compression,
-                req.epoch,
-            );
-            tokio::task::spawn_blocking(move || tree_layer(&store, &local, &dest, &[], c, e))
-        })
-        .collect();
-
+    let builds = start_layers(&req, &store, &dirs);
     let t = Instant::now();
     let to_registry = req.output == Output::Registry;
     let (base_reg, target_reg) = connect(
@@ -266,22 +255,7 @@ pub async fn run(req: AppendRequest) -> Result<Report> {
     .await?;
     let bases = resolve_base(&base_reg, &base_ref, &req.platforms).await?;
     phases.done("resolve", t);
-
-    let mut layers: Vec<(Layer, String)> = Vec::new();
-    for (b, (local, dest)) in builds.into_iter().zip(&dirs) {
-        let (layer, cached) = b
-            .await
-            .context("layer task")?
-            .with_context(|| format!("building the layer for {}", local.display()))?;
-        tracing::info!(
-            "layer {dest} from {}: {} ({}{})",
-            local.display(),
-            crate::oci::short(&layer.digest),
-            crate::oci::human_bytes(layer.size),
-            if cached { ", cached" } else { "" }
-        );
-        layers.push((layer, dest.clone()));
-    }
+    let layers = finish_layers(builds, &dirs).await?;
     phases.done("layers", t_layers);
 
     let mut changes = req.changes.clone();
@@ -301,7 +275,6 @@ pub async fn run(req: AppendRequest) -> Result<Report> {
         registry: base_reg,
         repository: base_ref.repository.clone(),
     };
-
     let t = Instant::now();
     let (statuses, uploaded, default_status) = match (&req.output, target_reg) {
         (Output::Registry, Some(reg)) => {
@@ -328,7 +301,65 @@ pub async fn run(req: AppendRequest) -> Result<Report> {
         (Output::Registry, None) => unreachable!("registry output always connects the target"),
     };
     phases.done("total", total);
-    let name = match &req.output {
+    let name = output_name(&req.output, &target);
+    Ok(report(
+        &name,
+        &image,
+        &statuses,
+        default_status,
+        uploaded,
+        phases,
+    ))
+}
+
+type LayerTask = tokio::task::JoinHandle<Result<(Layer, bool)>>;
+
+/// One blocking task per directory, building its layer.
+fn start_layers(
+    req: &AppendRequest,
+    store: &BlobStore,
+    dirs: &[(PathBuf, String)],
+) -> Vec<LayerTask> {
+    dirs.iter()
+        .map(|(local, dest)| {
+            let (store, local, dest, c, e) = (
+                store.clone(),
+                local.clone(),
+                dest.clone(),
+                req.compression,
+                req.epoch,
+            );
+            tokio::task::spawn_blocking(move || tree_layer(&store, &local, &dest, &[], c, e))
+        })
+        .collect()
+}
+
+/// The layers of [`start_layers`], in order, each with its destination.
+async fn finish_layers(
+    builds: Vec<LayerTask>,
+    dirs: &[(PathBuf, String)],
+) -> Result<Vec<(Layer, String)>> {
+    let mut layers = Vec::new();
+    for (b, (local, dest)) in builds.into_iter().zip(dirs) {
+        let (layer, cached) = b
+            .await
+            .context("layer task")?
+            .with_context(|| format!("building the layer for {}", local.display()))?;
+        tracing::info!(
+            "layer {dest} from {}: {} ({}{})",
+            local.display(),
+            crate::oci::short(&layer.digest),
+            crate::oci::human_bytes(layer.size),
+            if cached { ", cached" } else { "" }
+        );
+        layers.push((layer, dest.clone()));
+    }
+    Ok(layers)
+}
+
+/// `registry/repository:tag`, or `oci:<dir>:<tag>`.
+fn output_name(output: &Output, target: &Reference) -> String {
+    match output {
         Output::Registry => format!(
             "{}/{}{}",
             target.registry,
@@ -344,13 +375,5 @@ pub async fn run(req: AppendRequest) -> Result<Report> {
             dir.display(),
             target.tag.clone().unwrap_or_else(|| "latest".into())
         ),
-    };
-    Ok(report(
-        &name,
-        &image,
-        &statuses,
-        default_status,
-        uploaded,
-        phases,
-    ))
+    }
 }

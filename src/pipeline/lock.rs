@@ -208,93 +208,9 @@ async fn lock(
         let text = crate::paths::read_inside(root, Path::new("pylock.toml"))?;
         (text, "repo")
     } else {
-        let mut opts = sess.opts.resolve.clone();
-        if opts.index_url.is_none() {
-            opts.index_url = check.index_url.clone();
-        }
-        opts.extra_index_urls
-            .extend(check.extra_index_urls.iter().cloned());
-        opts.constraints.extend(check.constraints.iter().cloned());
-        if !check.unverified.is_empty() {
-            let http = crate::wheels::fetch::http_client()?;
-            let index = opts.effective_index();
-            let unknown = resolve::unknown_to_index(&http, &index, &check.unverified).await;
-            if !unknown.is_empty() {
-                return Err(bad_input(format!(
-                    "{}: conda packages that the package index {index} does not know: {} (move them to the pip: list under their PyPI names, or remove them)",
-                    check.spec,
-                    unknown.join(", ")
-                )));
-            }
-        }
-        let targets = targets(sess, base)?;
-        let input_sets = |reqs: &[String]| -> Vec<(&'static str, String)> {
-            sets.iter()
-                .map(|(n, rt)| (*n, resolve::lock_input(reqs, &[rt])))
-                .collect()
-        };
-        let key = resolve::lock_key(
-            &input_sets(&check.requirements),
-            &base.python,
-            &targets,
-            &opts,
-        );
-        let local = sess
-            .store
-            .root()
-            .join("locks")
-            .join(format!("pylock.{key}.toml"));
-        // Builders sharing the cache resolve the same input once: the second waits, then
-        // reads the first one's lock.
-        let _entry = EntryLock::acquire(&local).await?;
-        let cached = (!sess.opts.refresh_lock)
-            .then(|| std::fs::read_to_string(&local).ok())
-            .flatten();
-        let pooled = match (&cached, sess.opts.refresh_lock) {
-            (None, false) => pool::pool_lock(reg, pool::POOL_REPO, &key).await,
-            _ => None,
-        };
-        let (text, source) = match (cached, pooled) {
-            (Some(t), _) => (t, "cache"),
-            (None, Some(t)) => (t, "registry"),
-            (None, None) => {
-                let (reqs, imported, python) = (
-                    check.requirements.clone(),
-                    check_imports(check),
-                    base.python.clone(),
-                );
-                let sets: Vec<(&'static str, String)> = sets.to_vec();
-                let text = resolve_checked(check.spec, reqs, imported, sets, python, targets, opts)
-                    .await?;
-                pool::pool_put_lock(reg, pool::POOL_REPO, &key, &sess.store, &text).await;
-                (text, "resolved")
-            }
-        };
-        write_atomic(&local, text.as_bytes())?;
-        (text, source)
+        lock_text(sess, reg, check, sets, base).await?
     };
-    let lock = pylock::parse(&text)?;
-    let path = sess.store.root().join("locks").join(format!(
-        "pylock.{}.toml",
-        crate::oci::short(&crate::oci::sha256_digest(text.as_bytes()))
-    ));
-    write_atomic(&path, text.as_bytes())?;
-    let mut locked = Locked {
-        lock,
-        text,
-        path,
-        source,
-        fired: Vec::new(),
-        stale_warnings: Vec::new(),
-    };
-    locked.fired = relaxed_by_resolver(&locked.lock);
-    let names: BTreeSet<String> = locked.versions().into_keys().collect();
-    locked.stale_warnings = check
-        .unprovided
-        .iter()
-        .filter(|(m, _)| provided_by(m, &names))
-        .map(|(m, files)| unprovided_warning(m, files, check.spec))
-        .collect();
+    let locked = Locked::new(sess, check, text, source)?;
     sess.done("resolve", t);
     spin.done();
     sess.observe(&format!(
@@ -310,6 +226,116 @@ async fn lock(
     ))
     .await;
     Ok(locked)
+}
+
+/// The resolver's options for a spec: the builder's, with the spec's own indexes and the
+/// constraints of the check (a model's training environment).
+fn resolve_options(sess: &Session<'_>, check: &CheckReport) -> ResolveOptions {
+    let mut opts = sess.opts.resolve.clone();
+    if opts.index_url.is_none() {
+        opts.index_url = check.index_url.clone();
+    }
+    opts.extra_index_urls
+        .extend(check.extra_index_urls.iter().cloned());
+    opts.constraints.extend(check.constraints.iter().cloned());
+    opts
+}
+
+/// The lock of these inputs: from the local cache, else the pool, else resolved (and then
+/// put in both). Builders sharing the cache resolve the same input once.
+async fn lock_text(
+    sess: &Session<'_>,
+    reg: &Arc<Registry>,
+    check: &CheckReport,
+    sets: &Sets<'_>,
+    base: &Base,
+) -> Result<(String, &'static str)> {
+    let opts = resolve_options(sess, check);
+    if !check.unverified.is_empty() {
+        let http = crate::wheels::fetch::http_client()?;
+        let index = opts.effective_index();
+        let unknown = resolve::unknown_to_index(&http, &index, &check.unverified).await;
+        if !unknown.is_empty() {
+            return Err(bad_input(format!(
+                "{}: conda packages that the package index {index} does not know: {} (move them to the pip: list under their PyPI names, or remove them)",
+                check.spec,
+                unknown.join(", ")
+            )));
+        }
+    }
+    let targets = targets(sess, base)?;
+    let input: Vec<(&'static str, String)> = sets
+        .iter()
+        .map(|(n, rt)| (*n, resolve::lock_input(&check.requirements, &[rt])))
+        .collect();
+    let key = resolve::lock_key(&input, &base.python, &targets, &opts);
+    let local = sess
+        .store
+        .root()
+        .join("locks")
+        .join(format!("pylock.{key}.toml"));
+    // The second builder waits, then reads the first one's lock.
+    let _entry = EntryLock::acquire(&local).await?;
+    let cached = (!sess.opts.refresh_lock)
+        .then(|| std::fs::read_to_string(&local).ok())
+        .flatten();
+    let pooled = match (&cached, sess.opts.refresh_lock) {
+        (None, false) => pool::pool_lock(reg, pool::POOL_REPO, &key).await,
+        _ => None,
+    };
+    let (text, source) = match (cached, pooled) {
+        (Some(t), _) => (t, "cache"),
+        (None, Some(t)) => (t, "registry"),
+        (None, None) => {
+            let (reqs, imported, python) = (
+                check.requirements.clone(),
+                check_imports(check),
+                base.python.clone(),
+            );
+            let sets: Vec<(&'static str, String)> = sets.to_vec();
+            let text =
+                resolve_checked(check.spec, reqs, imported, sets, python, targets, opts).await?;
+            pool::pool_put_lock(reg, pool::POOL_REPO, &key, &sess.store, &text).await;
+            (text, "resolved")
+        }
+    };
+    write_atomic(&local, text.as_bytes())?;
+    Ok((text, source))
+}
+
+impl Locked {
+    /// A lock text parsed and kept in the cache by content; what the resolver relaxed, and the
+    /// missing-import warnings of `check` the lock answers.
+    fn new(
+        sess: &Session<'_>,
+        check: &CheckReport,
+        text: String,
+        source: &'static str,
+    ) -> Result<Self> {
+        let lock = pylock::parse(&text)?;
+        let path = sess.store.root().join("locks").join(format!(
+            "pylock.{}.toml",
+            crate::oci::short(&crate::oci::sha256_digest(text.as_bytes()))
+        ));
+        write_atomic(&path, text.as_bytes())?;
+        let mut locked = Locked {
+            lock,
+            text,
+            path,
+            source,
+            fired: Vec::new(),
+            stale_warnings: Vec::new(),
+        };
+        locked.fired = relaxed_by_resolver(&locked.lock);
+        let names: BTreeSet<String> = locked.versions().into_keys().collect();
+        locked.stale_warnings = check
+            .unprovided
+            .iter()
+            .filter(|(m, _)| provided_by(m, &names))
+            .map(|(m, files)| unprovided_warning(m, files, check.spec))
+            .collect();
+        Ok(locked)
+    }
 }
 
 /// Module → files importing it, for the resolver's conflict rule.
@@ -402,59 +428,79 @@ fn resolve_relaxing(
     let mut checked = false;
     let mut opts = opts.clone();
     let opts = &mut opts;
-    let mut reqs: Vec<String> = reqs.to_vec();
-    let mut relaxed: Vec<String> = Vec::new();
-    let mut fixes: Vec<String> = Vec::new();
+    let mut st = Relaxing {
+        reqs: reqs.to_vec(),
+        relaxed: Vec::new(),
+        fixes: Vec::new(),
+    };
     loop {
         let input: Vec<(&'static str, String)> = sets
             .iter()
-            .map(|(n, rt)| (*n, resolve::lock_input(&reqs, &[rt])))
+            .map(|(n, rt)| (*n, resolve::lock_input(&st.reqs, &[rt])))
             .collect();
         let err = match resolve::resolve(&input, python, targets, opts) {
             Ok(text) => match numpy_abi_in(&text) {
                 // The resolver paired NumPy 2 with a wheel built against 1.x: bound it, again.
-                Some(why) if !reqs.iter().any(|r| r == "numpy<2") => {
+                Some(why) if !st.reqs.iter().any(|r| r == "numpy<2") => {
                     tracing::warn!(
                         "dependency doctor [numpy-abi]: {why}; resolving again with numpy<2"
                     );
-                    fixes.push(format!(
+                    st.fixes.push(format!(
                         "numpy-abi: added numpy<2 (found by the resolver): {why}"
                     ));
-                    reqs.push("numpy<2".into());
+                    st.reqs.push("numpy<2".into());
                     continue;
                 }
-                _ => return Ok(with_relaxed(&text, &relaxed, &fixes)),
+                _ => return Ok(with_relaxed(&text, &st.relaxed, &st.fixes)),
             },
             Err(e) => e,
         };
         if !checked {
             checked = true;
-            index.check(&reqs)?;
+            index.check(&st.reqs)?;
         }
         let Some(u) = err.downcast_ref::<Unsatisfiable>() else {
             return Err(err);
         };
         let why = u.explanation.to_lowercase();
-        // With --no-build a version that ships only an sdist is not a conflict to relax away:
-        // it fails, named, as `--no-build` promises.
-        if opts.no_build && why.contains("has no usable wheels") {
-            let sdist_only: Vec<&str> = why
-                .split("because ")
-                .skip(1)
-                .filter_map(|part| {
-                    part.split_once(" has no usable wheels")
-                        .map(|(p, _)| p.trim())
-                })
-                .collect();
-            return Err(bad_input(format!(
-                "--no-build: these packages ship only an sdist for {}, and building them is turned off: {} (allow building, or pin versions that ship wheels)",
-                u.platform,
-                sdist_only.join(", ")
-            )));
+        if let Some(e) = no_build_refusal(u, &why, opts) {
+            return Err(e);
         }
+        let (changed, pinned_imported) = st.move_pins(imported, &why, opts, index);
+        if !changed && !opts.constraints.is_empty() {
+            st.drop_constraints(opts, &why, u);
+            continue;
+        }
+        if !changed {
+            return Err(unsatisfiable(u, &pinned_imported, opts.strict_pins));
+        }
+    }
+}
+
+/// The requirements as they are being relaxed, and what was changed (for the lock's tool
+/// table).
+struct Relaxing {
+    reqs: Vec<String>,
+    /// Pins no code imports, relaxed to the bare name.
+    relaxed: Vec<String>,
+    /// One line per change: `rule: what`.
+    fixes: Vec<String>,
+}
+
+impl Relaxing {
+    /// Every exact pin uv's explanation `why` names: moved to the nearest version of its major
+    /// that fits when code imports it (not with `--strict-pins`), relaxed when none does.
+    /// Returns whether anything changed, and the imported pins that could not move.
+    fn move_pins(
+        &mut self,
+        imported: &BTreeMap<String, Vec<String>>,
+        why: &str,
+        opts: &ResolveOptions,
+        index: &IndexView,
+    ) -> (bool, Vec<String>) {
         let mut changed = false;
         let mut pinned_imported = Vec::new();
-        for r in reqs.iter_mut() {
+        for r in self.reqs.iter_mut() {
             let Ok(req) = r.parse::<Requirement>() else {
                 continue;
             };
@@ -472,7 +518,7 @@ fn resolve_relaxing(
                 .unwrap_or_else(|| name.replace('-', "_"));
             if let Some(files) = imported.get(&module) {
                 let moved = (!opts.strict_pins)
-                    .then(|| nearest_in_major(&name, &v, &why, index))
+                    .then(|| nearest_in_major(&name, &v, why, index))
                     .flatten();
                 let Some(to) = moved else {
                     pinned_imported.push(format!("{r} is imported by {}", files.join(", ")));
@@ -481,66 +527,90 @@ fn resolve_relaxing(
                 let note = format!(
                     "{r} → {name}=={to}: imported by {}, so moved to the nearest version of its major that fits ({}); --strict-pins fails instead",
                     files.join(", "),
-                    needed_by(&name, &why).unwrap_or_else(|| format!("the other side needs {name}{}", other_side(&name, &why).unwrap_or_default()))
+                    needed_by(&name, why).unwrap_or_else(|| format!("the other side needs {name}{}", other_side(&name, why).unwrap_or_default()))
                 );
                 tracing::warn!("dependency doctor [runtime-pin-conflict]: {note}");
-                fixes.push(format!("runtime-pin-conflict: {note}"));
+                self.fixes.push(format!("runtime-pin-conflict: {note}"));
                 *r = format!("{name}=={to}");
                 changed = true;
                 continue;
             }
             tracing::warn!("dependency doctor [runtime-pin-conflict]: {r} conflicts with the FL runtime and no code imports it; relaxing the pin");
-            relaxed.push(r.clone());
+            self.relaxed.push(r.clone());
             *r = unpinned(&req).to_string();
             changed = true;
         }
-        if !changed && !opts.constraints.is_empty() {
-            // The training environment is a preference, not a requirement: its versions that do
-            // not fit the serving stack (those uv names, else all) give way.
-            let named: Vec<String> = opts
-                .constraints
-                .iter()
-                .filter(|c| {
-                    c.parse::<Requirement>()
-                        .is_ok_and(|r| why.contains(&normalize(r.name.as_ref())))
-                })
-                .cloned()
-                .collect();
-            let dropped = if named.is_empty() {
-                std::mem::take(&mut opts.constraints)
-            } else {
-                named
-            };
-            opts.constraints.retain(|c| !dropped.contains(c));
-            let note = format!(
-                "training environment's {} dropped: they do not fit ({})",
-                dropped.join(", "),
-                u.explanation
-            );
-            tracing::warn!("{note}");
-            fixes.push(format!("runtime-pin-conflict: {note}"));
-            continue;
-        }
-        if !changed {
-            let mut u = Unsatisfiable {
-                python: u.python.clone(),
-                platform: u.platform.clone(),
-                explanation: u.explanation.clone(),
-            };
-            if !pinned_imported.is_empty() {
-                let how = if opts.strict_pins {
-                    "--strict-pins: not moved"
-                } else {
-                    "not relaxed, and no version of the same major fits"
-                };
-                u.explanation.push_str(&format!(
-                    " (runtime-pin-conflict: {how}, because {})",
-                    pinned_imported.join("; ")
-                ));
-            }
-            return Err(u.into());
-        }
+        (changed, pinned_imported)
     }
+
+    /// The training environment is a preference, not a requirement: its versions that do not
+    /// fit the serving stack (those uv names, else all) give way.
+    fn drop_constraints(&mut self, opts: &mut ResolveOptions, why: &str, u: &Unsatisfiable) {
+        let named: Vec<String> = opts
+            .constraints
+            .iter()
+            .filter(|c| {
+                c.parse::<Requirement>()
+                    .is_ok_and(|r| why.contains(&normalize(r.name.as_ref())))
+            })
+            .cloned()
+            .collect();
+        let dropped = if named.is_empty() {
+            std::mem::take(&mut opts.constraints)
+        } else {
+            named
+        };
+        opts.constraints.retain(|c| !dropped.contains(c));
+        let note = format!(
+            "training environment's {} dropped: they do not fit ({})",
+            dropped.join(", "),
+            u.explanation
+        );
+        tracing::warn!("{note}");
+        self.fixes.push(format!("runtime-pin-conflict: {note}"));
+    }
+}
+
+/// With --no-build a version that ships only an sdist is not a conflict to relax away: it
+/// fails, named, as `--no-build` promises.
+fn no_build_refusal(u: &Unsatisfiable, why: &str, opts: &ResolveOptions) -> Option<anyhow::Error> {
+    if !(opts.no_build && why.contains("has no usable wheels")) {
+        return None;
+    }
+    let sdist_only: Vec<&str> = why
+        .split("because ")
+        .skip(1)
+        .filter_map(|part| {
+            part.split_once(" has no usable wheels")
+                .map(|(p, _)| p.trim())
+        })
+        .collect();
+    Some(bad_input(format!(
+        "--no-build: these packages ship only an sdist for {}, and building them is turned off: {} (allow building, or pin versions that ship wheels)",
+        u.platform,
+        sdist_only.join(", ")
+    )))
+}
+
+/// uv's explanation, with the imported pins that could not move and why.
+fn unsatisfiable(u: &Unsatisfiable, pinned_imported: &[String], strict: bool) -> anyhow::Error {
+    let mut u = Unsatisfiable {
+        python: u.python.clone(),
+        platform: u.platform.clone(),
+        explanation: u.explanation.clone(),
+    };
+    if !pinned_imported.is_empty() {
+        let how = if strict {
+            "--strict-pins: not moved"
+        } else {
+            "not relaxed, and no version of the same major fits"
+        };
+        u.explanation.push_str(&format!(
+            " (runtime-pin-conflict: {how}, because {})",
+            pinned_imported.join("; ")
+        ));
+    }
+    u.into()
 }
 
 /// What the other side of uv's explanation asks of `name` (`… depends on tqdm>=4.66.3 …`).

@@ -39,35 +39,19 @@ pub async fn push_all(
     let mut remote = deps.mount_from.clone();
     let mut pushed = Vec::new();
     for (spec, assembled) in images {
-        let repo = &spec.target.repository;
-        let before = reg.uploaded.load(Ordering::Relaxed);
-        let mut result =
-            oci_push::push(reg, repo, &[], &base_src, assembled, &sess.store, &remote).await?;
-        let mut bytes = reg.uploaded.load(Ordering::Relaxed) - before;
-        // Dependency layers this image's repository received while they were built.
-        for (g, (digests, size)) in deps.uploaded_early.iter().enumerate() {
-            if home.get(g) == Some(repo) && g <= spec.level {
-                bytes += size;
-                for d in digests {
-                    if let Some(st) = result.statuses.get_mut(d) {
-                        *st = BlobStatus::Uploaded;
-                    }
-                }
-            }
-        }
-        // The next images of the plan mount what this one has.
-        let here = BaseSource {
-            registry: reg.clone(),
-            repository: repo.clone(),
-        };
-        for img in &assembled.images {
-            for l in img.base_layers.iter().chain(&img.new_layers) {
-                remote
-                    .entry(l.digest.clone())
-                    .or_insert_with(|| here.clone());
-            }
-        }
-        pushed.push((result.statuses, bytes));
+        pushed.push(
+            push_one(
+                sess,
+                reg,
+                &base_src,
+                deps,
+                home,
+                spec,
+                assembled,
+                &mut remote,
+            )
+            .await?,
+        );
     }
     let mut attached = Vec::new();
     for ((spec, assembled), docs) in images.iter().zip(sboms) {
@@ -76,25 +60,7 @@ pub async fn push_all(
     for (spec, assembled) in images {
         oci_push::tag(reg, &spec.target.repository, &spec.tags, assembled).await?;
     }
-    let by_group: HashMap<String, usize> = deps
-        .platforms
-        .iter()
-        .flat_map(|p| {
-            p.groups
-                .iter()
-                .enumerate()
-                .flat_map(|(g, l)| l.iter().map(move |d| (d.key.clone(), g)))
-        })
-        .collect();
-    for (g, repo) in home.iter().enumerate() {
-        let new: Vec<_> = deps
-            .new_in_pool
-            .iter()
-            .filter(|(d, _)| by_group.get(&d.key) == Some(&g))
-            .cloned()
-            .collect();
-        pool::pool_publish(reg, pool::POOL_REPO, repo, &sess.store, &new).await;
-    }
+    publish_to_pool(sess, reg, deps, home).await;
     sess.done("push", t);
     let phases = sess.timings();
     Ok(images
@@ -120,6 +86,79 @@ pub async fn push_all(
             r
         })
         .collect())
+}
+
+/// One image's blobs and manifests (no tag): each blob's status, and the bytes uploaded for
+/// it (dependency layers uploaded while they were built included). What it holds is added to
+/// `remote`, so the next images of the plan mount it.
+#[allow(clippy::too_many_arguments)]
+async fn push_one(
+    sess: &Session<'_>,
+    reg: &Arc<Registry>,
+    base_src: &BaseSource,
+    deps: &DepLayers,
+    home: &[String],
+    spec: &ImageSpec,
+    assembled: &Assembled,
+    remote: &mut HashMap<String, BaseSource>,
+) -> Result<(std::collections::BTreeMap<String, BlobStatus>, u64)> {
+    let repo = &spec.target.repository;
+    let before = reg.uploaded.load(Ordering::Relaxed);
+    let mut result =
+        oci_push::push(reg, repo, &[], base_src, assembled, &sess.store, remote).await?;
+    let mut bytes = reg.uploaded.load(Ordering::Relaxed) - before;
+    // Dependency layers this image's repository received while they were built.
+    for (g, (digests, size)) in deps.uploaded_early.iter().enumerate() {
+        if home.get(g) == Some(repo) && g <= spec.level {
+            bytes += size;
+            for d in digests {
+                if let Some(st) = result.statuses.get_mut(d) {
+                    *st = BlobStatus::Uploaded;
+                }
+            }
+        }
+    }
+    let here = BaseSource {
+        registry: reg.clone(),
+        repository: repo.clone(),
+    };
+    for img in &assembled.images {
+        for l in img.base_layers.iter().chain(&img.new_layers) {
+            remote
+                .entry(l.digest.clone())
+                .or_insert_with(|| here.clone());
+        }
+    }
+    Ok((result.statuses, bytes))
+}
+
+/// The dependency layers the pool lacks, published from the repository of their group's
+/// first image (best effort).
+async fn publish_to_pool(
+    sess: &Session<'_>,
+    reg: &Arc<Registry>,
+    deps: &DepLayers,
+    home: &[String],
+) {
+    let by_group: HashMap<String, usize> = deps
+        .platforms
+        .iter()
+        .flat_map(|p| {
+            p.groups
+                .iter()
+                .enumerate()
+                .flat_map(|(g, l)| l.iter().map(move |d| (d.key.clone(), g)))
+        })
+        .collect();
+    for (g, repo) in home.iter().enumerate() {
+        let new: Vec<_> = deps
+            .new_in_pool
+            .iter()
+            .filter(|(d, _)| by_group.get(&d.key) == Some(&g))
+            .cloned()
+            .collect();
+        pool::pool_publish(reg, pool::POOL_REPO, repo, &sess.store, &new).await;
+    }
 }
 
 /// Attaches one SBOM per platform manifest of an image; returns the artifact manifests'

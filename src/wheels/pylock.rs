@@ -191,26 +191,7 @@ fn platform_name(t: &Target) -> String {
 pub fn select(lock: &Lock, target: &Target) -> Result<Vec<Selected>> {
     let env = marker_env(target)?;
     let plat = platform_name(target);
-    if let Some(rp) = &lock.requires_python {
-        if !python_ok(rp, &target.python_full, "requires-python")? {
-            return Err(bad_input(format!(
-                "pylock.toml requires Python {rp}, but the base image has {} ({plat})",
-                target.python_full
-            )));
-        }
-    }
-    if let Some(envs) = &lock.environments {
-        let mut any = false;
-        for e in envs {
-            any |= marker_holds(e, &env, "environments")?;
-        }
-        if !any {
-            return Err(bad_input(format!(
-                "pylock.toml is not for {plat}: none of its environments match ({})",
-                envs.join(" | ")
-            )));
-        }
-    }
+    lock_applies(lock, target, &env, &plat)?;
     let ranker = Ranker::new(target);
     let mut out: Vec<Selected> = Vec::new();
     for p in &lock.packages {
@@ -227,78 +208,119 @@ pub fn select(lock: &Lock, target: &Target) -> Result<Vec<Selected>> {
                 p.name
             )));
         }
-        if let Some(rp) = &p.requires_python {
-            if !python_ok(rp, &target.python_full, &what)? {
-                return Err(bad_input(format!(
-                    "pylock.toml: {what} requires Python {rp}; the base image has {}",
-                    target.python_full
-                )));
-            }
-        }
-        for (field, present) in [
-            ("vcs", p.vcs.is_some()),
-            ("directory", p.directory.is_some()),
-            ("archive", p.archive.is_some()),
-        ] {
-            if present && p.wheels.is_empty() {
-                return Err(bad_input(format!("pylock.toml: {what} comes from a {field} source, which needs a build; only wheels are installed")));
-            }
-        }
-        let names: Vec<(usize, WheelName)> = p
-            .wheels
-            .iter()
-            .enumerate()
-            .filter_map(|(i, w)| Some((i, WheelName::parse(&w.file_name()?).ok()?)))
-            .collect();
-        let best = ranker
-            .best(names.iter().map(|(_, n)| n))
-            .map(|i| names[i].0);
-        let Some(i) = best else {
-            // No wheel fits: the sdist, if the lock has one, is built into a wheel later.
-            let sdist = p
-                .sdist
-                .clone()
-                .and_then(|v| v.try_into::<Wheel>().ok())
-                .filter(|w| w.sha256().is_some());
-            if let Some(sd) = sdist {
-                out.push(Selected {
-                    name: p.name.clone(),
-                    version,
-                    file: sd.file_name().unwrap_or_default(),
-                    sha256: sd.sha256().unwrap_or_default().to_string(),
-                    wheel: sd,
-                    sdist: true,
-                    built_from: None,
-                });
-                continue;
-            }
-            let why = if p.wheels.is_empty() {
-                "it has no wheels and no sdist with a sha256 in the lock"
-            } else {
-                "none of its wheels fits and the lock has no sdist for it"
-            };
-            return Err(bad_input(format!("no wheel of {what} for {plat}: {why}; pick a version that ships wheels for this platform")));
-        };
-        let wheel = p.wheels[i].clone();
-        let sha256 = wheel
-            .sha256()
-            .ok_or_else(|| {
-                bad_input(format!(
-                    "pylock.toml: the wheel of {what} has no sha256 hash"
-                ))
-            })?
-            .to_string();
-        out.push(Selected {
-            name: p.name.clone(),
-            version,
-            file: wheel.file_name().unwrap_or_default(),
-            wheel,
-            sha256,
-            sdist: false,
-            built_from: None,
-        });
+        package_applies(p, target, &what)?;
+        out.push(select_file(p, &ranker, version, &what, &plat)?);
     }
     Ok(out)
+}
+
+/// The lock's `requires-python` and `environments` hold for `target`.
+fn lock_applies(lock: &Lock, target: &Target, env: &MarkerEnvironment, plat: &str) -> Result<()> {
+    if let Some(rp) = &lock.requires_python {
+        if !python_ok(rp, &target.python_full, "requires-python")? {
+            return Err(bad_input(format!(
+                "pylock.toml requires Python {rp}, but the base image has {} ({plat})",
+                target.python_full
+            )));
+        }
+    }
+    if let Some(envs) = &lock.environments {
+        let mut any = false;
+        for e in envs {
+            any |= marker_holds(e, env, "environments")?;
+        }
+        if !any {
+            return Err(bad_input(format!(
+                "pylock.toml is not for {plat}: none of its environments match ({})",
+                envs.join(" | ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A package's `requires-python` holds, and it does not need a build from a source tree.
+fn package_applies(p: &Package, target: &Target, what: &str) -> Result<()> {
+    if let Some(rp) = &p.requires_python {
+        if !python_ok(rp, &target.python_full, what)? {
+            return Err(bad_input(format!(
+                "pylock.toml: {what} requires Python {rp}; the base image has {}",
+                target.python_full
+            )));
+        }
+    }
+    for (field, present) in [
+        ("vcs", p.vcs.is_some()),
+        ("directory", p.directory.is_some()),
+        ("archive", p.archive.is_some()),
+    ] {
+        if present && p.wheels.is_empty() {
+            return Err(bad_input(format!("pylock.toml: {what} comes from a {field} source, which needs a build; only wheels are installed")));
+        }
+    }
+    Ok(())
+}
+
+/// The package's best wheel for the target, else its sdist (built into a wheel later).
+fn select_file(
+    p: &Package,
+    ranker: &Ranker,
+    version: String,
+    what: &str,
+    plat: &str,
+) -> Result<Selected> {
+    let names: Vec<(usize, WheelName)> = p
+        .wheels
+        .iter()
+        .enumerate()
+        .filter_map(|(i, w)| Some((i, WheelName::parse(&w.file_name()?).ok()?)))
+        .collect();
+    let best = ranker
+        .best(names.iter().map(|(_, n)| n))
+        .map(|i| names[i].0);
+    let Some(i) = best else {
+        // No wheel fits: the sdist, if the lock has one, is built into a wheel later.
+        let sdist = p
+            .sdist
+            .clone()
+            .and_then(|v| v.try_into::<Wheel>().ok())
+            .filter(|w| w.sha256().is_some());
+        if let Some(sd) = sdist {
+            return Ok(Selected {
+                name: p.name.clone(),
+                version,
+                file: sd.file_name().unwrap_or_default(),
+                sha256: sd.sha256().unwrap_or_default().to_string(),
+                wheel: sd,
+                sdist: true,
+                built_from: None,
+            });
+        }
+        let why = if p.wheels.is_empty() {
+            "it has no wheels and no sdist with a sha256 in the lock"
+        } else {
+            "none of its wheels fits and the lock has no sdist for it"
+        };
+        return Err(bad_input(format!("no wheel of {what} for {plat}: {why}; pick a version that ships wheels for this platform")));
+    };
+    let wheel = p.wheels[i].clone();
+    let sha256 = wheel
+        .sha256()
+        .ok_or_else(|| {
+            bad_input(format!(
+                "pylock.toml: the wheel of {what} has no sha256 hash"
+            ))
+        })?
+        .to_string();
+    Ok(Selected {
+        name: p.name.clone(),
+        version,
+        file: wheel.file_name().unwrap_or_default(),
+        wheel,
+        sha256,
+        sdist: false,
+        built_from: None,
+    })
 }
 
 #[cfg(test)]
