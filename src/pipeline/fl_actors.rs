@@ -3,8 +3,7 @@
 //! runtime) on top of the learner's dependency layers. [`build_fl`] is the FL images' flow;
 //! the learner-only plan is the same flow with one image.
 
-use super::base::{BaseReport, Finder};
-use super::deps::DepLayerReport;
+use super::base::Finder;
 use super::image::{assemble_image, env, labels, ImageSpec};
 use super::{deps, lock, push, sbom, source, target, Options, Session, DEPS_PREFIX};
 use crate::notify::Notifier;
@@ -15,7 +14,6 @@ use crate::oci::reference::Reference;
 use crate::repo::augment::{self, Runtime};
 use crate::repo::clone::CloneOptions;
 use crate::repo::naming::image_name;
-use crate::spec::doctor::Fired;
 use anyhow::Result;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -37,21 +35,8 @@ pub struct FlReport {
     pub images: BTreeMap<&'static str, Report>,
     pub commit: String,
     pub spec: &'static str,
-    pub python: String,
-    pub base: BaseReport,
-    pub doctor: Vec<Fired>,
-    pub warnings: Vec<String>,
-    pub notes: Vec<String>,
-    pub dependency_layers: Vec<DepLayerReport>,
-    /// Packages that had only an sdist: the pure wheel built from it (`built`), or found built
-    /// by an earlier run (`cache`) or another node (`pool`).
-    pub sdists: Vec<crate::resolve::sdist::Built>,
-    /// Package code (sdists' build hooks) that ran for this build, and its sandbox.
-    pub package_code: crate::resolve::sandbox::PackageCode,
-    /// The lock the images were built from (kept in the cache, by content).
-    pub lock: std::path::PathBuf,
-    /// `repo` (its pylock.toml), `cache`, `registry` (the pool) or `resolved` (uv ran).
-    pub lock_source: &'static str,
+    #[serde(flatten)]
+    pub deps: super::DepsReport,
 }
 
 /// The learner and the aggregator image of a commit.
@@ -198,7 +183,6 @@ fn fl_report(
     roles: &[&'static str],
     reports: Vec<Report>,
 ) -> FlReport {
-    let (doctor, warnings) = locked.findings(check, &deps.warnings);
     let mut by_role: BTreeMap<&'static str, Report> = roles.iter().copied().zip(reports).collect();
     let first = by_role.remove(roles[0]).expect("one image at least");
     let images = if roles.len() > 1 {
@@ -214,16 +198,7 @@ fn fl_report(
         images,
         commit: check.commit.clone(),
         spec: check.spec,
-        python: base.python_full.clone(),
-        base: base.report.clone(),
-        doctor,
-        warnings,
-        notes: check.notes.clone(),
-        dependency_layers: deps.reports,
-        sdists: deps.sdists,
-        package_code: crate::resolve::sandbox::report(),
-        lock: locked.path.clone(),
-        lock_source: locked.source,
+        deps: super::DepsReport::new(check, base, locked, deps),
     }
 }
 

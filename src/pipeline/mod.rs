@@ -137,3 +137,49 @@ impl<'a> Session<'a> {
             .await;
     }
 }
+
+/// What every plan's report says of the dependencies: Python, base, the doctor's rules and
+/// warnings, the layers, sdists, package code and the lock (flattened into the report).
+#[derive(Debug, serde::Serialize)]
+pub struct DepsReport {
+    pub python: String,
+    pub base: base::BaseReport,
+    pub doctor: Vec<crate::spec::doctor::Fired>,
+    pub warnings: Vec<String>,
+    /// What the spec readers left out, and what the builder chose and why (e.g. versions
+    /// from a model's training environment).
+    pub notes: Vec<String>,
+    pub dependency_layers: Vec<deps::DepLayerReport>,
+    /// Packages that had only an sdist: the pure wheel built from it (`built`), or found built
+    /// by an earlier run (`cache`) or another node (`pool`).
+    pub sdists: Vec<crate::resolve::sdist::Built>,
+    /// Package code (sdists' build hooks) that ran for this build, and its sandbox.
+    pub package_code: crate::resolve::sandbox::PackageCode,
+    /// The lock the images were built from (kept in the cache, by content).
+    pub lock: PathBuf,
+    /// `repo` (its pylock.toml), `cache`, `registry` (the pool) or `resolved` (uv ran).
+    pub lock_source: &'static str,
+}
+
+impl DepsReport {
+    pub fn new(
+        check: &CheckReport,
+        base: &base::Base,
+        locked: &lock::Locked,
+        deps: deps::DepLayers,
+    ) -> Self {
+        let (doctor, warnings) = locked.findings(check, &deps.warnings);
+        DepsReport {
+            python: base.python_full.clone(),
+            base: base.report.clone(),
+            doctor,
+            warnings,
+            notes: check.notes.clone(),
+            dependency_layers: deps.reports,
+            sdists: deps.sdists,
+            package_code: crate::resolve::sandbox::report(),
+            lock: locked.path.clone(),
+            lock_source: locked.source,
+        }
+    }
+}

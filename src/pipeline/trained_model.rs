@@ -3,8 +3,7 @@
 //! base + dependency layers (shared with the FL images where the packages match) + the model
 //! at `/opt/ml/model` in its own layer, tags last.
 
-use super::base::{BaseReport, Finder};
-use super::deps::DepLayerReport;
+use super::base::Finder;
 use super::fl_actors::base_pulls;
 use super::image::{assemble_image, env, labels, ImageSpec};
 use super::source::CheckReport;
@@ -18,7 +17,7 @@ use crate::oci::layer::Layer;
 use crate::oci::reference::Reference;
 use crate::repo::augment::{self, Runtime};
 use crate::repo::naming::trained_model_image;
-use crate::spec::doctor::{doctor, Facts, Fired};
+use crate::spec::doctor::{doctor, Facts};
 use crate::spec::{self, Loaded, SpecKind};
 use anyhow::Result;
 use serde::Serialize;
@@ -47,18 +46,8 @@ pub struct ModelReport {
     pub model_origin: String,
     pub flavors: Vec<String>,
     pub mlflow_version: Option<String>,
-    pub python: String,
-    pub base: BaseReport,
-    pub doctor: Vec<Fired>,
-    pub warnings: Vec<String>,
-    /// What the builder chose and why (e.g. versions from the training environment).
-    pub notes: Vec<String>,
-    pub dependency_layers: Vec<DepLayerReport>,
-    pub sdists: Vec<crate::resolve::sdist::Built>,
-    /// Package code (sdists' build hooks) that ran for this build, and its sandbox.
-    pub package_code: crate::resolve::sandbox::PackageCode,
-    pub lock: std::path::PathBuf,
-    pub lock_source: &'static str,
+    #[serde(flatten)]
+    pub deps: super::DepsReport,
 }
 
 /// The site hook only: a model image has no runtime files of ours.
@@ -113,23 +102,13 @@ pub async fn build(req: &ModelRequest, notifier: &Notifier) -> Result<ModelRepor
     let mut reports = push::push_all(&sess, &reg, &base, &deps, &built, &sboms, &home).await?;
     let image = reports.remove(0);
     sess.observe(&format!("pushed {}", image.reference)).await;
-    let (doctor, warnings) = locked.findings(&check, &deps.warnings);
     Ok(ModelReport {
         image,
         run_id: fetched.run_id.clone(),
         model_origin: fetched.origin.clone(),
         flavors: ml.flavors.clone(),
         mlflow_version: ml.mlflow_version.clone(),
-        python: base.python_full.clone(),
-        base: base.report.clone(),
-        doctor,
-        warnings,
-        notes: check.notes.clone(),
-        dependency_layers: deps.reports,
-        sdists: deps.sdists,
-        package_code: crate::resolve::sandbox::report(),
-        lock: locked.path.clone(),
-        lock_source: locked.source,
+        deps: super::DepsReport::new(&check, &base, &locked, deps),
     })
 }
 
