@@ -334,6 +334,12 @@ def observer():
         yield o
 
 
+def run_name(run) -> str:
+    """A run's name: the `mlflow.runName` tag (RunInfo.run_name appeared in MLflow 1.30; the
+    lowest env runs 1.28)."""
+    return run.data.tags["mlflow.runName"]
+
+
 @pytest.fixture
 def mlflow_client():
     import mlflow

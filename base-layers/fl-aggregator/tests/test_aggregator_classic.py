@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
-from conftest import free_port, messages_of, wait_for
+from conftest import free_port, messages_of, run_name, wait_for
 
 
 def test_classic_run_tracks_rounds_and_logs_the_best_model(fl, mqtt_messages, observer, mlflow_client):
@@ -37,7 +37,7 @@ def test_classic_run_tracks_rounds_and_logs_the_best_model(fl, mqtt_messages, ob
     experiment = mlflow_client.get_experiment_by_name(f"FLOps Project {fl.project_id}")
     assert experiment is not None and experiment.experiment_id == success["experiment_id"]
     runs = mlflow_client.search_runs([experiment.experiment_id])
-    assert sorted(r.info.run_name for r in runs) == [f"FLOps FL round {n}" for n in (1, 2, 3)]
+    assert sorted(run_name(r) for r in runs) == [f"FLOps FL round {n}" for n in (1, 2, 3)]
     for run in runs:
         assert run.info.status == "FINISHED"
         assert run.data.params == {
@@ -51,13 +51,13 @@ def test_classic_run_tracks_rounds_and_logs_the_best_model(fl, mqtt_messages, ob
 
     # The model is in the best round's run (the first, then any with higher accuracy and lower
     # loss), whose metrics are the ones announced. This model gets better after round 1.
-    by_round = sorted(runs, key=lambda r: r.info.run_name)
+    by_round = sorted(runs, key=run_name)
     best = by_round[0]
     for run in by_round[1:]:
         m, b = run.data.metrics, best.data.metrics
         if m["accuracy"] > b["accuracy"] and m["loss"] < b["loss"]:
             best = run
-    assert best.info.run_name != "FLOps FL round 1", [r.data.metrics for r in by_round]
+    assert run_name(best) != "FLOps FL round 1", [r.data.metrics for r in by_round]
     assert success["run_id"] == best.info.run_id
     assert (success["accuracy"], success["loss"]) == (best.data.metrics["accuracy"], best.data.metrics["loss"])
     for run in runs:

@@ -6,7 +6,7 @@ before the server took them. Learners are held at known points by the test ML re
 import queue
 
 import grpc
-from conftest import free_port, messages_of, outcome, wait_for
+from conftest import free_port, messages_of, outcome, run_name, wait_for
 
 
 def counts(payload):
@@ -52,7 +52,7 @@ def test_a_learner_killed_in_round_2_does_not_stop_the_project(fl, mqtt_messages
     assert not messages_of(mqtt_messages, fl.project_id, "flops_manager/learner/")
 
     # The failure is a metric of round 2's run, and the observer was told.
-    runs = {r.info.run_name: r for r in mlflow_client.search_runs([success["experiment_id"]])}
+    runs = {run_name(r): r for r in mlflow_client.search_runs([success["experiment_id"]])}
     assert [runs[f"FLOps FL round {n}"].data.metrics["fit_failures"] for n in (1, 2, 3)] == [0, 1, 0]
     assert runs["FLOps FL round 2"].data.metrics["fit_results"] == 1
     assert all(r.info.status == "FINISHED" for r in runs.values())

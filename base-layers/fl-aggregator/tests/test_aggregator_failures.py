@@ -5,7 +5,7 @@ the project survives are in test_aggregator_dropouts.py.)"""
 import time
 from datetime import datetime
 
-from conftest import free_port, messages_of, wait_for
+from conftest import free_port, messages_of, run_name, wait_for
 
 
 def log_time(line: str) -> float:
@@ -68,7 +68,7 @@ def test_model_code_failing_in_a_round(fl, mqtt_messages, mlflow_client):
     assert learner.wait(60) == 0, fl.logs()
     experiment = mlflow_client.get_experiment_by_name(f"FLOps Project {fl.project_id}")
     runs = mlflow_client.search_runs([experiment.experiment_id])
-    assert [(r.info.run_name, r.info.status) for r in runs] == [("FLOps FL round 1", "FAILED")]
+    assert [(run_name(r), r.info.status) for r in runs] == [("FLOps FL round 1", "FAILED")]
 
 
 def test_learner_failure_fails_the_round(fl, mqtt_messages):

@@ -3,7 +3,7 @@ learners (continuous services, one training session per cycle)."""
 
 import time
 
-from conftest import free_port, messages_of, wait_for
+from conftest import free_port, messages_of, run_name, wait_for
 
 
 def test_root_and_cluster_aggregator(fl, mqtt_messages, mlflow_client):
@@ -30,7 +30,7 @@ def test_root_and_cluster_aggregator(fl, mqtt_messages, mlflow_client):
 
     # The root tracks one run per cycle and logs the best cycle's model.
     runs = mlflow_client.search_runs([success["experiment_id"]])
-    assert sorted(r.info.run_name for r in runs) == ["FLOps FL round 1", "FLOps FL round 2"]
+    assert sorted(run_name(r) for r in runs) == ["FLOps FL round 1", "FLOps FL round 2"]
     files = {a.path for a in mlflow_client.list_artifacts(success["run_id"], "logged_model_artifact")}
     assert "logged_model_artifact/MLmodel" in files
 
