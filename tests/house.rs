@@ -78,17 +78,9 @@ fn graph() -> BTreeMap<String, BTreeSet<String>> {
         for parts in paths_after(&text, "crate::") {
             used.extend(longest(&parts));
         }
-        // `super::x` in `a::b` (a file) or `a::b` (a mod.rs) names `a::x` resp. `a::b`'s parent.
-        let is_mod_rs = p.ends_with("mod.rs");
-        let parent: Vec<&str> = {
-            let segs: Vec<&str> = m.split("::").collect();
-            let keep = if is_mod_rs {
-                segs.len().saturating_sub(1)
-            } else {
-                segs.len() - 1
-            };
-            segs[..keep].to_vec()
-        };
+        // `super::x` in module `a::b` (src/a/b.rs or src/a/b/mod.rs) names `a::x`.
+        let segs: Vec<&str> = m.split("::").collect();
+        let parent: Vec<&str> = segs[..segs.len() - 1].to_vec();
         for parts in paths_after(&text, "super::") {
             let full: Vec<&str> = parent.iter().copied().chain(parts).collect();
             used.extend(longest(&full));

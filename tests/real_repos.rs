@@ -411,6 +411,12 @@ fn old_torch_gets_numpy_1_and_from_numpy_works() {
         "{numpy:?}"
     );
     assert!(rule_detail(&r, "numpy-abi").contains("torch 2.1.1"), "{r}");
+    // The runtimes' floors leave FLOps' tqdm pin as it is (datasets < 2.20 with NumPy 1).
+    assert!(packages(&r).contains(&"tqdm==4.65.0".to_string()), "{r}");
+    assert!(
+        !rules(&r).contains(&"runtime-pin-conflict".to_string()),
+        "{r}"
+    );
     let rootfs = unpack(
         &tagged_name(&r["image"]),
         &d.path().join("arm64"),
@@ -474,16 +480,20 @@ fn imported_pins_move_within_their_major_version() {
     let r = build_json(&repo, &[]);
     let detail = rule_detail(&r, "runtime-pin-conflict");
     assert!(
-        detail.contains("tqdm==4.65.0 → tqdm==4.66.3: imported by model_manager.py")
-            && detail.contains("needs tqdm>=4.66.3"),
+        detail.contains(
+            "huggingface-hub==0.16.4 → huggingface-hub==0.19.4: imported by model_manager.py"
+        ) && detail.contains("needs huggingface-hub>=0.19.4"),
         "{detail}"
     );
-    assert!(packages(&r).contains(&"tqdm==4.66.3".to_string()), "{r}");
+    assert!(
+        packages(&r).contains(&"huggingface-hub==0.19.4".to_string()),
+        "{r}"
+    );
     import_model_manager(&tagged_name(&r["image"]), "amd64", d.path());
     let e = build_run(&repo, &["--strict-pins"]);
     expect_error(
         &e,
         3,
-        "--strict-pins: not moved, because tqdm==4.65.0 is imported by model_manager.py",
+        "--strict-pins: not moved, because huggingface-hub==0.16.4 is imported by model_manager.py",
     );
 }

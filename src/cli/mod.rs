@@ -223,7 +223,8 @@ pub struct CheckArgs {
     /// Branch, tag or commit to check out [default: the default branch].
     #[arg(long = "ref")]
     pub git_ref: Option<String>,
-    /// Registry the image would be pushed to (only used to print the image name).
+    /// Registry the image would be pushed to (the image name; with --sbom, where the base and
+    /// the shared lock are looked up).
     #[arg(long)]
     pub registry: Option<String>,
     /// Refuse repositories larger than this many MB.
@@ -238,7 +239,7 @@ pub struct CheckArgs {
     /// Also write the SPDX SBOMs `build` would attach (role → platform → document, in the JSON
     /// report's `sboms`): finds the base and the lock as a build does, with pull access to
     /// --registry; nothing is built or pushed.
-    #[arg(long, requires = "registry")]
+    #[arg(long, requires_all = ["registry", "json"])]
     pub sbom: bool,
     /// Cache directory (locks, licenses) [default: $XDG_CACHE_HOME/flops-image-builder].
     #[arg(long, env = "FLOPS_CACHE_DIR")]

@@ -1,4 +1,4 @@
-//! Step 7: telling the FLOps manager (MQTT) and the project observer (TCP) what happens.
+//! Telling the FLOps manager (MQTT) and the project observer (TCP) what happens.
 //! Neither may hang or fail a build: bounded timeouts, a few retries, then a warning.
 
 pub mod mqtt;

@@ -1,4 +1,5 @@
-//! OCI images: layer writing, image assembly, the registry client and oci-layout export.
+//! OCI images: layer writing, image assembly, the registry client (its retry policy, the
+//! credentials it reads, mirrors), push, OCI 1.1 referrers, oci-layout export, and `append`.
 
 pub mod append;
 pub mod assemble;

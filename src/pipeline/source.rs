@@ -1,4 +1,5 @@
-//! Phase 1, the source: clone → verify → doctor (`check` is exactly this phase).
+//! Phase 1, the source: clone → verify → doctor (`check` is this phase; `check --sbom` adds
+//! the base and the lock, see [`super::sbom::preview`]).
 
 use crate::oci::append::Phases;
 use crate::repo::clone::{clone, Checkout, CloneOptions};

@@ -1,4 +1,4 @@
-//! Step 4: augment the repo with an FL runtime (`base-layers/fl-learner/`,
+//! The runtimes' layers: the repo augmented with an FL runtime (`base-layers/fl-learner/`,
 //! `base-layers/fl-aggregator/`) and the dependency prefix's site hook
 //! (`base-layers/site-packages/`).
 //!

@@ -1,4 +1,5 @@
-//! Steps 1–2: clone the ML repo, verify it, and name its image.
+//! The ML repo: clone it, verify it, name its images, and the FL runtimes' layers that go
+//! beside its code (augment).
 
 pub mod augment;
 pub mod clone;

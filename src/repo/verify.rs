@@ -1,4 +1,4 @@
-//! Step 2: the repo has what FLOps needs — `model_manager.py` and a dependency spec — and
+//! Verification: the repo has what FLOps needs — `model_manager.py` and a dependency spec — and
 //! facts about its code that the dependency doctor uses (what it imports, what it provides).
 
 use crate::error::bad_input;
