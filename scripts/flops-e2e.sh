@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
 # The whole FLOps flow from this builder's images, as the FLOps manager drives it, on the local
-# rig (as root, after scripts/rig.sh all):
+# rig (as root, after scripts/rig.sh all), for one ML model flavor:
 #   1. the builder's own image (self-packaged) runs as an unprivileged containerd task with the
 #      manager's command line: `python3 main.py <registry> <project> <mqtt> <observer>
-#      --supported_platforms=… fl_actors <repo_url> sklearn` → learner + aggregator images;
+#      --supported_platforms=… fl_actors <repo_url> <flavor>` → learner + aggregator images;
 #   2. classic FL from those images (containerd tasks, the manager's command lines): one
-#      aggregator (3 rounds, 2 learners) on FLOps-shaped image data; its MQTT `success` gives
-#      the run_id of the best model in MLflow (its `failed` stops the flow with its error);
+#      aggregator and 2 learners on FLOps-shaped image data; its MQTT `success` gives the run_id
+#      of the best model in MLflow (its `failed` stops the flow with its error);
 #   3. the builder task again: `… trained_model <customer> <tracking_uri> <run_id>`;
-#   4. the trained-model image served as a task: GET /ping, one POST /invocations.
+#   4. the trained-model image served as a task: GET /ping, one POST /invocations with one input
+#      of the trained shape; the CNNs must answer 10 class scores.
 # Prints the time of each stage. Fails (non-zero) at the first stage that does not work.
-#   BIN   the builder binary to package (default: a release build)
+#   FLAVOR  sklearn (default): fixtures/sklearn-conda, 12x12 grayscale glyphs, 3 rounds;
+#           keras: fixtures/cifar10-keras, pytorch: fixtures/cifar10-pytorch — a tiny CNN on
+#           CIFAR-10-shaped data (32x32 RGB, 10 classes), 1 round (their images are large: the
+#           round proves the flow, more rounds only cost time)
+#   BIN     the builder binary to package (default: a release build)
+#   E2E_LOGS  a directory to keep every task's log in (default: none; a failure prints their ends)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "run as root (containerd tasks, chroot)" >&2; exit 1; }
@@ -19,6 +25,14 @@ TRACKING=http://127.0.0.1:5080
 SOCK=/run/flops-rig/containerd.sock
 NS=flops-e2e
 PY=/var/lib/flops-rig/pyenv/bin/python
+FLAVOR=${FLAVOR:-sklearn}
+# Per flavor: the fixture, the data server's dataset and the learners' data tags, the rounds.
+case $FLAVOR in
+  sklearn) FIXTURE=sklearn-conda NAME=sklearn-model DATASET=glyphs TAGS=(images-a images-b) ROUNDS=3 ;;
+  keras | pytorch) FIXTURE=cifar10-$FLAVOR NAME=cifar10-$FLAVOR DATASET=cifar10 TAGS=(cifar10-a cifar10-b) ROUNDS=1 ;;
+  *) echo "FLAVOR=$FLAVOR: one of sklearn, keras, pytorch" >&2; exit 2 ;;
+esac
+LEARNERS=${#TAGS[@]}
 for need in "$SOCK" "$PY"; do
   [ -e "$need" ] || { echo "$need is missing: run scripts/rig.sh all" >&2; exit 1; }
 done
@@ -37,6 +51,9 @@ cleanup() {
   for t in "${TASKS[@]}"; do ctr_ tasks kill -s KILL "$t" >/dev/null 2>&1 || true; done
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
+  # `ctr run --rm` removes its container only if its ctr outlived the task.
+  for t in "${TASKS[@]}"; do ctr_ containers rm "$t" >/dev/null 2>&1 || true; done
+  if [ -n "${E2E_LOGS:-}" ]; then mkdir -p "$E2E_LOGS" && cp "$W"/*.log "$W"/*.out "$W"/*.err "$W"/*.json "$E2E_LOGS"/ 2>/dev/null || true; fi
   rm -rf "$W"
 }
 trap cleanup EXIT
@@ -44,21 +61,37 @@ STAGES=()
 stage() { STAGES+=("$(printf '%-52s %6.1f s' "$1" "$2")"); printf '[e2e] %s: %.1f s\n' "$1" "$2" >&2; }
 now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN{print b-a}'; }
+# The aggregator and the model server listen on 8080 (host network), as on a FLOps node; the
+# Rust tests use it too. Wait for it rather than fail on a neighbour's leftover.
+wait_8080_free() { # $1: who needs it
+  local t
+  t=$(now)
+  for _ in $(seq 1 120); do
+    if ! (exec 3<>/dev/tcp/127.0.0.1/8080) 2>/dev/null; then
+      awk -v a="$t" -v b="$(now)" 'BEGIN { exit !(b - a > 1) }' && stage "waiting for 127.0.0.1:8080 ($1)" "$(since "$t")"
+      return 0
+    fi
+    sleep 1
+  done
+  echo "127.0.0.1:8080 is still taken after 120 s (needed by $1)" >&2
+  exit 1
+}
 
-RUN=e2e$(date +%s)
+RUN=e2e-$FLAVOR-$(date +%s)
 PROJECT=$RUN
+echo "[e2e] flavor $FLAVOR: fixtures/$FIXTURE, $ROUNDS round(s), $LEARNERS learners, dataset $DATASET" >&2
 # The ML repo, as a git repository served over smart HTTP on 127.0.0.1 (as GitHub would be).
 mkdir -p "$W/src" "$W/served"
-cp -a fixtures/sklearn-conda "$W/src/sklearn-model"
-git -C "$W/src/sklearn-model" init -q -b main
-git -C "$W/src/sklearn-model" add -A
-git -C "$W/src/sklearn-model" -c user.name=e2e -c user.email=e2e@example.com commit -qm "model $RUN"
-SHA=$(git -C "$W/src/sklearn-model" rev-parse HEAD)
-git clone -q --bare "$W/src/sklearn-model" "$W/served/sklearn-model.git"
+cp -a "fixtures/$FIXTURE" "$W/src/$NAME"
+git -C "$W/src/$NAME" init -q -b main
+git -C "$W/src/$NAME" add -A
+git -C "$W/src/$NAME" -c user.name=e2e -c user.email=e2e@example.com commit -qm "model $RUN"
+SHA=$(git -C "$W/src/$NAME" rev-parse HEAD)
+git clone -q --bare "$W/src/$NAME" "$W/served/$NAME.git"
 python3 tests/support/git_http.py "$W/served" "$W/git.port" >"$W/git.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 1 100); do [ -s "$W/git.port" ] && break; sleep 0.1; done
-REPO_URL=http://127.0.0.1:$(cat "$W/git.port")/sklearn-model.git
+REPO_URL=http://127.0.0.1:$(cat "$W/git.port")/$NAME.git
 
 t=$(now)
 BUILDER=$(BIN=$BIN scripts/self-package.sh "$REG/flops/image-builder:$RUN" | tail -1)
@@ -73,52 +106,81 @@ builder_task() { # id, then the manager's arguments
     --mount type=bind,src=/etc/ssl/certs,dst=/etc/ssl/certs,options=rbind:ro \
     "$BUILDER" "$id" python3 main.py "$@"
 }
+# MQTT: every message of some topics, as `topic payload` lines, into a file (in the background).
+subscribe() { # file, topics...
+  local out=$1 topic args=()
+  shift
+  for topic in "$@"; do args+=(-t "$topic"); done
+  mosquitto_sub -h 127.0.0.1 -p 9027 -q 1 -v -W 900 "${args[@]}" >"$out" 2>&1 &
+  PIDS+=($!)
+  sleep 0.5
+}
+# This project's first message in such a file: its payload into $2, its topic on stdout. Other
+# projects' messages are skipped: the Rust tests publish on the same topics.
+project_message() { # file, payload file
+  local topic payload
+  while read -r topic payload; do
+    [ "$(jq -r '.flops_project_id // empty' <<<"$payload" 2>/dev/null)" = "$PROJECT" ] || continue
+    printf '%s\n' "$payload" >"$2"
+    echo "$topic"
+    return 0
+  done <"$1"
+  return 1
+}
+await_project_message() { # file, payload file, seconds
+  for _ in $(seq 1 "$3"); do
+    project_message "$1" "$2" >/dev/null && return 0
+    sleep 1
+  done
+  return 1
+}
 
 t=$(now)
-mosquitto_sub -h 127.0.0.1 -p 9027 -q 1 -C 1 -W 900 -t flops_manager/fl_actors_image_builder/success >"$W/built.json" &
-SUBPID=$!
-sleep 0.5
+subscribe "$W/built.mqtt" flops_manager/fl_actors_image_builder/success
 builder_task "$RUN-fl-actors" "http://$REG" "$PROJECT" 127.0.0.1 127.0.0.1 \
-  --supported_platforms=linux/amd64 fl_actors "$REPO_URL" sklearn >"$W/fl-actors.out" 2>"$W/fl-actors.err" \
+  --supported_platforms=linux/amd64 fl_actors "$REPO_URL" "$FLAVOR" >"$W/fl-actors.out" 2>"$W/fl-actors.err" \
   || { cat "$W/fl-actors.err" >&2; exit 1; }
-wait "$SUBPID" || { echo "no fl_actors_image_builder/success on MQTT" >&2; exit 1; }
+await_project_message "$W/built.mqtt" "$W/built.json" 30 || { echo "no fl_actors_image_builder/success on MQTT" >&2; exit 1; }
 # A one-segment URL path (`/<name>.git`) names the owner `local`.
-LEARNER=$REG/local/sklearn-model/learner:$SHA
-AGGREGATOR=$REG/local/sklearn-model/aggregator:$SHA
+LEARNER=$REG/local/$NAME/learner:$SHA
+AGGREGATOR=$REG/local/$NAME/aggregator:$SHA
 grep -q "$AGGREGATOR@sha256:" "$W/fl-actors.out" || { echo "the aggregator image was not pushed" >&2; cat "$W/fl-actors.out" >&2; exit 1; }
 stage "fl_actors plan: learner + aggregator images" "$(since "$t")"
 
+# The node's ML data server, started now: it makes its partitions while the images are pulled.
+DATA_PORT=$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+"$PY" base-layers/fl-learner/tests/flight_server.py "127.0.0.1:$DATA_PORT" --dataset "$DATASET" >"$W/data.log" 2>&1 &
+PIDS+=($!)
+
+# What a node pays before the first round: a pull that unpacks (the learner; the aggregator
+# shares its dependency layers), timed apart from the round.
 t=$(now)
 for image in "$LEARNER" "$AGGREGATOR"; do ctr_ images pull --plain-http "$image" >/dev/null; done
-DATA_PORT=$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-"$PY" base-layers/fl-learner/tests/flight_server.py "127.0.0.1:$DATA_PORT" >"$W/data.log" 2>&1 &
-PIDS+=($!)
+stage "containerd pull: learner + aggregator" "$(since "$t")"
+
 for _ in $(seq 1 600); do grep -q "serving on" "$W/data.log" && break; sleep 0.1; done
+grep -q "serving on" "$W/data.log" || { echo "the data server did not start" >&2; cat "$W/data.log" >&2; exit 1; }
+wait_8080_free "the aggregator"
+t=$(now)
 # The project ends in `success` or `failed`, whichever comes first: a failed project stops the
 # flow at once with its error, not after waiting for a success that cannot come.
-mosquitto_sub -h 127.0.0.1 -p 9027 -q 1 -v -W 900 -t flops_manager/aggregator/success \
-  -t flops_manager/aggregator/failed >"$W/agg-mqtt.log" 2>&1 &
-PIDS+=($!)
-sleep 0.5
-TASKS+=("$RUN-agg" "$RUN-l1" "$RUN-l2")
-task "$AGGREGATOR" "$RUN-agg" python main.py "$PROJECT" 127.0.0.1 127.0.0.1 "$TRACKING" CLASSIC_AGGREGATOR 3 2 2 2 >"$W/agg.log" 2>&1 &
+subscribe "$W/agg-mqtt.log" flops_manager/aggregator/success flops_manager/aggregator/failed
+TASKS+=("$RUN-agg")
+task "$AGGREGATOR" "$RUN-agg" python main.py "$PROJECT" 127.0.0.1 127.0.0.1 "$TRACKING" CLASSIC_AGGREGATOR \
+  "$ROUNDS" "$LEARNERS" "$LEARNERS" "$LEARNERS" >"$W/agg.log" 2>&1 &
 AGG_PID=$!
 PIDS+=($AGG_PID)
-for i in 1 2; do
-  tags=images-a; [ $i = 2 ] && tags=images-b
+for i in $(seq 1 "$LEARNERS"); do
+  TASKS+=("$RUN-l$i")
   task --env ML_DATA_SERVER_HOST=127.0.0.1 --env "ML_DATA_SERVER_PORT=$DATA_PORT" --env FLOPS_LEARNER_MAX_SESSIONS=1 \
-    "$LEARNER" "$RUN-l$i" python main.py "$PROJECT" 127.0.0.1 127.0.0.1 127.0.0.1 "$tags" >"$W/l$i.log" 2>&1 &
+    "$LEARNER" "$RUN-l$i" python main.py "$PROJECT" 127.0.0.1 127.0.0.1 127.0.0.1 "${TAGS[i - 1]}" >"$W/l$i.log" 2>&1 &
   PIDS+=($!)
 done
 # This project's aggregator/success payload (0), its aggregator/failed (1), or nothing yet (2).
 project_outcome() {
-  local topic payload
-  while read -r topic payload; do
-    [ "$(jq -r '.flops_project_id // empty' <<<"$payload" 2>/dev/null)" = "$PROJECT" ] || continue
-    printf '%s\n' "$payload" >"$W/trained.json"
-    case $topic in */success) return 0 ;; */failed) return 1 ;; esac
-  done <"$W/agg-mqtt.log"
-  return 2
+  local topic
+  topic=$(project_message "$W/agg-mqtt.log" "$W/trained.json") || return 2
+  case $topic in */success) return 0 ;; *) return 1 ;; esac
 }
 outcome=2
 for _ in $(seq 1 900); do
@@ -132,26 +194,28 @@ case $outcome in
   1) echo "aggregator/failed: $(jq -r .error_msg "$W/trained.json")" >&2 ;;
   2) echo "no aggregator/success or aggregator/failed on MQTT (the aggregator task $(kill -0 "$AGG_PID" 2>/dev/null && echo "still runs after 900 s" || echo ended))" >&2 ;;
 esac
-if [ "$outcome" != 0 ]; then tail -n 20 "$W/agg.log" "$W/l1.log" "$W/l2.log" >&2; exit 1; fi
+if [ "$outcome" != 0 ]; then tail -n 20 "$W/agg.log" "$W"/l*.log >&2; exit 1; fi
 RUN_ID=$(jq -r .run_id "$W/trained.json")
 echo "[e2e] aggregator success: $(jq -c '{accuracy, loss, run_id, rounds}' "$W/trained.json")" >&2
-stage "classic FL: 1 aggregator, 2 learners, 3 rounds" "$(since "$t")"
+stage "classic FL: 1 aggregator, $LEARNERS learners, $ROUNDS round(s)" "$(since "$t")"
+# The aggregator ends once it has published, and frees 8080 for the model server.
+for _ in $(seq 1 60); do kill -0 "$AGG_PID" 2>/dev/null || break; sleep 1; done
+ctr_ tasks kill -s KILL "$RUN-agg" >/dev/null 2>&1 || true
 
 t=$(now)
-mosquitto_sub -h 127.0.0.1 -p 9027 -q 1 -C 1 -W 900 -t flops_manager/trained_model_image_builder/success >"$W/served.json" &
-SUBPID=$!
-sleep 0.5
+subscribe "$W/served.mqtt" flops_manager/trained_model_image_builder/success
 builder_task "$RUN-trained-model" "http://$REG" "$PROJECT" 127.0.0.1 127.0.0.1 \
   --supported_platforms=linux/amd64 trained_model e2e-customer "$TRACKING" "$RUN_ID" >"$W/model.out" 2>"$W/model.err" \
   || { cat "$W/model.err" >&2; exit 1; }
-wait "$SUBPID" || { echo "no trained_model_image_builder/success on MQTT" >&2; exit 1; }
+await_project_message "$W/served.mqtt" "$W/served.json" 30 || { echo "no trained_model_image_builder/success on MQTT" >&2; exit 1; }
 MODEL=$REG/e2e-customer/trained_model:$RUN_ID
 # Its dependency layers that the FL images have too (numpy, scipy, scikit-learn, …) come from
 # the shared pool (or, on a rig that ran this before, the repository's earlier images): none
 # of them is built or uploaded again.
 SHARED=$(jq -r '[.dependency_layers[] | select(.source == "pool" or .source == "registry") | .digest] | unique | .[]' "$W/served.json")
 UPLOADED=$(jq -r '[.image.platforms[].layers[] | select(.status == "uploaded") | .digest] | .[]' "$W/served.json")
-echo "[e2e] trained-model image: $(echo "$SHARED" | grep -c . || true) dependency layers shared with earlier images (pool or repository), $(echo "$UPLOADED" | grep -c . || true) blobs uploaded" >&2
+UPLOADED_MB=$(jq '[.image.platforms[].layers[] | select(.status == "uploaded") | .size] | add // 0 | . / 1e6 | floor' "$W/served.json")
+echo "[e2e] trained-model image: $(echo "$SHARED" | grep -c . || true) dependency layers shared with earlier images (pool or repository), $(echo "$UPLOADED" | grep -c . || true) blobs uploaded ($UPLOADED_MB MB)" >&2
 [ -n "$SHARED" ] || { echo "no dependency layer was shared with the FL images" >&2; exit 1; }
 if [ -n "$UPLOADED" ] && echo "$SHARED" | grep -qxF -f <(echo "$UPLOADED"); then
   echo "a dependency layer the FL images have was uploaded again" >&2; exit 1
@@ -160,22 +224,67 @@ stage "trained_model plan: the best model's image" "$(since "$t")"
 
 t=$(now)
 ctr_ images pull --plain-http "$MODEL" >/dev/null
+stage "containerd pull: trained model" "$(since "$t")"
+
+wait_8080_free "the model server"
+t=$(now)
 TASKS+=("$RUN-serve")
 task "$MODEL" "$RUN-serve" >"$W/serve.log" 2>&1 &
-PIDS+=($!)
-for _ in $(seq 1 240); do
-  [ "$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:8080/ping)" = 200 ] && break
+SERVE_PID=$!
+PIDS+=($SERVE_PID)
+# 8080 must be answered by this task, not by a neighbour's server (the Rust tests serve models
+# on 8080 too): the listening socket's process must be one of the task's.
+ours_on_8080() {
+  local owners
+  owners=$(ss -ltnpH 'sport = :8080' | grep -o 'pid=[0-9]*' | cut -d= -f2)
+  [ -n "$owners" ] && ctr_ tasks ps "$RUN-serve" 2>/dev/null | awk 'NR > 1 { print $1 }' | grep -qxF -f <(echo "$owners")
+}
+served() { [ "$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:8080/ping)" = 200 ] && ours_on_8080; }
+# MLflow's server imports the flavor (TensorFlow, torch) before it answers: up to 5 min.
+for _ in $(seq 1 600); do
+  served && break
+  kill -0 "$SERVE_PID" 2>/dev/null || break
   sleep 0.5
 done
-[ "$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:8080/ping)" = 200 ] || { echo "the model server never answered /ping" >&2; tail -20 "$W/serve.log" >&2; exit 1; }
-ROW=$(python3 -c 'print([1.0 if 4 <= i % 12 < 8 else 0.0 for i in range(144)])')
+served || { echo "the model server never answered /ping" >&2; tail -20 "$W/serve.log" >&2; exit 1; }
+# One input of the shape the model was trained on: sklearn, a flattened 12x12 glyph (a vertical
+# bar); the CNNs, one picture of the data server's CIFAR-shaped class 3, preprocessed as their
+# DataManager does (keras: HWC in [0, 1]; pytorch: CHW normalized to [-1, 1]).
+LABEL=3
+if [ "$FLAVOR" = sklearn ]; then
+  python3 -c 'print("{\"inputs\": [%s]}" % [1.0 if 4 <= i % 12 < 8 else 0.0 for i in range(144)])' >"$W/input.json"
+else
+  "$PY" - "$FLAVOR" "$LABEL" >"$W/input.json" <<'EOF'
+import json
+import sys
+
+import numpy as np
+
+sys.path.insert(0, "base-layers/fl-learner/tests")
+from flight_server import cifar_picture  # noqa: E402
+
+flavor, label = sys.argv[1], int(sys.argv[2])
+x = cifar_picture(label, np.random.default_rng(0)).astype(np.float32) / 255.0
+if flavor == "pytorch":
+    x = ((x - 0.5) / 0.5).transpose(2, 0, 1)
+print(json.dumps({"inputs": [np.round(x, 4).tolist()]}))
+EOF
+fi
 PREDICTION=$(curl -fsS -X POST http://127.0.0.1:8080/invocations -H 'Content-Type: application/json' \
-  -d "{\"inputs\": [$ROW]}")
+  --data-binary @"$W/input.json") || { echo "/invocations failed" >&2; tail -30 "$W/serve.log" >&2; exit 1; }
 echo "[e2e] /invocations: $PREDICTION" >&2
 echo "$PREDICTION" | jq -e '.predictions | length == 1' >/dev/null || { echo "no prediction" >&2; exit 1; }
+if [ "$FLAVOR" != sklearn ]; then
+  # Class scores, one per CIFAR-10 class: a row of 10 numbers (or a record of 10 columns, as a
+  # DataFrame answer would be).
+  SCORES=$(echo "$PREDICTION" | jq -c '.predictions[0] | if type == "object" then [.[]] else . end')
+  echo "$SCORES" | jq -e 'type == "array" and length == 10 and all(.[]; type == "number")' >/dev/null \
+    || { echo "the answer is not 10 class scores: $SCORES" >&2; exit 1; }
+  echo "[e2e] class scores for a picture of class $LABEL: the highest is class $(echo "$SCORES" | jq 'index(max)')" >&2
+fi
 stage "trained model served: /ping and one prediction" "$(since "$t")"
 
 echo
-echo "FLOps flow done (project $PROJECT):"
+echo "FLOps flow done (flavor $FLAVOR, project $PROJECT):"
 printf '  %s\n' "${STAGES[@]}"
 echo "  images: $LEARNER, $AGGREGATOR, $MODEL"

@@ -30,7 +30,8 @@ MQTT_PORT=9027
 MLFLOW_PORT=5080
 # The tracking server the aggregator logs to and the trained-model plan reads from.
 MLFLOW_SERVER=("mlflow==3.1.4" "sqlalchemy<2.1")
-PACKAGES=(docker-registry mosquitto mosquitto-clients containerd skopeo umoci mmdebstrap apache2-utils openssl curl jq ca-certificates git file zstd binutils libssl-dev pkg-config gcc libc6-dev qemu-user-static)
+# iproute2: ss, for scripts/flops-e2e.sh to tell its own model server on 8080 from a neighbour's.
+PACKAGES=(docker-registry mosquitto mosquitto-clients containerd skopeo umoci mmdebstrap apache2-utils openssl curl jq ca-certificates git file zstd binutils libssl-dev pkg-config gcc libc6-dev qemu-user-static iproute2)
 
 log() { printf '[rig %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 

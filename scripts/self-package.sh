@@ -39,7 +39,8 @@ strip -o "$stage/usr/local/bin/flops-image-builder" "$BIN"
 cp "$UV" "$stage/usr/local/bin/uv"
 # FLOps' SLA runs `python3 main.py <args>` in the working directory (Dockerfile: the same file).
 install -m 0755 builder-image/main.py "$stage/opt/flops-image-builder/main.py"
-exec "$BUILDER" append --base "$BASE" --tag "${TARGET#http://}" "${insecure[@]}" \
+# Not exec: the EXIT trap must still remove the staged copy (58 MB a run).
+"$BUILDER" append --base "$BASE" --tag "${TARGET#http://}" "${insecure[@]}" \
   --platform linux/amd64 \
   --dir "$stage/usr:/usr" --dir "$stage/opt:/opt" \
   --workdir /opt/flops-image-builder \

@@ -159,3 +159,45 @@ def test_flight_server_script_serves_every_tag():
     finally:
         proc.terminate()
         assert wait_for(lambda: proc.poll() is not None, 10)
+
+
+def test_cifar10_partitions_come_back_shaped_as_cifar10(monkeypatch):
+    """The CNN fixtures' data (flight_server.py --dataset cifar10): Hugging Face CIFAR-10's
+    columns, 32x32 RGB PNGs and its ten label names, decoded to (n, 32, 32, 3) uint8."""
+    port = free_port()
+    server = flight_server.DataServer(f"grpc+tcp://127.0.0.1:{port}", flight_server.cifar10_tables())
+    monkeypatch.setenv("ML_DATA_SERVER_HOST", "127.0.0.1")
+    monkeypatch.setenv("ML_DATA_SERVER_PORT", str(port))
+    try:
+        ds = data_loading.load_data_from_ml_data_server(["cifar10-a", "cifar10-b"])
+    finally:
+        server.shutdown()
+    assert ds.num_rows == 360 and ds.column_names == ["img", "label"]
+    assert isinstance(ds.features["img"], datasets.Image)
+    assert ds.features["label"] == datasets.ClassLabel(names=flight_server.CIFAR10_CLASS_NAMES)
+    assert ds[:1].column("img")[0]["bytes"].as_py().startswith(PNG_MAGIC)
+    images, labels = ds.with_format("numpy")["img"], ds.with_format("numpy")["label"]
+    assert images.shape == (360, 32, 32, 3) and images.dtype == np.uint8
+    assert set(labels.tolist()) == set(range(10))
+    assert ds.with_format(None)[0]["img"].mode == "RGB"
+
+
+def test_flight_server_script_adds_cifar10_on_request():
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, str(HERE / "flight_server.py"), f"127.0.0.1:{port}", "--dataset", "cifar10"],
+        env=learner_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout.readline().strip() == f"serving on 127.0.0.1:{port}"
+        criteria = json.dumps({"data_tags": ["cifar10-a", "cifar10-b", "images-a"]})
+        with flight.connect(f"grpc+tcp://127.0.0.1:{port}") as client:
+            infos = list(client.list_flights(criteria.encode()))
+            rows = {i.descriptor.path[0].decode(): i.total_records for i in infos}
+        assert rows == {"cifar10-a": 200, "cifar10-b": 160, "images-a": 160}
+    finally:
+        proc.terminate()
+        assert wait_for(lambda: proc.poll() is not None, 10)
