@@ -77,7 +77,8 @@ pub async fn run_check(a: CheckArgs) -> anyhow::Result<()> {
         max_bytes: a.max_repo_size * 1_000_000,
     };
     let platforms = Platform::parse_list(&a.platform)?;
-    let (runtime, aggregator) = (runtime_requirements(a.aggregator), a.aggregator);
+    let (runtime, _) = pipeline::fl_actors::runtime_sets(&fl_images(a.aggregator));
+    let aggregator = a.aggregator;
     let (repo, registry) = (a.repo.clone(), a.registry.clone());
     let (mut report, checkout) = tokio::task::spawn_blocking(move || {
         pipeline::check(&repo, &opts, registry.as_deref(), &runtime)
@@ -112,7 +113,6 @@ async fn check_sboms(
 ) -> anyhow::Result<
     std::collections::BTreeMap<String, std::collections::BTreeMap<String, serde_json::Value>>,
 > {
-    use flops_image_builder::repo::augment::{AGGREGATOR, LEARNER};
     let registry = a.registry.clone().unwrap_or_default();
     let mut args = vec!["check", "--registry", &registry, "--platform", &a.platform];
     let cache = a.cache_dir.as_ref().map(|c| c.display().to_string());
@@ -121,22 +121,22 @@ async fn check_sboms(
     }
     let d = <ImageDefaults as clap::Parser>::try_parse_from(args)?;
     let opts = options(&d.image, None)?;
-    let mut images: Vec<(&'static str, &flops_image_builder::repo::augment::Runtime)> =
-        vec![("learner", &LEARNER)];
-    if a.aggregator {
-        images.push(("aggregator", &AGGREGATOR));
-    }
-    pipeline::sbom::preview(&opts, report, root, &images).await
+    pipeline::sbom::preview(&opts, report, root, &fl_images(a.aggregator)).await
 }
 
-/// The requirements the FL runtimes add: the learner's, and the aggregator's with it.
-fn runtime_requirements(aggregator: bool) -> String {
+/// The FL images `build` makes: the learner, and with `--aggregator` the aggregator.
+fn fl_images(
+    aggregator: bool,
+) -> Vec<(
+    &'static str,
+    &'static flops_image_builder::repo::augment::Runtime,
+)> {
     use flops_image_builder::repo::augment::{AGGREGATOR, LEARNER};
-    let mut r = LEARNER.requirements.to_string();
+    let mut images: Vec<(&'static str, &'static _)> = vec![("learner", &LEARNER)];
     if aggregator {
-        r.push_str(AGGREGATOR.requirements);
+        images.push(("aggregator", &AGGREGATOR));
     }
-    r
+    images
 }
 
 fn notifier(n: &NotifyArgs, default_prefix: &str) -> anyhow::Result<Notifier> {

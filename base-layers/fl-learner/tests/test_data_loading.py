@@ -139,11 +139,12 @@ def test_default_server_is_the_docker_host(monkeypatch):
     assert data_loading.server_location() == "grpc+tcp://172.17.0.1:11027"
 
 
-def test_flight_server_script_serves_every_tag():
-    """`python flight_server.py HOST:PORT`, as the image tests and the aggregator's tests run it."""
+def rows_served(extra_args, tags):
+    """Runs `python flight_server.py HOST:PORT [extra_args]` (as the image tests, the
+    aggregator's tests and the e2e run it) and returns its rows per tag for `tags`."""
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, str(HERE / "flight_server.py"), f"127.0.0.1:{port}"],
+        [sys.executable, str(HERE / "flight_server.py"), f"127.0.0.1:{port}", *extra_args],
         env=learner_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -151,14 +152,18 @@ def test_flight_server_script_serves_every_tag():
     )
     try:
         assert proc.stdout.readline().strip() == f"serving on 127.0.0.1:{port}"
-        criteria = json.dumps({"data_tags": ["images-a", "images-b", "synthetic-a", "synthetic-b"]})
+        criteria = json.dumps({"data_tags": tags})
         with flight.connect(f"grpc+tcp://127.0.0.1:{port}") as client:
             infos = list(client.list_flights(criteria.encode()))
-            rows = {i.descriptor.path[0].decode(): i.total_records for i in infos}
-        assert rows == {"images-a": 160, "images-b": 100, "synthetic-a": 200, "synthetic-b": 200}
+            return {i.descriptor.path[0].decode(): i.total_records for i in infos}
     finally:
         proc.terminate()
         assert wait_for(lambda: proc.poll() is not None, 10)
+
+
+def test_flight_server_script_serves_every_tag():
+    rows = rows_served([], ["images-a", "images-b", "synthetic-a", "synthetic-b"])
+    assert rows == {"images-a": 160, "images-b": 100, "synthetic-a": 200, "synthetic-b": 200}
 
 
 def test_cifar10_partitions_come_back_shaped_as_cifar10(monkeypatch):
@@ -183,21 +188,5 @@ def test_cifar10_partitions_come_back_shaped_as_cifar10(monkeypatch):
 
 
 def test_flight_server_script_adds_cifar10_on_request():
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, str(HERE / "flight_server.py"), f"127.0.0.1:{port}", "--dataset", "cifar10"],
-        env=learner_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        assert proc.stdout.readline().strip() == f"serving on 127.0.0.1:{port}"
-        criteria = json.dumps({"data_tags": ["cifar10-a", "cifar10-b", "images-a"]})
-        with flight.connect(f"grpc+tcp://127.0.0.1:{port}") as client:
-            infos = list(client.list_flights(criteria.encode()))
-            rows = {i.descriptor.path[0].decode(): i.total_records for i in infos}
-        assert rows == {"cifar10-a": 200, "cifar10-b": 160, "images-a": 160}
-    finally:
-        proc.terminate()
-        assert wait_for(lambda: proc.poll() is not None, 10)
+    rows = rows_served(["--dataset", "cifar10"], ["cifar10-a", "cifar10-b", "images-a"])
+    assert rows == {"cifar10-a": 200, "cifar10-b": 160, "images-a": 160}
