@@ -593,36 +593,87 @@ pub fn rule_detail(report: &serde_json::Value, rule: &str) -> String {
         .join("\n")
 }
 
-/// `mosquitto_sub` on `<prefix>/#`, started before the build.
-pub struct Sub(pub std::process::Child);
+/// `mosquitto_sub` on `<prefix>/#`, started before the build. Its stdout is read by a
+/// thread: `-d` prints the broker's SUBACK, so a test publishes only once the
+/// subscription exists (a fixed sleep lost messages on a loaded CI machine).
+pub struct Sub {
+    child: Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
 
 impl Sub {
     pub fn start(prefix: &str) -> Self {
         Self::with(prefix, &["-v"])
     }
 
-    /// `mosquitto_sub -q 1 <extra> -t <prefix>/#`, given time to subscribe.
+    /// `mosquitto_sub -d -q 1 <extra> -t <prefix>/#`, returned once the broker acknowledged
+    /// the subscription (panics after 30 s, saying how to start the broker).
     pub fn with(prefix: &str, extra: &[&str]) -> Self {
         let topic = format!("{prefix}/#");
-        let mut args = vec!["-h", "127.0.0.1", "-p", "9027", "-q", "1"];
+        let mut args = vec!["-h", "127.0.0.1", "-p", "9027", "-q", "1", "-d"];
         args.extend_from_slice(extra);
         args.extend(["-t", topic.as_str()]);
-        let child = Command::new("mosquitto_sub")
+        // Line-buffered: piped, mosquitto_sub would hold its debug lines back.
+        let mut child = Command::new("stdbuf")
+            .arg("-oL")
+            .arg("mosquitto_sub")
             .args(&args)
-            .stdout(std::process::Stdio::piped())
+            .stdout(Stdio::piped())
             .spawn()
             .expect("mosquitto_sub (package mosquitto-clients)");
-        std::thread::sleep(Duration::from_millis(400));
-        Sub(child)
+        let stdout = child.stdout.take().unwrap();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        let reader = std::thread::spawn(move || {
+            use std::io::BufRead as _;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let sub = Sub {
+            child,
+            lines,
+            reader: Some(reader),
+        };
+        let t0 = Instant::now();
+        while !sub
+            .lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.starts_with("Subscribed ("))
+        {
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "mosquitto_sub got no SUBACK from 127.0.0.1:9027 in 30 s \
+                 (start the broker: scripts/rig.sh all); it printed {:?}",
+                sub.lines.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        sub
     }
 
-    /// (event, payload) of every message received so far, in order.
+    /// The message lines printed once the subscriber ended, its `-d` debug lines left out.
+    fn finish(mut self) -> Vec<String> {
+        if let Some(r) = self.reader.take() {
+            r.join().unwrap();
+        }
+        let _ = self.child.wait();
+        let lines = std::mem::take(&mut *self.lines.lock().unwrap());
+        lines
+            .into_iter()
+            .filter(|l| !l.starts_with("Client ") && !l.starts_with("Subscribed ("))
+            .collect()
+    }
+
     /// Everything printed, once the subscriber exits by itself (`-C`/`-W`).
-    pub fn exited_output(mut self) -> Vec<u8> {
-        let mut out = Vec::new();
-        self.0.stdout.take().unwrap().read_to_end(&mut out).unwrap();
-        let _ = self.0.wait();
-        out
+    pub fn exited_output(self) -> Vec<u8> {
+        self.finish().join("\n").into_bytes()
     }
 
     /// (event, payload) of the messages of one FLOps project, in order.
@@ -642,18 +693,13 @@ impl Sub {
             .collect()
     }
 
+    /// (event, payload) of every message received so far, in order (`-v` lines).
     pub fn messages(mut self) -> Vec<(String, serde_json::Value)> {
+        // QoS 1 was acknowledged to the publisher; delivery to this subscriber follows.
         std::thread::sleep(Duration::from_millis(500));
-        let _ = self.0.kill();
-        let mut out = String::new();
-        self.0
-            .stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut out)
-            .unwrap();
-        let _ = self.0.wait();
-        out.lines()
+        let _ = self.child.kill();
+        self.finish()
+            .iter()
             .map(|l| {
                 let (topic, payload) = l.split_once(' ').unwrap();
                 (
@@ -668,8 +714,8 @@ impl Sub {
 impl Drop for Sub {
     /// A test that fails before reading its messages must not leave the subscriber running.
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
