@@ -102,7 +102,32 @@ fn multi_platform_learner_image_with_dependency_layers() {
             .parse()
             .unwrap();
         assert!(n > 1000, "only {n} RECORD rows checked");
+        // The layers carry the modules' bytecode: the imports read every dependency module
+        // from its __pycache__ (`-B`: nothing written), none is compiled at start.
+        let verbose = sh(&format!(
+            "{chroot} sh -c 'python3 -B -v -c \"import sklearn, flwr, pandas\" 2>&1'"
+        ));
+        let loaded: Vec<&str> = verbose
+            .lines()
+            .filter_map(|l| l.strip_prefix("# code object from "))
+            .map(|f| f.trim_matches('\''))
+            .filter(|f| {
+                f.starts_with("/opt/flops/site-packages/")
+                    && *f != "/opt/flops/site-packages/sitecustomize.py"
+            })
+            .collect();
+        let from_source: Vec<&&str> = loaded.iter().filter(|f| !f.ends_with(".pyc")).collect();
+        assert!(
+            loaded.len() > 500 && from_source.is_empty(),
+            "{} modules loaded; compiled at start: {from_source:?}",
+            loaded.len()
+        );
     }
+    assert!(
+        r["bytecode"].as_str().unwrap().starts_with("cpython-311 "),
+        "{}",
+        r["bytecode"]
+    );
     assert!(!rootfs.join("app/.git").exists(), "no .git in the image");
     // Same files and RECORD rows as uv installing the same lock for the same platform.
     let uv_target = work.path().join("uv");

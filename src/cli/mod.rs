@@ -122,6 +122,11 @@ pub struct ImageArgs {
     /// JSON per platform, from the lock) or none.
     #[arg(long, default_value = "spdx", value_parser = ["spdx", "none"])]
     pub sbom: String,
+    /// Bytecode of the dependencies' modules, compiled into their layers so containers do not
+    /// compile them at every start: auto (with the builder's `python3.X` of the image's Python,
+    /// when it has one) or none.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "none"])]
+    pub bytecode: String,
     /// glibc version of the base image (bounds manylinux wheels).
     #[arg(long, default_value = "2.28")]
     pub glibc: String,

@@ -328,6 +328,7 @@ fn options(a: &ImageArgs, model_flavor: Option<String>) -> anyhow::Result<pipeli
         strict_platforms: a.strict_platforms,
         strict_python: a.strict_python,
         sbom: a.sbom == "spdx",
+        bytecode: a.bytecode == "auto",
         mirrors: flops_image_builder::oci::mirrors::Mirrors::load(
             &a.registry_mirror,
             conf.as_deref(),

@@ -11,6 +11,7 @@ use crate::oci::push::BaseSource;
 use crate::oci::registry::Registry;
 use crate::pool;
 use crate::resolve::sdist;
+use crate::wheels::bytecode::Bytecode;
 use crate::wheels::install::Prefix;
 use crate::wheels::pylock::{self, Selected};
 use crate::wheels::{fetch, layers, tags as wheel};
@@ -55,6 +56,8 @@ pub struct DepLayers {
     pub warnings: Vec<String>,
     /// Packages that had only an sdist, and where their wheel came from.
     pub sdists: Vec<sdist::Built>,
+    /// What compiled the bytecode, or `none: <why>` (the report's `bytecode`).
+    pub bytecode: String,
 }
 
 impl DepLayers {
@@ -182,7 +185,8 @@ pub async fn dependency_layers(
             &warnings,
         )));
     }
-    let platforms = plan_platforms(sess, selections, &subsets(locked, groups));
+    let (prefix, bytecode) = deps_prefix(sess, &base.python);
+    let platforms = plan_platforms(sess, &prefix, selections, &subsets(locked, groups));
     let t = Instant::now();
     let Reusable {
         mut ready,
@@ -190,7 +194,12 @@ pub async fn dependency_layers(
         to_build,
         pooled,
     } = reusable(sess, reg, home, &platforms).await;
-    let built = build_all(sess, reg, &http, home, to_build, lock_dir, t).await?;
+    let making = Making {
+        http: &http,
+        prefix: &prefix,
+        lock_dir,
+    };
+    let built = build_all(sess, reg, home, to_build, making, t).await?;
     let mut uploaded_early = vec![(HashSet::new(), 0u64); groups.len()];
     for (g, key, layer, uploaded) in built {
         if uploaded {
@@ -216,7 +225,27 @@ pub async fn dependency_layers(
         reports,
         warnings,
         sdists,
+        bytecode,
     })
+}
+
+/// Where the wheels go in the image, with the bytecode `--bytecode` asks for and the
+/// builder can compile for Python `minor` (`3.11`); and how the report says it.
+fn deps_prefix(sess: &Session<'_>, minor: &str) -> (Prefix, String) {
+    let prefix = Prefix::new(super::DEPS_PREFIX, &sess.opts.python);
+    if !sess.opts.bytecode {
+        return (prefix, "none: --bytecode none".into());
+    }
+    match Bytecode::find(minor) {
+        Ok(b) => {
+            let said = b.describe();
+            (prefix.with_bytecode(Some(b)), said)
+        }
+        Err(why) => {
+            tracing::warn!("no bytecode in the dependency layers: {why} (containers compile their modules at every start)");
+            (prefix, format!("none: {why}"))
+        }
+    }
 }
 
 /// Each base platform's wheels from the lock, with packages locked only as an sdist turned
@@ -265,10 +294,10 @@ async fn selections(
 /// Each platform's groups split into layers (extra groups, small, get a smaller budget).
 fn plan_platforms(
     sess: &Session<'_>,
+    prefix: &Prefix,
     selections: Vec<(String, Vec<Selected>)>,
     subsets: &[Option<BTreeSet<String>>],
 ) -> Vec<PlatformDeps> {
-    let prefix = Prefix::new(super::DEPS_PREFIX, &sess.opts.python);
     selections
         .into_iter()
         .map(|(platform, selected)| {
@@ -282,7 +311,7 @@ fn plan_platforms(
                     } else {
                         (sess.opts.max_dep_layers / 3).max(1)
                     };
-                    layers::plan(&g, budget, &platform, &prefix, sess.opts.compression)
+                    layers::plan(&g, budget, &platform, prefix, sess.opts.compression)
                 })
                 .collect();
             PlatformDeps { platform, groups }
@@ -389,6 +418,13 @@ fn layer_reports(
     (reports, new_in_pool)
 }
 
+/// What layers are made with: the wheels' client and lock dir, where they are installed.
+struct Making<'a> {
+    http: &'a reqwest::Client,
+    prefix: &'a Prefix,
+    lock_dir: &'a std::path::Path,
+}
+
 /// One task per missing dependency layer: fetch its wheels, build when a core is free, upload
 /// the blob to its group's repository right away. Downloads, builds and uploads of different
 /// layers overlap; downloads and builds are bounded (network slots; one build per core, since
@@ -396,17 +432,20 @@ fn layer_reports(
 async fn build_all(
     sess: &Session<'_>,
     reg: &Arc<Registry>,
-    http: &reqwest::Client,
     home: &[String],
     to_build: Vec<(usize, layers::DepLayer)>,
-    lock_dir: &std::path::Path,
+    with: Making<'_>,
     t: Instant,
 ) -> Result<Vec<(usize, String, Layer, bool)>> {
+    let Making {
+        http,
+        prefix,
+        lock_dir,
+    } = with;
     let downloads = Arc::new(tokio::sync::Semaphore::new(fetch::CONCURRENCY));
     let slots = Arc::new(tokio::sync::Semaphore::new(sess.opts.jobs.max(1)));
     let fetched_at = Arc::new(std::sync::Mutex::new(t));
     let spin = crate::progress::Bar::spinner("installing wheels into layers");
-    let prefix = Prefix::new(super::DEPS_PREFIX, &sess.opts.python);
     let mut tasks = Vec::new();
     for (g, dep) in to_build {
         let (store, prefix, c) = (sess.store.clone(), prefix.clone(), sess.opts.compression);

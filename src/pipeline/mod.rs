@@ -87,6 +87,9 @@ pub struct Options {
     pub mirrors: crate::oci::mirrors::Mirrors,
     /// Attach an SPDX SBOM to every image (`--sbom spdx`, the default).
     pub sbom: bool,
+    /// Compile the dependencies' bytecode when an interpreter of the image's Python is at hand
+    /// (`--bytecode auto`, the default).
+    pub bytecode: bool,
 }
 
 /// One run of a plan: the local cache, the notifier, and the phase timings.
@@ -155,6 +158,9 @@ pub struct DepsReport {
     pub sdists: Vec<crate::resolve::sdist::Built>,
     /// Package code (sdists' build hooks) that ran for this build, and its sandbox.
     pub package_code: crate::resolve::sandbox::PackageCode,
+    /// The dependencies' bytecode: what compiled it (`cpython-311 (python3.11 3.11.7)`), or
+    /// `none: <why>`.
+    pub bytecode: String,
     /// The lock the images were built from (kept in the cache, by content).
     pub lock: PathBuf,
     /// `repo` (its pylock.toml), `cache`, `registry` (the pool) or `resolved` (uv ran).
@@ -178,6 +184,7 @@ impl DepsReport {
             dependency_layers: deps.reports,
             sdists: deps.sdists,
             package_code: crate::resolve::sandbox::report(),
+            bytecode: deps.bytecode,
             lock: locked.path.clone(),
             lock_source: locked.source,
         }

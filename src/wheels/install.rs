@@ -7,6 +7,7 @@
 
 use crate::error::bad_input;
 use crate::oci::layer::LayerWriter;
+use crate::wheels::bytecode::{self, Bytecode, Compiler, Spooled};
 use anyhow::{Context, Result};
 use base64::Engine as _;
 use sha2::{Digest as _, Sha256};
@@ -24,6 +25,8 @@ pub struct Prefix {
     pub bin: String,
     /// Absolute interpreter path inside the image, for script shebangs.
     pub python: String,
+    /// Compile the modules' bytecode into the layer with this interpreter (`--bytecode`).
+    pub bytecode: Option<Bytecode>,
 }
 
 impl Prefix {
@@ -34,7 +37,14 @@ impl Prefix {
             bin: format!("{root}/bin"),
             root,
             python: python.to_string(),
+            bytecode: None,
         }
+    }
+
+    /// The same prefix, its modules' bytecode compiled by `b`.
+    pub fn with_bytecode(mut self, b: Option<Bytecode>) -> Self {
+        self.bytecode = b;
+        self
     }
 
     fn shebang(&self) -> String {
@@ -67,6 +77,8 @@ enum Source {
         expected: (String, u64),
     },
     Bytes(Vec<u8>),
+    /// Bytecode in the layer's compiler spool, with its RECORD hash and size.
+    Pyc(Spooled, (String, u64)),
 }
 
 impl Source {
@@ -74,7 +86,7 @@ impl Source {
     fn record(&self) -> (String, u64) {
         match self {
             Source::Bytes(b) => (record_hash(b), b.len() as u64),
-            Source::Member { expected, .. } => expected.clone(),
+            Source::Member { expected, .. } | Source::Pyc(_, expected) => expected.clone(),
         }
     }
 }
@@ -201,6 +213,8 @@ struct Planner<'a> {
     prefix: &'a Prefix,
     names: &'a [String],
     rows: Vec<(String, String, String)>,
+    /// Modules to compile: (target, member index, RECORD hash and size).
+    modules: Vec<(String, usize, (String, u64))>,
 }
 
 /// Plans one wheel into `plan`.
@@ -211,6 +225,7 @@ fn plan_wheel(
     prefix: &Prefix,
     plan: &mut BTreeMap<String, Planned>,
     names: &[String],
+    compiler: Option<&mut Compiler>,
 ) -> Result<()> {
     let w = open_wheel(path, zip)?;
     let mut planner = Planner {
@@ -218,12 +233,16 @@ fn plan_wheel(
         prefix,
         names,
         rows: Vec::new(),
+        modules: Vec::new(),
     };
     for index in 0..zip.len() {
         planner.member(zip, index, &w, plan)?;
     }
     if let Ok(ep) = read_text(zip, &w.wname, &format!("{}/entry_points.txt", w.dist_info)) {
         planner.launchers(&ep, &w.wname, plan)?;
+    }
+    if let Some(c) = compiler {
+        planner.bytecode(zip, &w, c, plan)?;
     }
     planner.finish(&w, plan)
 }
@@ -416,6 +435,9 @@ impl Planner<'_> {
         }
         let (target, is_script) = self.target_of(w, &name)?;
         let idx = self.idx;
+        if bytecode::compiles(&self.prefix.site, &target) {
+            self.modules.push((target.clone(), index, want.clone()));
+        }
         if !is_script {
             let source = Source::Member {
                 wheel: idx,
@@ -479,6 +501,46 @@ impl Planner<'_> {
                 origin: self.idx,
             };
             self.add(plan, format!("{}/{script}", self.prefix.bin), p)?;
+        }
+        Ok(())
+    }
+
+    /// The bytecode of the wheel's modules, next to them in `__pycache__` and in RECORD (as
+    /// pip writes it). Sources are read (and checked against RECORD) once more for this.
+    fn bytecode(
+        &mut self,
+        zip: &mut zip::ZipArchive<std::fs::File>,
+        w: &Opened,
+        compiler: &mut Compiler,
+        plan: &mut BTreeMap<String, Planned>,
+    ) -> Result<()> {
+        let tag = &self
+            .prefix
+            .bytecode
+            .as_ref()
+            .expect("a compiler has its bytecode")
+            .tag;
+        for (target, index, want) in std::mem::take(&mut self.modules) {
+            let mut source = Vec::with_capacity(want.1 as usize);
+            zip.by_index(index)?
+                .read_to_end(&mut source)
+                .with_context(|| format!("{}: reading {target}", w.wname))?;
+            if record_hash(&source) != want.0 {
+                return Err(bad_input(format!(
+                    "{}: {target} does not match its RECORD hash",
+                    w.wname
+                )));
+            }
+            let Some(pyc) = compiler.compile(&target, &source)? else {
+                continue;
+            };
+            let record = (record_hash(&compiler.read(pyc)?), pyc.len);
+            let p = Planned {
+                exec: false,
+                source: Source::Pyc(pyc, record),
+                origin: self.idx,
+            };
+            self.add(plan, bytecode::pyc_path(&target, tag), p)?;
         }
         Ok(())
     }
@@ -589,9 +651,18 @@ pub fn install(w: &mut LayerWriter, prefix: &Prefix, wheels: &[PathBuf]) -> Resu
                 .map_err(|e| bad_input(format!("{}: not a valid wheel (zip): {e}", p.display())))?,
         );
     }
+    let mut compiler = prefix.bytecode.as_ref().map(Compiler::start).transpose()?;
     let mut plan = BTreeMap::new();
     for (i, p) in wheels.iter().enumerate() {
-        plan_wheel(i, p, &mut zips[i], prefix, &mut plan, &names)?;
+        plan_wheel(
+            i,
+            p,
+            &mut zips[i],
+            prefix,
+            &mut plan,
+            &names,
+            compiler.as_mut(),
+        )?;
     }
     // Parent directories of everything, then all entries in byte order (parents first).
     let mut dirs = BTreeSet::new();
@@ -625,6 +696,13 @@ pub fn install(w: &mut LayerWriter, prefix: &Prefix, wheels: &[PathBuf]) -> Resu
                 source: Source::Bytes(b),
                 ..
             }) => w.file(path, *exec, b.len() as u64, &b[..])?,
+            Some(Planned {
+                source: Source::Pyc(at, _),
+                ..
+            }) => {
+                let c = compiler.as_ref().expect("bytecode was compiled");
+                w.file(path, false, at.len, c.reader(*at))?
+            }
             Some(Planned {
                 exec,
                 source:

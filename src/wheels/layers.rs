@@ -39,8 +39,8 @@ impl DepLayer {
     }
 }
 
-/// Splits the selected wheels into at most `max_layers` layers: the largest alone, the rest
-/// together. Deterministic for a given lock.
+/// Splits the selected wheels into at most `max_layers` layers: the largest alone, largest
+/// first, the rest together in the last. Deterministic for a given lock.
 pub fn plan(
     selected: &[Selected],
     max_layers: usize,
@@ -62,9 +62,12 @@ pub fn plan(
     } else {
         max_layers - 1
     };
+    // Largest first, right above the base: the layers most expensive to unpack then sit on the
+    // same parents in every image that has them (the learner, the aggregator, the model
+    // server, other projects), so a node's containerd unpacks each once (snapshots are keyed
+    // by the chain of layers below).
     let mut groups: Vec<Vec<Selected>> =
         order[..alone].iter().map(|w| vec![(*w).clone()]).collect();
-    groups.sort_by(|a, b| a[0].name.cmp(&b[0].name));
     if alone < order.len() {
         let mut rest: Vec<Selected> = order[alone..].iter().map(|w| (*w).clone()).collect();
         rest.sort_by(|a, b| a.name.cmp(&b.name));
@@ -81,6 +84,10 @@ pub fn plan(
             let mut shas: Vec<&str> = wheels.iter().map(|w| w.sha256.as_str()).collect();
             shas.sort();
             h.update(shas.join("\n"));
+            // Layers without bytecode keep the keys they had before bytecode existed.
+            if let Some(b) = &prefix.bytecode {
+                h.update(format!("\nbytecode {} {}", b.tag, b.version));
+            }
             DepLayer {
                 wheels,
                 key: hex::encode(h.finalize()),
@@ -214,13 +221,26 @@ mod tests {
         let p = Prefix::new("/opt/flops", "/usr/bin/python3");
         let wheels = vec![
             sel("a", 10),
-            sel("big", 1000),
             sel("mid", 500),
+            sel("big", 1000),
             sel("b", 20),
         ];
         let plan3 = plan(&wheels, 3, "linux/amd64", &p, Compression::Gzip(6));
         let names: Vec<String> = plan3.iter().map(|l| l.packages()).collect();
-        assert_eq!(names, ["big==1", "mid==1", "a==1,b==1"]);
+        assert_eq!(
+            names,
+            ["big==1", "mid==1", "a==1,b==1"],
+            "largest first, the rest last"
+        );
+        let plan4 = plan(
+            &[sel("zed", 900), sel("alpha", 800), sel("c", 1)],
+            3,
+            "linux/amd64",
+            &p,
+            Compression::Gzip(6),
+        );
+        let names: Vec<String> = plan4.iter().map(|l| l.packages()).collect();
+        assert_eq!(names, ["zed==1", "alpha==1", "c==1"]);
         let one = plan(&wheels, 1, "linux/amd64", &p, Compression::Gzip(6));
         assert_eq!(one.len(), 1);
         // The numpy layer of one repo is the numpy layer of another: same key.
