@@ -226,6 +226,15 @@ fn self_packaged_builder_matches_the_dockerfile_and_builds_as_an_unprivileged_ta
     assert!(report["images"]["aggregator"]["phases_ms"]["total"]
         .as_u64()
         .is_some());
+    // The task's own python3.11 compiled the dependencies' bytecode (read-only root, no caps).
+    assert!(
+        report["bytecode"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("cpython-311 (python3.11 "),
+        "bytecode: {}",
+        report["bytecode"]
+    );
     let seen = observed.lock().unwrap().join("\n");
     assert!(
         seen.contains("pushed") && seen.contains("/aggregator:"),

@@ -15,7 +15,7 @@
 use anyhow::{anyhow, Context, Result};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
 /// The compiler loop run by the image Python's minor: for each request (the file's path in the
@@ -145,7 +145,7 @@ pub struct Spooled {
 impl Compiler {
     /// Starts the interpreter with an empty environment and `PYTHONHASHSEED=0` (set and
     /// frozenset constants are marshalled in hash order).
-    pub fn start(b: &Bytecode) -> Result<Self> {
+    pub fn start(b: &Bytecode, scratch: &Path) -> Result<Self> {
         let mut child = Command::new(&b.python)
             .args(["-S", "-s", "-B", "-W", "ignore", "-c", COMPILER])
             .env_clear()
@@ -162,7 +162,9 @@ impl Compiler {
             child,
             stdin,
             stdout,
-            spool: tempfile::tempfile().context("a temporary file for bytecode")?,
+            spool: tempfile::tempfile_in(scratch).with_context(|| {
+                format!("a temporary file for bytecode in {}", scratch.display())
+            })?,
             spooled: 0,
         })
     }
@@ -274,7 +276,7 @@ mod tests {
             .expect("python3 on PATH (the rig installs it)");
         let minor = String::from_utf8(out.stdout).unwrap().trim().to_string();
         let b = Bytecode::find(&minor).expect("python3.X on PATH");
-        let mut c = Compiler::start(&b).unwrap();
+        let mut c = Compiler::start(&b, &std::env::temp_dir()).unwrap();
         let src = b"X = {'a', 'b', 'c'}\ndef f():\n    return X\n";
         c.compile(
             "opt/other.py",
@@ -295,7 +297,7 @@ mod tests {
         assert!(Bytecode::find("3.1").is_err());
         // What a process compiled before does not change the bytes (a layer's files are
         // compiled in one process, whichever layers share the machine).
-        let mut fresh = Compiler::start(&b).unwrap();
+        let mut fresh = Compiler::start(&b, &std::env::temp_dir()).unwrap();
         let alone = fresh.compile("opt/m.py", src).unwrap().unwrap();
         assert_eq!(fresh.read(alone).unwrap(), a);
     }

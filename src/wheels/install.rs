@@ -632,8 +632,14 @@ impl<R: Read> Read for Verify<R> {
     }
 }
 
-/// Installs `wheels` into the layer being written (one or several per layer).
-pub fn install(w: &mut LayerWriter, prefix: &Prefix, wheels: &[PathBuf]) -> Result<()> {
+/// Installs `wheels` into the layer being written (one or several per layer); their bytecode,
+/// if the prefix asks for it, waits in a file in `scratch` (on disk: not the task's tmpfs).
+pub fn install(
+    w: &mut LayerWriter,
+    prefix: &Prefix,
+    wheels: &[PathBuf],
+    scratch: &Path,
+) -> Result<()> {
     let names: Vec<String> = wheels
         .iter()
         .map(|p| {
@@ -651,7 +657,9 @@ pub fn install(w: &mut LayerWriter, prefix: &Prefix, wheels: &[PathBuf]) -> Resu
                 .map_err(|e| bad_input(format!("{}: not a valid wheel (zip): {e}", p.display())))?,
         );
     }
-    let mut compiler = prefix.bytecode.as_ref().map(Compiler::start).transpose()?;
+    let mut compiler = (prefix.bytecode.as_ref())
+        .map(|b| Compiler::start(b, scratch))
+        .transpose()?;
     let mut plan = BTreeMap::new();
     for (i, p) in wheels.iter().enumerate() {
         plan_wheel(

@@ -146,7 +146,7 @@ pub fn build(
     // Dependency layers are built one per core at once: one zstd worker each; gzip copies the
     // wheels' DEFLATE streams instead of compressing again.
     let mut w = LayerWriter::for_wheels(store, compression)?;
-    install(&mut w, prefix, paths)?;
+    install(&mut w, prefix, paths, &store.root().join("tmp"))?;
     let layer = w.finish(store)?;
     crate::oci::layer::remember_layer(store, &format!("deps-{}", dep.key), &layer);
     Ok(layer)
