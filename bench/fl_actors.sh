@@ -43,52 +43,14 @@ ours code "$A"
 echo "== buildah: base (deps) → learner + aggregator FROM it, push all three; then a code change" >&2
 SHA=$(git -C "$A" rev-parse HEAD~1)
 B_="buildah --storage-driver vfs"
-BB="$B_ build -q --layers --isolation chroot --tls-verify=false"
 C=$T/ctx
-mkdir -p "$C/base/ca" "$C/learner/app" "$C/aggregator/app"
-cp /usr/local/share/ca-certificates/* "$C/base/ca/" 2>/dev/null || true
-# The same requirements the builder locks for both images: the doctored spec (as doctored for
-# the fl_actors plan) plus the learner runtime's; the aggregator adds its runtime's.
-"$BIN" -q check "$A" --aggregator --json | jq -r '.requirements[]' >"$C/base/requirements.txt"
-grep -v '^#' base-layers/fl-learner/requirements.txt >>"$C/base/requirements.txt"
-grep -v '^#' base-layers/fl-aggregator/requirements.txt >"$C/aggregator/requirements.txt"
-# The repo as of the cold build (the commit before the code change), then the runtime files.
-git -C "$A" archive "$SHA" | tar -x -C "$C/learner/app"
-cp -a "$C/learner/app/." "$C/aggregator/app/"
-cp base-layers/fl-learner/*.py "$C/learner/app/"
-cp base-layers/fl-aggregator/*.py "$C/aggregator/app/"
-cat >"$C/base.Dockerfile" <<EOF
-FROM $REG/library/python:3.11-pip
-COPY ca/ /usr/local/share/ca-certificates/
-RUN update-ca-certificates
-COPY requirements.txt /tmp/requirements.txt
-RUN pip install --no-cache-dir --break-system-packages -r /tmp/requirements.txt
-EOF
-cat >"$C/learner.Dockerfile" <<EOF
-FROM localhost/fl-base:bench
-ENV FLWR_TELEMETRY_ENABLED=0 ML_MODEL_FLAVOR=sklearn
-WORKDIR /app
-COPY app/ /app/
-CMD ["python", "main.py"]
-EOF
-cat >"$C/aggregator.Dockerfile" <<EOF
-FROM localhost/fl-base:bench
-COPY requirements.txt /tmp/aggregator-requirements.txt
-RUN pip install --no-cache-dir --break-system-packages -r /tmp/aggregator-requirements.txt
-ENV FLWR_TELEMETRY_ENABLED=0 ML_MODEL_FLAVOR=sklearn
-WORKDIR /app
-COPY app/ /app/
-CMD ["python", "main.py"]
-EOF
+# The repo as of the cold build (the commit before the code change).
+upstream_fl_ctx "$A" "$SHA" "$C" "$REG/library/python:3.11-pip" sklearn
 chain() { # suffix tag: the three builds, then the three pushes (each timed on its own)
   local s=$1 tag=$2
-  run "bbase$s" $BB -t fl-base:bench -f "$C/base.Dockerfile" "$C/base"
-  run "blearner$s" $BB -t fl-learner:bench -f "$C/learner.Dockerfile" "$C/learner"
-  run "baggr$s" $BB -t fl-aggregator:bench -f "$C/aggregator.Dockerfile" "$C/aggregator"
+  upstream_fl_build "$s" "$C"
   local before; before=$(stored)
-  run "pbase$s" $B_ push -q --tls-verify=false fl-base:bench "docker://$REG/bench/sklearn-fl/base:$tag"
-  run "plearner$s" $B_ push -q --tls-verify=false fl-learner:bench "docker://$REG/bench/sklearn-fl/learner:$tag"
-  run "paggr$s" $B_ push -q --tls-verify=false fl-aggregator:bench "docker://$REG/bench/sklearn-fl/aggregator:$tag"
+  upstream_fl_push "$s" "$REG/bench/sklearn-fl" "$tag"
   echo $(($(stored) - before)) >"$T/bup$s"
 }
 $B_ rm --all >/dev/null 2>&1 || true

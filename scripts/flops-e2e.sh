@@ -26,12 +26,10 @@ SOCK=/run/flops-rig/containerd.sock
 NS=flops-e2e
 PY=/var/lib/flops-rig/pyenv/bin/python
 FLAVOR=${FLAVOR:-sklearn}
-# Per flavor: the fixture, the data server's dataset and the learners' data tags, the rounds.
-case $FLAVOR in
-  sklearn) FIXTURE=sklearn-conda NAME=sklearn-model DATASET=glyphs TAGS=(images-a images-b) ROUNDS=3 ;;
-  keras | pytorch) FIXTURE=cifar10-$FLAVOR NAME=cifar10-$FLAVOR DATASET=cifar10 TAGS=(cifar10-a cifar10-b) ROUNDS=1 ;;
-  *) echo "FLAVOR=$FLAVOR: one of sklearn, keras, pytorch" >&2; exit 2 ;;
-esac
+# The actors as containerd tasks, and per flavor: the fixture, the data server's dataset and the
+# learners' data tags, the rounds.
+. scripts/fl-tasks.sh
+fl_flavor "$FLAVOR" || exit 2
 LEARNERS=${#TAGS[@]}
 for need in "$SOCK" "$PY"; do
   [ -e "$need" ] || { echo "$need is missing: run scripts/rig.sh all" >&2; exit 1; }
@@ -44,15 +42,8 @@ fi
 W=$(mktemp -d)
 PIDS=()
 TASKS=()
-ctr_() { ctr -a "$SOCK" -n "$NS" "$@"; }
-# ctr run needs a private mount namespace without the hybrid cgroup mount on these machines.
-task() { unshare -m --propagation private sh -c 'umount /sys/fs/cgroup/unified 2>/dev/null; exec "$@"' sh ctr -a "$SOCK" -n "$NS" run --rm --net-host "$@"; }
 cleanup() {
-  for t in "${TASKS[@]}"; do ctr_ tasks kill -s KILL "$t" >/dev/null 2>&1 || true; done
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  # `ctr run --rm` removes its container only if its ctr outlived the task.
-  for t in "${TASKS[@]}"; do ctr_ containers rm "$t" >/dev/null 2>&1 || true; done
+  stop_fl
   if [ -n "${E2E_LOGS:-}" ]; then mkdir -p "$E2E_LOGS" && cp "$W"/*.log "$W"/*.out "$W"/*.err "$W"/*.json "$E2E_LOGS"/ 2>/dev/null || true; fi
   rm -rf "$W"
 }
@@ -148,9 +139,7 @@ grep -q "$AGGREGATOR@sha256:" "$W/fl-actors.out" || { echo "the aggregator image
 stage "fl_actors plan: learner + aggregator images" "$(since "$t")"
 
 # The node's ML data server, started now: it makes its partitions while the images are pulled.
-DATA_PORT=$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-"$PY" base-layers/fl-learner/tests/flight_server.py "127.0.0.1:$DATA_PORT" --dataset "$DATASET" >"$W/data.log" 2>&1 &
-PIDS+=($!)
+start_data_server "$DATASET" "$W/data.log"
 
 # What a node pays before the first round: a pull that unpacks (the learner; the aggregator
 # shares its dependency layers), timed apart from the round.
@@ -158,23 +147,17 @@ t=$(now)
 for image in "$LEARNER" "$AGGREGATOR"; do ctr_ images pull --plain-http "$image" >/dev/null; done
 stage "containerd pull: learner + aggregator" "$(since "$t")"
 
-for _ in $(seq 1 600); do grep -q "serving on" "$W/data.log" && break; sleep 0.1; done
-grep -q "serving on" "$W/data.log" || { echo "the data server did not start" >&2; cat "$W/data.log" >&2; exit 1; }
+wait_data_server "$W/data.log"
+# 8080 is shared with bench/start.sh's tasks: the rig's lock on it, held to the end.
+lock_8080
 wait_8080_free "the aggregator"
 t=$(now)
 # The project ends in `success` or `failed`, whichever comes first: a failed project stops the
 # flow at once with its error, not after waiting for a success that cannot come.
 subscribe "$W/agg-mqtt.log" flops_manager/aggregator/success flops_manager/aggregator/failed
-TASKS+=("$RUN-agg")
-task "$AGGREGATOR" "$RUN-agg" python main.py "$PROJECT" 127.0.0.1 127.0.0.1 "$TRACKING" CLASSIC_AGGREGATOR \
-  "$ROUNDS" "$LEARNERS" "$LEARNERS" "$LEARNERS" >"$W/agg.log" 2>&1 &
-AGG_PID=$!
-PIDS+=($AGG_PID)
+aggregator_task "$AGGREGATOR" "$RUN-agg" "$W/agg.log" "$PROJECT" "$TRACKING" "$ROUNDS" "$LEARNERS"
 for i in $(seq 1 "$LEARNERS"); do
-  TASKS+=("$RUN-l$i")
-  task --env ML_DATA_SERVER_HOST=127.0.0.1 --env "ML_DATA_SERVER_PORT=$DATA_PORT" --env FLOPS_LEARNER_MAX_SESSIONS=1 \
-    "$LEARNER" "$RUN-l$i" python main.py "$PROJECT" 127.0.0.1 127.0.0.1 127.0.0.1 "${TAGS[i - 1]}" >"$W/l$i.log" 2>&1 &
-  PIDS+=($!)
+  learner_task "$LEARNER" "$RUN-l$i" "$W/l$i.log" "$PROJECT" "${TAGS[i - 1]}"
 done
 # This project's aggregator/success payload (0), its aggregator/failed (1), or nothing yet (2).
 project_outcome() {

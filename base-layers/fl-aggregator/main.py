@@ -866,6 +866,7 @@ def run_classic(args, notifier: Notifier) -> None:
     model_manager = load_model_manager()
     initial = initial_ndarrays(model_manager)
     flavor = flavor_module()
+    log.info("model code and %s imported", flavor.__name__)
     try:
         tracker.open(flavor, model_manager)
 
@@ -1049,6 +1050,7 @@ def main(argv=None) -> int:
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False
+    log.info("runtime started")
     args = parse_args(sys.argv[1:] if argv is None else argv)
     # model_manager.py sits in the working directory (the image's WORKDIR, beside main.py).
     sys.path.insert(0, os.getcwd())

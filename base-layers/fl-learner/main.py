@@ -13,7 +13,9 @@ the learner serves one Flower training session after another against the aggrega
 both: FLOps (hierarchical FL in particular) runs many sessions against the same learner.
 
 - Waiting: while the aggregator is unavailable (gRPC UNAVAILABLE, or a server that closes before
-  giving any task) the learner tries again every --retry-delay seconds. --max-wait bounds only
+  giving any task) the learner tries again, 0.5 s after the first attempt, then waits twice as
+  long each time up to --retry-delay seconds (learners usually start before the aggregator is
+  up: a fixed 5 s wait made round 1 start up to 5 s after it was). --max-wait bounds only
   the wait for the first session; once it has trained, it waits for the next session forever.
   Each attempt closes every gRPC channel and request stream it opened before the next one (flwr
   alone leaves a gRPC thread behind per attempt), so retrying for hours costs nothing.
@@ -27,7 +29,7 @@ both: FLOps (hierarchical FL in particular) runs many sessions against the same 
   line to the project observer.
 
 Flags (each with an environment default):
-  --retry-delay S   FLOPS_LEARNER_RETRY_DELAY   seconds between attempts (default 5)
+  --retry-delay S   FLOPS_LEARNER_RETRY_DELAY   the longest wait between attempts (default 5)
   --max-wait S      FLOPS_LEARNER_MAX_WAIT      give up waiting for the first session after S
                                                 seconds; 0 waits forever (default 1800)
   --max-sessions N  FLOPS_LEARNER_MAX_SESSIONS  exit 0 after N finished sessions; 0 serves
@@ -93,8 +95,8 @@ def parse_args(argv):
         "--retry-delay",
         type=non_negative(float),
         default=env_number("FLOPS_LEARNER_RETRY_DELAY", 5.0),
-        help="seconds between attempts while the aggregator is unavailable "
-        "(env FLOPS_LEARNER_RETRY_DELAY, default 5)",
+        help="the longest wait between attempts while the aggregator is unavailable; waits "
+        "start at 0.5 s and double (env FLOPS_LEARNER_RETRY_DELAY, default 5)",
     )
     p.add_argument(
         "--max-wait",
@@ -324,6 +326,14 @@ class AttemptResources:
             q.put_nowait(None)  # iter(queue.get, None) ends: so does gRPC's reading thread
 
 
+FIRST_RETRY_DELAY = 0.5
+
+
+def retry_wait(attempt: int, longest: float) -> float:
+    """Seconds to wait after failed attempt `attempt` (1, 2, ...): 0.5, 1, 2, ... up to `longest`."""
+    return min(longest, FIRST_RETRY_DELAY * 2 ** min(attempt - 1, 16))
+
+
 def run_sessions(client, server_address: str, retry_delay: float, max_wait: float, max_sessions: int) -> int:
     """Serves training sessions until max_sessions (0: forever); returns the number served."""
     import flwr
@@ -377,16 +387,17 @@ def run_sessions(client, server_address: str, retry_delay: float, max_wait: floa
             time.sleep(retry_delay)
             continue
         waited = time.monotonic() - waiting_since
-        if not joined and max_wait and waited + retry_delay > max_wait:
+        wait = retry_wait(attempt, retry_delay)
+        if not joined and max_wait and waited + wait > max_wait:
             raise RuntimeError(
                 f"aggregator {server_address} still unavailable after {waited:.0f} s "
                 f"({attempt} attempts)"
             ) from lost
         what = "unavailable" if lost is not None else "closed the connection without a task"
         log.info(
-            "aggregator %s %s (attempt %d); retrying in %.1f s", server_address, what, attempt, retry_delay
+            "aggregator %s %s (attempt %d); retrying in %.1f s", server_address, what, attempt, wait
         )
-        time.sleep(retry_delay)
+        time.sleep(wait)
 
 
 def serve(args) -> None:
@@ -395,6 +406,7 @@ def serve(args) -> None:
     os.environ[DATA_TAGS_ENV] = ",".join(tags)
     from model_manager import ModelManager  # the ML repo's, in the same directory
 
+    log.info("model code imported")
     model_manager = ModelManager()
     # Data first: a missing dataset fails in seconds, before the aggregator is waited for.
     model_manager.set_model_data()
@@ -412,6 +424,7 @@ def main(argv=None) -> int:
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False
+    log.info("runtime started")
     args = parse_args(sys.argv[1:] if argv is None else argv)
     # model_manager.py sits in the working directory (the image's WORKDIR, beside main.py).
     sys.path.insert(0, os.getcwd())

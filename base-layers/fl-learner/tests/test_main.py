@@ -263,6 +263,14 @@ def test_the_manager_command_line_is_exact(monkeypatch):
     assert (args.retry_delay, args.max_wait, args.max_sessions) == (5.0, 1800.0, 0)
 
 
+def test_retry_waits_start_short_and_double_up_to_the_retry_delay():
+    # A learner up before its aggregator joins at most about its last wait after the server is.
+    waits = [main.retry_wait(n, 5.0) for n in range(1, 8)]
+    assert waits == [0.5, 1.0, 2.0, 4.0, 5.0, 5.0, 5.0]
+    assert [main.retry_wait(n, 0.1) for n in (1, 2)] == [0.1, 0.1]
+    assert main.retry_wait(10_000, 5.0) == 5.0
+
+
 def test_flags_take_their_defaults_from_the_environment(monkeypatch):
     monkeypatch.setenv("FLOPS_LEARNER_RETRY_DELAY", "2.5")
     monkeypatch.setenv("FLOPS_LEARNER_MAX_WAIT", "0")

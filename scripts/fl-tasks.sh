@@ -1,0 +1,70 @@
+# FLOps' FL actors as containerd tasks, as the FLOps manager starts them on a node (sourced, from
+# the repository root, by scripts/flops-e2e.sh and bench/start.sh). The caller sets SOCK (the
+# containerd socket), NS (its namespace), PY (the rig's Python env, for the data server) and
+# the arrays PIDS and TASKS, which collect what its cleanup stops (stop_fl).
+
+# fl_flavor FLAVOR — the fixture (FIXTURE), the repo's name (NAME), the data server's dataset
+# (DATASET) and the learners' data tags (TAGS) of an ML model flavor; ROUNDS: the e2e flow's.
+fl_flavor() {
+  case $1 in
+    sklearn) FIXTURE=sklearn-conda NAME=sklearn-model DATASET=glyphs TAGS=(images-a images-b) ROUNDS=3 ;;
+    keras | pytorch) FIXTURE=cifar10-$1 NAME=cifar10-$1 DATASET=cifar10 TAGS=(cifar10-a cifar10-b) ROUNDS=1 ;;
+    *) echo "FLAVOR=$1: one of sklearn, keras, pytorch" >&2; return 2 ;;
+  esac
+}
+
+ctr_() { ctr -a "$SOCK" -n "$NS" "$@"; }
+# ctr run needs a private mount namespace without the hybrid cgroup mount on these machines.
+task() { unshare -m --propagation private sh -c 'umount /sys/fs/cgroup/unified 2>/dev/null; exec "$@"' sh ctr -a "$SOCK" -n "$NS" run --rm --net-host "$@"; }
+
+# start_data_server DATASET LOG — the node's ML data server (Arrow Flight, the runtimes' test
+# server) on a free port of 127.0.0.1, in the background: DATA_PORT. It makes its partitions
+# first; wait_data_server LOG waits until it serves (60 s at most).
+start_data_server() {
+  DATA_PORT=$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  "$PY" base-layers/fl-learner/tests/flight_server.py "127.0.0.1:$DATA_PORT" --dataset "$1" >"$2" 2>&1 &
+  PIDS+=($!)
+}
+wait_data_server() {
+  for _ in $(seq 1 600); do grep -q "serving on" "$1" 2>/dev/null && break; sleep 0.1; done
+  grep -q "serving on" "$1" || { echo "the data server did not start" >&2; cat "$1" >&2; return 1; }
+}
+
+# lock_8080 — waits for the rig's lock on 127.0.0.1:8080 (flock on /run/flops-rig/port-8080.lock:
+# the aggregator and the model server listen there, host network) and holds it until
+# unlock_8080 or the shell's exit. Scripts that run tasks on 8080 take it (scripts/flops-e2e.sh,
+# bench/start.sh); the Rust tests do not (they only wait for the port to be free).
+lock_8080() {
+  mkdir -p /run/flops-rig
+  exec {LOCK_8080}>/run/flops-rig/port-8080.lock
+  flock "$LOCK_8080"
+}
+unlock_8080() { exec {LOCK_8080}>&-; }
+
+# aggregator_task IMAGE ID LOG PROJECT TRACKING_URI ROUNDS LEARNERS — the classic aggregator
+# (Flower server on 127.0.0.1:8080, host network), in the background: AGG_PID.
+aggregator_task() {
+  TASKS+=("$2")
+  task "$1" "$2" python main.py "$4" 127.0.0.1 127.0.0.1 "$5" CLASSIC_AGGREGATOR \
+    "$6" "$7" "$7" "$7" >"$3" 2>&1 &
+  AGG_PID=$!
+  PIDS+=($AGG_PID)
+}
+# learner_task IMAGE ID LOG PROJECT DATA_TAG — a learner of the aggregator on 127.0.0.1:8080
+# reading DATA_TAG from the data server on DATA_PORT; it ends after one training session.
+learner_task() {
+  TASKS+=("$2")
+  task --env ML_DATA_SERVER_HOST=127.0.0.1 --env "ML_DATA_SERVER_PORT=$DATA_PORT" --env FLOPS_LEARNER_MAX_SESSIONS=1 \
+    "$1" "$2" python main.py "$4" 127.0.0.1 127.0.0.1 127.0.0.1 "$5" >"$3" 2>&1 &
+  PIDS+=($!)
+}
+
+# stop_fl — kills every task and background process started so far and removes the tasks'
+# containers (`ctr run --rm` removes its container only if its ctr outlived the task).
+stop_fl() {
+  local t p
+  for t in "${TASKS[@]}"; do ctr_ tasks kill -s KILL "$t" >/dev/null 2>&1 || true; done
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  for t in "${TASKS[@]}"; do ctr_ containers rm "$t" >/dev/null 2>&1 || true; done
+}
