@@ -103,7 +103,7 @@ drop_buildah() {
 AT_EXIT+=(drop_buildah stop_node)
 
 # ---- a registry per run, dropped after it ----
-REG= REGPORT= REGPID=
+REG='' REGPORT='' REGPID=
 registry() { # PORT IMAGE...
   REGPORT=$1
   REG=127.0.0.1:$REGPORT
@@ -418,7 +418,7 @@ total() { # RUN → the sum of its phases
 }
 mb() { if [ -n "$1" ]; then awk -v b="$1" 'BEGIN{printf "%.0f MB", b / 1e6}'; else echo "—"; fi; }
 report() {
-  local w=$FLAVOR k label o u f fl fo x phases floor_total
+  local w=$FLAVOR k label o u f fl x floor_total
   # The floor of data and round 1: the fastest measured run.
   for k in data round1; do
     fl=$(for r in ours upstream old; do x=$(v "$r" "$k"); if [[ $x =~ ^[0-9.]+$ ]]; then echo "$x"; fi; done | sort -g | head -1)

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # FLOps' FL actors as containerd tasks, as the FLOps manager starts them on a node (sourced, from
 # the repository root, by scripts/flops-e2e.sh and bench/start.sh). The caller sets SOCK (the
 # containerd socket), NS (its namespace), PY (the rig's Python env, for the data server) and
@@ -5,6 +6,7 @@
 
 # fl_flavor FLAVOR — the fixture (FIXTURE), the repo's name (NAME), the data server's dataset
 # (DATASET) and the learners' data tags (TAGS) of an ML model flavor; ROUNDS: the e2e flow's.
+# shellcheck disable=SC2034 # the caller's variables
 fl_flavor() {
   case $1 in
     sklearn) FIXTURE=sklearn-conda NAME=sklearn-model DATASET=glyphs TAGS=(images-a images-b) ROUNDS=3 ;;
@@ -23,7 +25,7 @@ task() { unshare -m --propagation private sh -c 'umount /sys/fs/cgroup/unified 2
 start_data_server() {
   DATA_PORT=$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
   "$PY" base-layers/fl-learner/tests/flight_server.py "127.0.0.1:$DATA_PORT" --dataset "$1" >"$2" 2>&1 &
-  PIDS+=($!)
+  PIDS+=("$!")
 }
 wait_data_server() {
   for _ in $(seq 1 600); do grep -q "serving on" "$1" 2>/dev/null && break; sleep 0.1; done
@@ -48,7 +50,7 @@ aggregator_task() {
   task "$1" "$2" python main.py "$4" 127.0.0.1 127.0.0.1 "$5" CLASSIC_AGGREGATOR \
     "$6" "$7" "$7" "$7" >"$3" 2>&1 &
   AGG_PID=$!
-  PIDS+=($AGG_PID)
+  PIDS+=("$AGG_PID")
 }
 # learner_task IMAGE ID LOG PROJECT DATA_TAG — a learner of the aggregator on 127.0.0.1:8080
 # reading DATA_TAG from the data server on DATA_PORT; it ends after one training session.
@@ -56,7 +58,7 @@ learner_task() {
   TASKS+=("$2")
   task --env ML_DATA_SERVER_HOST=127.0.0.1 --env "ML_DATA_SERVER_PORT=$DATA_PORT" --env FLOPS_LEARNER_MAX_SESSIONS=1 \
     "$1" "$2" python main.py "$4" 127.0.0.1 127.0.0.1 127.0.0.1 "$5" >"$3" 2>&1 &
-  PIDS+=($!)
+  PIDS+=("$!")
 }
 
 # stop_fl — kills every task and background process started so far and removes the tasks'
