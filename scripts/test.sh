@@ -35,6 +35,9 @@ PYTEST=$!
 log "rust tests (pytest suites beside them, log in $PYTEST_LOG)"
 # Three at a time: most integration tests wait on registries, servers and PyPI, not on a core.
 if ! cargo test --locked -- --test-threads 3 2>&1; then
+  # The pytest processes too, not only their subshell: left running, they would load the
+  # next run's machine and append to its log.
+  pkill -TERM -P "$PYTEST" 2>/dev/null || true
   kill "$PYTEST" 2>/dev/null || true
   exit 1
 fi
