@@ -13,6 +13,7 @@
 //! layers stay reproducible.
 
 use anyhow::{anyhow, Context, Result};
+use sha2::{Digest, Sha256};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
@@ -135,11 +136,13 @@ pub struct Compiler {
     spooled: u64,
 }
 
-/// A `.pyc` in the spool file: offset and length in bytes.
+/// A `.pyc` in the spool file: offset and length in bytes, and its SHA-256 (taken as it was
+/// spooled, for RECORD: the file is not read back to hash it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Spooled {
     pub offset: u64,
     pub len: u64,
+    pub sha256: [u8; 32],
 }
 
 impl Compiler {
@@ -193,16 +196,23 @@ impl Compiler {
         }
         let offset = self.spooled;
         self.spool.seek(SeekFrom::Start(offset))?;
-        let copied = std::io::copy(&mut (&mut self.stdout).take(len), &mut self.spool)?;
+        let mut hashing = Hashing(&mut self.spool, Sha256::new());
+        let copied = std::io::copy(&mut (&mut self.stdout).take(len), &mut hashing)?;
         if copied != len {
             return Err(anyhow!("the bytecode compiler stopped mid-answer"));
         }
+        let sha256 = hashing.1.finalize().into();
         self.spooled += len;
-        Ok(Some(Spooled { offset, len }))
+        Ok(Some(Spooled {
+            offset,
+            len,
+            sha256,
+        }))
     }
 
     /// The bytes of a spooled `.pyc`.
-    pub fn read(&self, at: Spooled) -> Result<Vec<u8>> {
+    #[cfg(test)]
+    fn read(&self, at: Spooled) -> Result<Vec<u8>> {
         let mut buf = vec![0; at.len as usize];
         self.spool.read_exact_at(&mut buf, at.offset)?;
         Ok(buf)
@@ -215,6 +225,20 @@ impl Compiler {
             at: at.offset,
             end: at.offset + at.len,
         }
+    }
+}
+
+/// A writer that hashes what passes through it.
+struct Hashing<W>(W, Sha256);
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.0.write(buf)?;
+        self.1.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
     }
 }
 
@@ -289,6 +313,7 @@ mod tests {
         let two = c.compile("opt/m.py", src).unwrap().unwrap();
         let (a, b2) = (c.read(one).unwrap(), c.read(two).unwrap());
         assert_eq!(a, b2, "the same source gives the same bytes");
+        assert_eq!(one.sha256, <[u8; 32]>::from(Sha256::digest(&a)));
         // PEP 552: flags 0b01 = hash-based, unchecked.
         assert_eq!(u32::from_le_bytes(a[4..8].try_into().unwrap()), 1);
         let mut streamed = Vec::new();

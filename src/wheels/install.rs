@@ -63,9 +63,14 @@ impl Prefix {
 }
 
 fn record_hash(data: &[u8]) -> String {
+    record_digest(&Sha256::digest(data))
+}
+
+/// RECORD's form of a SHA-256 digest (PEP 376/627: urlsafe base64 without padding).
+fn record_digest(sha256: &[u8]) -> String {
     format!(
         "sha256={}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha256::digest(data))
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha256)
     )
 }
 
@@ -534,7 +539,7 @@ impl Planner<'_> {
             let Some(pyc) = compiler.compile(&target, &source)? else {
                 continue;
             };
-            let record = (record_hash(&compiler.read(pyc)?), pyc.len);
+            let record = (record_digest(&pyc.sha256), pyc.len);
             let p = Planned {
                 exec: false,
                 source: Source::Pyc(pyc, record),
