@@ -466,8 +466,12 @@ def make_client_manager(args):
     return ClientManager()
 
 
-def make_strategy(args, initial, model_manager=None, tracker=None, notifier=None):
+def make_strategy(args, prepare, tracker=None, notifier=None):
     """FedAvg as FLOps runs it, reporting every round to `tracker`.
+
+    `prepare()` returns (initial parameters as NumPy arrays, the ModelManager or None); it runs
+    once Flower's gRPC server listens, so the learners connect and settle while it loads the
+    model code and MLflow (the aggregator's slowest start step: seconds, bench/start.sh).
 
     A round aggregates the results it received (Flower's accept_failures): failed clients are
     logged, told to the observer and counted per round. The project fails when a round gets no
@@ -495,12 +499,12 @@ def make_strategy(args, initial, model_manager=None, tracker=None, notifier=None
                 min_available_clients=args.min_available_clients,
                 min_fit_clients=args.min_fit_clients,
                 min_evaluate_clients=args.min_evaluate_clients,
-                initial_parameters=ndarrays_to_parameters(initial),
                 accept_failures=True,  # Flower's default, stated: FLOps relies on it
             )
             self.error = None
             self.on_started = None
-            self.parameters = list(initial)  # the latest aggregate, as NumPy arrays
+            self.model_manager = None
+            self.parameters = []  # the latest aggregate, as NumPy arrays
             self.rounds = []  # (round, loss, accuracy, evaluation examples)
             self.counts = {}  # round -> what its clients did (the `rounds` of `success`)
             self.training_examples = 0
@@ -549,10 +553,20 @@ def make_strategy(args, initial, model_manager=None, tracker=None, notifier=None
                 time.sleep(0.1)
 
         def initialize_parameters(self, client_manager):
-            # Called once the gRPC server listens: the moment to announce the start.
+            # Called once the gRPC server listens (clients are taken from here on): load, then
+            # announce the start.
+            try:
+                initial, self.model_manager = prepare()
+            except Exception as e:  # noqa: BLE001 - raised as it is by run_rounds()
+                # No round runs (configure_* see the error); never None: Flower would then ask
+                # a client for the parameters and wait for one.
+                self.error = e
+                log.error("cannot start (%s); cancelling the rounds", e)
+                return ndarrays_to_parameters([])
+            self.parameters = list(initial)
             if self.on_started is not None:
                 self.on_started()
-            return super().initialize_parameters(client_manager)
+            return ndarrays_to_parameters(self.parameters)
 
         def configure_fit(self, server_round, parameters, client_manager):
             if self.error is not None:
@@ -593,11 +607,11 @@ def make_strategy(args, initial, model_manager=None, tracker=None, notifier=None
                     raise AggregatorError("no training results to aggregate")
                 self.parameters = parameters_to_ndarrays(aggregated)
                 self.training_examples += sum(res.num_examples for _, res in results)
-                if model_manager is not None:
+                if self.model_manager is not None:
                     # The model follows the aggregate (it is what gets saved as the best model).
                     model_call(
                         "ModelManager.set_model_parameters()",
-                        model_manager.set_model_parameters,
+                        self.model_manager.set_model_parameters,
                         [np.copy(p) for p in self.parameters],
                     )
                 return aggregated, metrics
@@ -660,13 +674,15 @@ def make_strategy(args, initial, model_manager=None, tracker=None, notifier=None
     return FLOpsFedAvg()
 
 
-def run_rounds(args, initial, model_manager=None, tracker=None, on_started=None, notifier=None):
-    """One Flower server session of `training_iterations` rounds; returns the strategy."""
+def run_rounds(args, prepare, tracker=None, on_started=None, notifier=None):
+    """One Flower server session of `training_iterations` rounds; returns the strategy.
+
+    `prepare`: see make_strategy()."""
     import flwr
 
     guard_client_registration()
     client_manager = make_client_manager(args)
-    strategy = make_strategy(args, initial, model_manager, tracker, notifier)
+    strategy = make_strategy(args, prepare, tracker, notifier)
     strategy.on_started = on_started
     address = grpc_address("0.0.0.0", server_port())
     log.info("Flower server on %s: %d round(s), FedAvg", address, args.training_iterations)
@@ -806,6 +822,8 @@ class Tracker:
             raise self.mlflow_error(e) from e
 
     def abort(self) -> None:
+        if "mlflow" not in sys.modules:
+            return  # nothing opened (a failure before MLflow's import): no run to mark
         import mlflow
 
         try:
@@ -861,20 +879,25 @@ Visit the page below to observe your (active) FLOps Project.
 
 def run_classic(args, notifier: Notifier) -> None:
     tracker = Tracker(args)
-    # First, as it takes seconds: importing MLflow and the model code takes many more.
+    # First, as it takes seconds and nothing listens yet: importing MLflow and the model code
+    # takes many more, and happens with Flower's server already up (make_strategy()).
     tracker.check()
-    model_manager = load_model_manager()
-    initial = initial_ndarrays(model_manager)
-    flavor = flavor_module()
-    log.info("model code and %s imported", flavor.__name__)
-    try:
+
+    def prepare():
+        model_manager = load_model_manager()
+        initial = initial_ndarrays(model_manager)
+        flavor = flavor_module()
+        log.info("model code and %s imported", flavor.__name__)
         tracker.open(flavor, model_manager)
+        return initial, model_manager
+
+    try:
 
         def started():
             notifier.observe(START_MSG.format(tracker.uri))
             notifier.publish("started")
 
-        strategy = run_rounds(args, initial, model_manager, tracker, on_started=started, notifier=notifier)
+        strategy = run_rounds(args, prepare, tracker, on_started=started, notifier=notifier)
         server_round, loss, accuracy, run_id = tracker.finish()
     finally:
         tracker.abort()
@@ -990,7 +1013,8 @@ def make_cluster_client(args):
         def fit(self, parameters, config):
             self.cycles += 1
             log.info("cycle %d: training with this cluster's learners", self.cycles)
-            self.last = run_rounds(args, [np.asarray(p) for p in parameters])
+            initial = [np.asarray(p) for p in parameters]
+            self.last = run_rounds(args, lambda: (initial, None))
             log.info("cycle %d done: %d training examples", self.cycles, self.last.training_examples)
             return self.last.parameters, int(self.last.training_examples), {}
 
