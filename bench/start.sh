@@ -306,6 +306,17 @@ floor() {
     dsecs=$(awk -v a="$dsecs" -v b="$(sub "$(now)" "$t")" 'BEGIN{print a + b}')
   done <"$T/ours.blobs"
   echo "floor_unpack $(printf '%.2f' "$dsecs")" >>"$res"
+  # The same, writing the files too (tar -x on the node's filesystem, one layer after another as
+  # containerd 1.6 applies them; no sync, as containerd does not wait for the writeback).
+  local x=$T/unpack-floor
+  mkdir -p "$x"
+  t=$(now)
+  while read -r d size media; do
+    case $media in *gzip) codec="gzip -dc" ;; *zstd) codec="zstd -dcq" ;; *) continue ;; esac
+    $codec <"$(blob "$d")" | tar -x -C "$x"
+  done <"$T/ours.blobs"
+  echo "floor_unpack_write $(sub "$(now)" "$t")" >>"$res"
+  rm -rf "$x"
   pyfloor "$learner" >>"$res"
 }
 repo_of() { local r=${1#*/}; echo "${r%:*}"; }
@@ -478,7 +489,7 @@ report() {
   if [ "$(v ours runtime_same)" = no ]; then
     echo "- **warning**: the learner runtime in ours's image (embedded in the builder) is not base-layers/fl-learner/main.py, which upstream's images copy: build the builder from this tree for a fair comparison."
   fi
-  echo "- floor: link $(v ours link_mbs) MB/s (curl of the biggest blob from the fresh registry); every layer of ours decompressed on one core (from the node's content store, page cache) $(v ours floor_unpack) s; in a chroot of ours's learner rootfs (first run / second run, s): \`import main\` $(v ours py_start_1) / $(v ours py_start_2), + \`from model_manager import ModelManager\` $(v ours py_imports_1) / $(v ours py_imports_2), + \`import flwr\` $(v ours py_flwr_1) / $(v ours py_flwr_2); data and round 1: the fastest run's."
+  echo "- floor: link $(v ours link_mbs) MB/s (curl of the biggest blob from the fresh registry); every layer of ours decompressed on one core (from the node's content store, page cache) $(v ours floor_unpack) s, decompressed and written as files (\`tar -x\`, layer after layer) $(v ours floor_unpack_write) s (unpack / that: $(awk -v a="$(v ours unpack)" -v b="$(v ours floor_unpack_write)" 'BEGIN{if (b > 0) printf "%.2f×", a / b; else print "—"}')); in a chroot of ours's learner rootfs (first run / second run, s): \`import main\` $(v ours py_start_1) / $(v ours py_start_2), + \`from model_manager import ModelManager\` $(v ours py_imports_1) / $(v ours py_imports_2), + \`import flwr\` $(v ours py_flwr_1) / $(v ours py_flwr_2); data and round 1: the fastest run's."
   echo
 }
 
@@ -518,5 +529,5 @@ done
   echo "Machine: $(machine). From FLOps' \`fl_actors\` request to the end of round 1 of federated training on a fresh node: a containerd started for each run with empty root and state dirs (the rig's config, overlayfs snapshotter), a fresh registry holding only the base; the aggregator (classic, 1 round, logging to the rig's MLflow server) and 2 learners as tasks of that containerd with the FLOps manager's command lines (scripts/flops-e2e.sh's), the learners' data from a Flight data server on the node. Ours: $("$BIN" --version 2>/dev/null || basename "$BIN"), \`build --aggregator --model-flavor F\` (cold: empty cache dir)$([ -n "${OLD_BIN:-}" ] && echo "; old: $("$OLD_BIN" --version 2>/dev/null || basename "$OLD_BIN") the same way"). Upstream: buildah $(buildah --version | awk '{print $3}') (${BUILDAH_DRIVER:-overlay} storage, chroot isolation, --layers) building FLOps' chain — base FROM python:3.11-pip with the dependencies (pip), learner and aggregator FROM it — and pushing all three. Phases 4–6 follow the learner whose data came last; every time from the script's clock or the runtimes' own log stamps. The total is the sum of the phases (starting the node's containerd and data server between them is left out)."
   echo
   cat "${SECTIONS[@]}"
-  echo "Floors: pull = the distinct blobs of ours's two images over the measured link speed; unpack = decompressing ours's layers on one core (writing the files, which containerd also does, is not in it); 4 = Python's start (\`import main\`: the runtime up to its first line), 5 = the ML imports, 7 = \`import flwr\`, each the second of two runs in a chroot of ours's learner rootfs with bytecode writes allowed (a warm bytecode cache); the join's other waits (the aggregator counts a learner after 1 s; a learner that finds no aggregator tries again after its retry wait) are not in it; 6 and 8 are the fastest measured run: no lower floor exists for the data transfer and the training itself. Build + push has no floor here (bench/big.sh measures one). Lowest free disk space during the run: $(sort -n "$T/df.log" | head -1 | awk '{printf "%.1f GB", $1 / 1024}')."
+  echo "Floors: pull = the distinct blobs of ours's two images over the measured link speed; unpack = decompressing ours's layers on one core (writing the files, which containerd also does, is not in it: the notes give that floor too); 4 = Python's start (\`import main\`: the runtime up to its first line), 5 = the ML imports, 7 = \`import flwr\`, each the second of two runs in a chroot of ours's learner rootfs with bytecode writes allowed (a warm bytecode cache); the join's other waits (the aggregator counts a learner after 1 s; a learner that finds no aggregator tries again after its retry wait) are not in it; 6 and 8 are the fastest measured run: no lower floor exists for the data transfer and the training itself. Build + push has no floor here (bench/big.sh measures one). Lowest free disk space during the run: $(sort -n "$T/df.log" | head -1 | awk '{printf "%.1f GB", $1 / 1024}')."
 } | tee "$OUT"
