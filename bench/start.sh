@@ -20,7 +20,8 @@
 # Anchors in the same run: upstream FLOps' chain (above) on a new fresh containerd, and a
 # per-phase floor: pull = the images' bytes over the link speed measured from the fresh registry
 # (curl of the biggest blob); unpack = every layer decompressed on one core (gzip -dc / zstd -dc,
-# from the node's content store in the page cache; writing the files is not in it); task start
+# from the node's content store in the page cache; writing the files is not in it: a second
+# unpack floor in the notes writes them too, gzip -dc | tar -x layer after layer); task start
 # and imports = Python's start and the same imports with a warm bytecode cache, in a chroot of
 # the learner image's rootfs (`ctr images mount --rw`, each command run twice, the second
 # taken); join = the learner's warm `import flwr`; data and round 1 = the fastest measured run

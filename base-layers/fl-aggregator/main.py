@@ -50,6 +50,7 @@ aggregator_type:
 
 Notifications (classic and root; MQTT QoS 1, JSON, waiting for the broker's acknowledgement):
   flops_manager/aggregator/started  {flops_project_id, aggregator_type} once the server listens
+                                     and the model code and MLflow are loaded
   flops_manager/aggregator/success  {flops_project_id, aggregator_type, accuracy, loss,
                                      experiment_id, run_id, rounds}: the best round's metrics
                                      and run, which holds `logged_model_artifact`; `rounds` lists

@@ -2,7 +2,7 @@
 //! (also on every error path). Credentials come from the URL or `GIT_TOKEN` and never reach a
 //! message: every message uses the URL with its credentials stripped.
 
-use crate::error::bad_input;
+use crate::error::{bad_input, registry};
 use crate::repo::naming::split_credentials;
 use anyhow::Result;
 use git2::{build::RepoBuilder, Cred, CredentialType, FetchOptions, RemoteCallbacks, Repository};
@@ -127,6 +127,14 @@ pub fn clone(source: &str, opts: &CloneOptions) -> Result<Checkout> {
         let msg = e.message().replace(&url, &clean);
         if auth_tries.get() > 0 && msg.contains("authentication") {
             return bad_input(format!("cannot clone {clean}: authentication failed (set GIT_TOKEN, or put credentials in the URL)"));
+        }
+        // Unreachable (refused, no DNS answer, TLS) is the network's (exit 4, may pass on a
+        // retry); a repository or ref that is not there is the input's (exit 3).
+        // (libgit2 files a refused connection under its OS class, DNS under NET.)
+        if matches!(e.class(), git2::ErrorClass::Net | git2::ErrorClass::Ssl)
+            || msg.starts_with("failed to connect to")
+        {
+            return registry(format!("cannot clone {clean}: {msg}"));
         }
         bad_input(format!("cannot clone {clean}: {msg}"))
     };
