@@ -10,9 +10,9 @@
 //!
 //! The `.pyc` files are PEP 552 `unchecked-hash` ones: valid whatever the files' mtimes (the
 //! layers' are 0) and never re-validated at import. A `.pyc` can depend on what its process
-//! compiled before (marshal shares an object when its refcount is above 1, and names interned by
-//! an earlier compile, e.g. of a codec the tokenizer imported, raise it; seen in 4
-//! modules of an sklearn image), so each layer compiles its modules in one process, in plan
+//! compiled before (marshal shares an object when its refcount is above 1, and what earlier
+//! compiles left alive in the process can raise it; seen in 4 modules of an sklearn image),
+//! so each layer compiles its modules in one process, in plan
 //! order: the same wheels give the same bytes, and the layers stay reproducible. (A pool of
 //! processes per layer measured no faster, as the layers built beside keep both cores busy.)
 
