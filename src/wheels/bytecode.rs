@@ -12,9 +12,9 @@
 //! layers' are 0) and never re-validated at import. A `.pyc` can depend on what its process
 //! compiled before (marshal shares an object when its refcount is above 1, and what earlier
 //! compiles left alive in the process can raise it; seen in 4 modules of an sklearn image),
-//! so each layer compiles its modules in one process, in plan
-//! order: the same wheels give the same bytes, and the layers stay reproducible. (A pool of
-//! processes per layer measured no faster, as the layers built beside keep both cores busy.)
+//! so each layer compiles its modules in one process, in plan order: the same wheels give the
+//! same bytes, and the layers stay reproducible. (A pool of processes per layer measured no
+//! faster, as the layers built beside keep both cores busy.)
 
 use anyhow::{anyhow, Context, Result};
 use sha2::{Digest, Sha256};
