@@ -93,12 +93,14 @@ impl<W> Hashing<W> {
             len: 0,
         }
     }
+    /// The writer, the OCI digest (`sha256:<hex>`) and the length in bytes.
     pub fn finish(self) -> (W, String, u64) {
-        (
-            self.inner,
-            format!("sha256:{}", hex::encode(self.hasher.finalize())),
-            self.len,
-        )
+        let (inner, sha256, len) = self.finish_raw();
+        (inner, format!("sha256:{}", hex::encode(sha256)), len)
+    }
+    /// The writer, the SHA-256 as bytes and the length in bytes.
+    pub fn finish_raw(self) -> (W, [u8; 32], u64) {
+        (self.inner, self.hasher.finalize().into(), self.len)
     }
 }
 

@@ -16,8 +16,8 @@
 //! same bytes, and the layers stay reproducible. (A pool of processes per layer measured no
 //! faster, as the layers built beside keep both cores busy.)
 
+use crate::oci::layer::Hashing;
 use anyhow::{anyhow, Context, Result};
-use sha2::{Digest, Sha256};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
@@ -200,12 +200,12 @@ impl Compiler {
         }
         let offset = self.spooled;
         self.spool.seek(SeekFrom::Start(offset))?;
-        let mut hashing = Hashing(&mut self.spool, Sha256::new());
+        let mut hashing = Hashing::new(&mut self.spool);
         let copied = std::io::copy(&mut (&mut self.stdout).take(len), &mut hashing)?;
         if copied != len {
             return Err(anyhow!("the bytecode compiler stopped mid-answer"));
         }
-        let sha256 = hashing.1.finalize().into();
+        let (_, sha256, _) = hashing.finish_raw();
         self.spooled += len;
         Ok(Some(Spooled {
             offset,
@@ -229,20 +229,6 @@ impl Compiler {
             at: at.offset,
             end: at.offset + at.len,
         }
-    }
-}
-
-/// A writer that hashes what passes through it.
-struct Hashing<W>(W, Sha256);
-
-impl<W: Write> Write for Hashing<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.0.write(buf)?;
-        self.1.update(&buf[..n]);
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.0.flush()
     }
 }
 
@@ -271,6 +257,7 @@ impl Drop for Compiler {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::{Digest, Sha256};
 
     #[test]
     fn which_files_and_where_their_bytecode_goes() {
@@ -306,11 +293,8 @@ mod tests {
         let b = Bytecode::find(&minor).expect("python3.X on PATH");
         let mut c = Compiler::start(&b, &std::env::temp_dir()).unwrap();
         let src = b"X = {'a', 'b', 'c'}\ndef f():\n    return X\n";
-        c.compile(
-            "opt/other.py",
-            b"import os\nself = 'x'\nY = frozenset({'c', 'a'})\n",
-        )
-        .unwrap();
+        let other = b"import os\nself = 'x'\nY = frozenset({'c', 'a'})\n";
+        c.compile("opt/other.py", other).unwrap();
         let one = c.compile("opt/m.py", src).unwrap().expect("compiles");
         let none = c.compile("opt/bad.py", b"print 'python 2'\n").unwrap();
         assert_eq!(none, None);
@@ -327,12 +311,7 @@ mod tests {
         // The same sources in the same order in another process: the same bytes, whatever
         // else runs on the machine (what a layer's digest rests on).
         let mut again = Compiler::start(&b, &std::env::temp_dir()).unwrap();
-        again
-            .compile(
-                "opt/other.py",
-                b"import os\nself = 'x'\nY = frozenset({'c', 'a'})\n",
-            )
-            .unwrap();
+        again.compile("opt/other.py", other).unwrap();
         let same = again.compile("opt/m.py", src).unwrap().unwrap();
         assert_eq!(again.read(same).unwrap(), a);
     }
