@@ -299,7 +299,7 @@ floor() {
   # Unpack: every layer decompressed on one core, read from the page cache (read once first).
   dsecs=0
   while read -r d size media; do
-    case $media in *gzip) codec="gzip -dc" ;; *zstd) codec="zstd -dcq" ;; *) continue ;; esac
+    codec=$(decompressor "$media") || continue
     f=$(blob "$d")
     cat "$f" >/dev/null
     t=$(now)
@@ -313,13 +313,15 @@ floor() {
   mkdir -p "$x"
   t=$(now)
   while read -r d size media; do
-    case $media in *gzip) codec="gzip -dc" ;; *zstd) codec="zstd -dcq" ;; *) continue ;; esac
+    codec=$(decompressor "$media") || continue
     $codec <"$(blob "$d")" | tar -x -C "$x"
   done <"$T/ours.blobs"
   echo "floor_unpack_write $(sub "$(now)" "$t")" >>"$res"
   rm -rf "$x"
   pyfloor "$learner" >>"$res"
 }
+# decompressor MEDIA_TYPE — the command that decompresses a layer of that type (fails for others).
+decompressor() { case $1 in *gzip) echo "gzip -dc" ;; *zstd) echo "zstd -dcq" ;; *) return 1 ;; esac; }
 repo_of() { local r=${1#*/}; echo "${r%:*}"; }
 blob() { echo "$NODE_DIR/root/io.containerd.content.v1.content/blobs/sha256/${1#sha256:}"; } # in the node's content store
 
