@@ -441,7 +441,7 @@ report() {
   echo "floor_start $(v ours py_start_2)" >>"$T/ours.res"
   echo "floor_imports $(sub "$(v ours py_imports_2)" "$(v ours py_start_2)")" >>"$T/ours.res"
   # Two noisy runs can put the warm `import flwr` before the warm model imports: 0, not < 0.
-  echo "floor_join $(awk -v a="$(v ours py_flwr_2)" -v b="$(v ours py_imports_2)" 'BEGIN{d = a - b; printf "%.2f", d > 0 ? d : 0}')" >>"$T/ours.res"
+  echo "floor_join $(awk -v a="$(v ours py_flwr_2)" -v b="$(v ours py_imports_2)" 'BEGIN{d = a - b; printf "%.2f", (d > 0 ? d : 0)}')" >>"$T/ours.res"
   floor_total=$(for k in pull unpack start imports data join round1; do v ours "floor_$k"; done | awk '$1 ~ /^[0-9.]+$/ {s+=$1} END{printf "%.2f", s}')
   echo "floor_total $floor_total" >>"$T/ours.res"
   echo "### $w — fixtures/$FIXTURE (flavor $w, dataset $DATASET, 2 learners)"
