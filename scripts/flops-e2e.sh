@@ -8,8 +8,10 @@
 #      aggregator and 2 learners on FLOps-shaped image data; its MQTT `success` gives the run_id
 #      of the best model in MLflow (its `failed` stops the flow with its error);
 #   3. the builder task again: `… trained_model <customer> <tracking_uri> <run_id>`;
-#   4. the trained-model image served as a task: GET /ping, one POST /invocations with one input
-#      of the trained shape; the CNNs must answer 10 class scores.
+#   4. the trained-model image served as a task: GET /ping, POST /invocations with one input of
+#      the trained shape as plain JSON floats in each form MLflow documents (`inputs`,
+#      `instances`, and `dataframe_split` for sklearn); the CNNs must answer 10 class scores.
+#      Before it, the logged model's MLmodel must have the learners' input as its signature.
 # Prints the time of each stage. Fails (non-zero) at the first stage that does not work.
 #   FLAVOR  sklearn (default): fixtures/sklearn-conda, 12x12 grayscale glyphs, 3 rounds;
 #           keras: fixtures/cifar10-keras, pytorch: fixtures/cifar10-pytorch — a tiny CNN on
@@ -181,6 +183,30 @@ if [ "$outcome" != 0 ]; then tail -n 20 "$W/agg.log" "$W"/l*.log >&2; exit 1; fi
 RUN_ID=$(jq -r .run_id "$W/trained.json")
 echo "[e2e] aggregator success: $(jq -c '{accuracy, loss, run_id, rounds}' "$W/trained.json")" >&2
 stage "classic FL: 1 aggregator, $LEARNERS learners, $ROUNDS round(s)" "$(since "$t")"
+# The logged model's signature is the learners' input: their data's shape (batch free) and
+# dtype as the repo's code fed it to the model (sklearn: flattened 12x12 glyphs as float64;
+# keras: HWC float32; pytorch: CHW float32), told by the learners without any data value.
+case $FLAVOR in
+  sklearn) WANT_SIGNATURE='{"dtype":"float64","shape":[-1,144]}' ;;
+  keras) WANT_SIGNATURE='{"dtype":"float32","shape":[-1,32,32,3]}' ;;
+  pytorch) WANT_SIGNATURE='{"dtype":"float32","shape":[-1,3,32,32]}' ;;
+esac
+"$PY" - "$TRACKING" "$RUN_ID" >"$W/signature.json" <<'EOF'
+import json
+import sys
+
+import mlflow
+import yaml
+
+path = mlflow.artifacts.download_artifacts(
+    run_id=sys.argv[2], artifact_path="logged_model_artifact/MLmodel", tracking_uri=sys.argv[1]
+)
+signature = yaml.safe_load(open(path)).get("signature") or {}
+print(json.dumps([i.get("tensor-spec", i) for i in json.loads(signature.get("inputs") or "[]")]))
+EOF
+jq -e --argjson want "$WANT_SIGNATURE" '. == [$want]' "$W/signature.json" >/dev/null \
+  || { echo "the logged model's signature inputs are $(cat "$W/signature.json"), not [$WANT_SIGNATURE]" >&2; exit 1; }
+echo "[e2e] logged model's signature: $(cat "$W/signature.json")" >&2
 # The aggregator ends once it has published, and frees 8080 for the model server.
 for _ in $(seq 1 60); do kill -0 "$AGG_PID" 2>/dev/null || break; sleep 1; done
 ctr_ tasks kill -s KILL "$RUN-agg" >/dev/null 2>&1 || true
@@ -230,14 +256,14 @@ for _ in $(seq 1 600); do
   sleep 0.5
 done
 served || { echo "the model server never answered /ping" >&2; tail -20 "$W/serve.log" >&2; exit 1; }
-# One input of the shape the model was trained on: sklearn, a flattened 12x12 glyph (a vertical
-# bar); the CNNs, one picture of the data server's CIFAR-shaped class 3, preprocessed as their
-# DataManager does (keras: HWC in [0, 1]; pytorch: CHW normalized to [-1, 1]).
+# One input of the shape the model was trained on, as plain JSON floats (what MLflow's docs
+# show; the scoring server casts them to the signature's dtype): sklearn, a flattened 12x12 glyph
+# (a vertical bar); the CNNs, one picture of the data server's CIFAR-shaped class 3,
+# preprocessed as their DataManager does (keras: HWC in [0, 1]; pytorch: CHW normalized to
+# [-1, 1]). Asked in every form MLflow documents for the model: `inputs` and `instances`
+# (tensors), and `dataframe_split` for the tabular sklearn model.
 LABEL=3
-if [ "$FLAVOR" = sklearn ]; then
-  python3 -c 'print("{\"inputs\": [%s]}" % [1.0 if 4 <= i % 12 < 8 else 0.0 for i in range(144)])' >"$W/input.json"
-else
-  "$PY" - "$FLAVOR" "$LABEL" >"$W/input.json" <<'EOF'
+"$PY" - "$FLAVOR" "$LABEL" >"$W/input.json" <<'EOF'
 import json
 import sys
 
@@ -247,25 +273,38 @@ sys.path.insert(0, "base-layers/fl-learner/tests")
 from flight_server import cifar_picture  # noqa: E402
 
 flavor, label = sys.argv[1], int(sys.argv[2])
-x = cifar_picture(label, np.random.default_rng(0)).astype(np.float32) / 255.0
-if flavor == "pytorch":
-    x = ((x - 0.5) / 0.5).transpose(2, 0, 1)
-print(json.dumps({"inputs": [np.round(x, 4).tolist()]}))
+if flavor == "sklearn":
+    x = np.array([1.0 if 4 <= i % 12 < 8 else 0.0 for i in range(144)])
+else:
+    x = cifar_picture(label, np.random.default_rng(0)).astype(np.float32) / 255.0
+    if flavor == "pytorch":
+        x = ((x - 0.5) / 0.5).transpose(2, 0, 1)
+print(json.dumps([np.round(x, 4).tolist()]))
 EOF
-fi
-PREDICTION=$(curl -fsS -X POST http://127.0.0.1:8080/invocations -H 'Content-Type: application/json' \
-  --data-binary @"$W/input.json") || { echo "/invocations failed" >&2; tail -30 "$W/serve.log" >&2; exit 1; }
-echo "[e2e] /invocations: $PREDICTION" >&2
-echo "$PREDICTION" | jq -e '.predictions | length == 1' >/dev/null || { echo "no prediction" >&2; exit 1; }
-if [ "$FLAVOR" != sklearn ]; then
-  # Class scores, one per CIFAR-10 class: a row of 10 numbers (or a record of 10 columns, as a
-  # DataFrame answer would be).
-  SCORES=$(echo "$PREDICTION" | jq -c '.predictions[0] | if type == "object" then [.[]] else . end')
-  echo "$SCORES" | jq -e 'type == "array" and length == 10 and all(.[]; type == "number")' >/dev/null \
-    || { echo "the answer is not 10 class scores: $SCORES" >&2; exit 1; }
-  echo "[e2e] class scores for a picture of class $LABEL: the highest is class $(echo "$SCORES" | jq 'index(max)')" >&2
-fi
-stage "trained model served: /ping and one prediction" "$(since "$t")"
+FORMS=(inputs instances)
+[ "$FLAVOR" = sklearn ] && FORMS+=(dataframe_split)
+for form in "${FORMS[@]}"; do
+  case $form in
+    dataframe_split) jq -c '{dataframe_split: {columns: [range(.[0] | length) | tostring], data: .}}' "$W/input.json" ;;
+    *) jq -c --arg form "$form" '{($form): .}' "$W/input.json" ;;
+  esac >"$W/request-$form.json"
+  PREDICTION=$(curl -sS -X POST http://127.0.0.1:8080/invocations -H 'Content-Type: application/json' \
+    --data-binary @"$W/request-$form.json" -w '\n%{http_code}') || { echo "/invocations ($form) failed" >&2; tail -30 "$W/serve.log" >&2; exit 1; }
+  CODE=$(tail -1 <<<"$PREDICTION")
+  PREDICTION=$(sed '$d' <<<"$PREDICTION")
+  [ "$CODE" = 200 ] || { echo "/invocations ($form) answered $CODE: $PREDICTION" >&2; tail -30 "$W/serve.log" >&2; exit 1; }
+  echo "[e2e] /invocations ($form): $PREDICTION" >&2
+  echo "$PREDICTION" | jq -e '.predictions | length == 1' >/dev/null || { echo "no prediction ($form)" >&2; exit 1; }
+  if [ "$FLAVOR" != sklearn ]; then
+    # Class scores, one per CIFAR-10 class: a row of 10 numbers (or a record of 10 columns, as
+    # a DataFrame answer would be).
+    SCORES=$(echo "$PREDICTION" | jq -c '.predictions[0] | if type == "object" then [.[]] else . end')
+    echo "$SCORES" | jq -e 'type == "array" and length == 10 and all(.[]; type == "number")' >/dev/null \
+      || { echo "the answer is not 10 class scores: $SCORES" >&2; exit 1; }
+    echo "[e2e] class scores for a picture of class $LABEL: the highest is class $(echo "$SCORES" | jq 'index(max)')" >&2
+  fi
+done
+stage "trained model served: /ping and ${#FORMS[@]} request forms" "$(since "$t")"
 
 echo
 echo "FLOps flow done (flavor $FLAVOR, project $PROJECT):"

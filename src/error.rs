@@ -13,6 +13,9 @@ pub enum Kind {
     Registry,
     /// The command line is wrong (an unknown flavor, a missing argument) — exit 2.
     Usage,
+    /// The registry already holds another image under a tag that must not move (a commit's
+    /// `learner`/`aggregator` tag) — exit 5.
+    Conflict,
 }
 
 impl Kind {
@@ -22,6 +25,7 @@ impl Kind {
             Kind::BadInput => 3,
             Kind::Registry => 4,
             Kind::Usage => 2,
+            Kind::Conflict => 5,
         }
     }
 }
@@ -60,6 +64,14 @@ pub fn registry(msg: impl Into<String>) -> anyhow::Error {
 pub fn usage(msg: impl Into<String>) -> anyhow::Error {
     Classified {
         kind: Kind::Usage,
+        msg: msg.into(),
+    }
+    .into()
+}
+
+pub fn conflict(msg: impl Into<String>) -> anyhow::Error {
+    Classified {
+        kind: Kind::Conflict,
         msg: msg.into(),
     }
     .into()

@@ -118,11 +118,15 @@ fn chroot_round(image: &str, work: &Path, env: &[String], project: &str) -> Path
     assert_eq!(cwd, "/app");
     for want in [
         "FLWR_TELEMETRY_ENABLED=0",
-        "ML_MODEL_FLAVOR=sklearn",
         "PYTHONPATH=/opt/flops/site-packages",
     ] {
         assert!(image_env.iter().any(|e| e == want), "{want}: {image_env:?}");
     }
+    // Only the aggregator reads the flavor: the learner is the same image for every plan.
+    assert!(
+        !image_env.iter().any(|e| e.starts_with("ML_MODEL_FLAVOR=")),
+        "{image_env:?}"
+    );
     image_env.extend(env.iter().cloned());
     std::fs::copy(
         runtime_tests().join("flower_server.py"),

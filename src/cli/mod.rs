@@ -89,10 +89,11 @@ pub struct ImageArgs {
     /// Registry (HOST:PORT) that may use plain HTTP or a self-signed certificate (repeatable).
     #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
     pub insecure_registry: Vec<String>,
-    /// Layer compression: gzip or zstd.
+    /// Layer compression: gzip, estargz (gzip that lazy-pulling nodes mount before the layer is
+    /// there: stargz-snapshotter's eStargz) or zstd.
     #[arg(long, default_value = "gzip")]
     pub compression: String,
-    /// Compression level (gzip 0-9, default 6; zstd 1-19, default 3).
+    /// Compression level (gzip and estargz 0-9, default 6; zstd 1-19, default 3).
     #[arg(long)]
     pub compression_level: Option<i32>,
     /// Most dependency layers per image: the largest packages alone, the rest together.
@@ -299,10 +300,11 @@ pub struct AppendArgs {
     /// Where the image goes: `registry`, or `oci-layout:DIR`.
     #[arg(long, default_value = "registry")]
     pub output: String,
-    /// Layer compression: gzip or zstd.
+    /// Layer compression: gzip, estargz (gzip that lazy-pulling nodes mount before the layer is
+    /// there: stargz-snapshotter's eStargz) or zstd.
     #[arg(long, default_value = "gzip")]
     pub compression: String,
-    /// Compression level (gzip 0-9, default 6; zstd 1-19, default 3).
+    /// Compression level (gzip and estargz 0-9, default 6; zstd 1-19, default 3).
     #[arg(long)]
     pub compression_level: Option<i32>,
     /// Cache directory (blobs and built layers) [default: $XDG_CACHE_HOME/flops-image-builder].

@@ -77,7 +77,7 @@ pub async fn run_check(a: CheckArgs) -> anyhow::Result<()> {
         max_bytes: a.max_repo_size * 1_000_000,
     };
     let platforms = Platform::parse_list(&a.platform)?;
-    let (runtime, _) = pipeline::fl_actors::runtime_sets(&fl_images(a.aggregator));
+    let (runtime, _) = pipeline::fl_actors::fl_sets();
     let aggregator = a.aggregator;
     let (repo, registry) = (a.repo.clone(), a.registry.clone());
     let (mut report, checkout) = tokio::task::spawn_blocking(move || {
@@ -131,12 +131,8 @@ fn fl_images(
     &'static str,
     &'static flops_image_builder::repo::augment::Runtime,
 )> {
-    use flops_image_builder::repo::augment::{AGGREGATOR, LEARNER};
-    let mut images: Vec<(&'static str, &'static _)> = vec![("learner", &LEARNER)];
-    if aggregator {
-        images.push(("aggregator", &AGGREGATOR));
-    }
-    images
+    let all = &pipeline::fl_actors::FL_IMAGES;
+    all[..if aggregator { 2 } else { 1 }].to_vec()
 }
 
 fn notifier(n: &NotifyArgs, default_prefix: &str) -> anyhow::Result<Notifier> {

@@ -78,6 +78,19 @@ pub struct Report {
     pub platforms: Vec<PlatformReport>,
     pub bytes_uploaded: u64,
     pub phases_ms: BTreeMap<String, u64>,
+    /// The plan's own tag named another image before this build moved it (`--refresh-lock`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub moved: Option<TagMove>,
+}
+
+/// A tag that this build moved from one image to another.
+#[derive(Debug, Clone, Serialize)]
+pub struct TagMove {
+    pub tag: String,
+    /// The digest the tag named before (`sha256:…`).
+    pub from: String,
+    /// The digest it names now.
+    pub to: String,
 }
 
 /// Phase timer: records how long each named phase took.
@@ -223,6 +236,7 @@ pub fn report(
             .collect(),
         bytes_uploaded,
         phases_ms: phases.0,
+        moved: None,
     }
 }
 
@@ -264,7 +278,7 @@ pub async fn run(req: AppendRequest) -> Result<Report> {
         layers
             .iter()
             .map(|(l, dest)| AddedLayer {
-                descriptor: Descriptor::new(&l.media_type, &l.digest, l.size),
+                descriptor: l.descriptor(),
                 diff_id: l.diff_id.clone(),
                 created_by: format!("flops-image-builder append {dest}"),
             })

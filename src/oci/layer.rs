@@ -16,9 +16,11 @@
 
 use crate::error::{bad_input, usage};
 use crate::oci::blobstore::BlobStore;
+use crate::oci::estargz::{self, Payload, TocEntry, Tracking};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
+use std::collections::BTreeMap;
 use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -35,25 +37,31 @@ pub const MEDIA_TYPE_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
 pub enum Compression {
     Gzip(u32),
     Zstd(i32),
+    /// eStargz ([`crate::oci::estargz`]): gzip a lazy node can mount before it has the layer.
+    Estargz(u32),
 }
 
 impl Compression {
     pub fn media_type(self) -> &'static str {
         match self {
-            Compression::Gzip(_) => MEDIA_TYPE_GZIP,
+            Compression::Gzip(_) | Compression::Estargz(_) => MEDIA_TYPE_GZIP,
             Compression::Zstd(_) => MEDIA_TYPE_ZSTD,
         }
     }
 
-    /// `gzip` or `zstd`, with an optional level (gzip 0–9, zstd 1–19).
+    /// `gzip`, `estargz` or `zstd`, with an optional level (gzip and estargz 0–9, zstd 1–19).
     pub fn parse(name: &str, level: Option<i32>) -> Result<Self> {
         match name {
-            "gzip" => {
+            "gzip" | "estargz" => {
                 let l = level.unwrap_or(6);
                 if !(0..=9).contains(&l) {
-                    return Err(usage(format!("gzip level {l} is out of range 0-9")));
+                    return Err(usage(format!("{name} level {l} is out of range 0-9")));
                 }
-                Ok(Compression::Gzip(l as u32))
+                Ok(if name == "gzip" {
+                    Compression::Gzip(l as u32)
+                } else {
+                    Compression::Estargz(l as u32)
+                })
             }
             "zstd" => {
                 let l = level.unwrap_or(3);
@@ -63,7 +71,7 @@ impl Compression {
                 Ok(Compression::Zstd(l))
             }
             other => Err(usage(format!(
-                "unknown compression {other:?} (use gzip or zstd)"
+                "unknown compression {other:?} (use gzip, estargz or zstd)"
             ))),
         }
     }
@@ -76,6 +84,18 @@ pub struct Layer {
     pub diff_id: String,
     pub size: u64,
     pub media_type: String,
+    /// Annotations its descriptor carries (eStargz: the TOC digest, the uncompressed size).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl Layer {
+    /// The layer's descriptor, with its own annotations.
+    pub fn descriptor(&self) -> crate::oci::image::Descriptor {
+        let mut d = crate::oci::image::Descriptor::new(&self.media_type, &self.digest, self.size);
+        d.annotations.extend(self.annotations.clone());
+        d
+    }
 }
 
 /// Counts and hashes everything written through it.
@@ -119,18 +139,31 @@ impl<W: Write> Write for Hashing<W> {
 enum Encoder<W: Write> {
     Gzip(flate2::write::GzEncoder<W>),
     Zstd(zstd::stream::write::Encoder<'static, W>),
-    Members(Members<W>),
+    Members(Box<Members<W>>),
 }
 
 /// A gzip member header as `GzBuilder::new()` writes it: no name, no time, OS unknown.
 const MEMBER_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
 
-/// What the reader of a copied DEFLATE stream ([`Deflated`]) tells the encoder: the stream's
-/// raw bytes as they are read, and (once, at its first read) the inflated size that follows.
+/// What comes next in the tar stream, told to the member writer before its first byte.
+#[derive(Debug, Clone, Copy)]
+enum Start {
+    /// A copied DEFLATE stream of this many inflated bytes (a member of its own).
+    Copied(u64),
+    /// eStargz: a regular file's payload of this many bytes (members of its own, chunked).
+    Payload(u64),
+    /// eStargz: the TOC's tar header (a member of its own, to the end of the tar).
+    Toc,
+}
+
+/// What readers tell the member writer ([`Members`]): the raw bytes of a copied DEFLATE stream
+/// ([`Deflated`]) as they are read, and (once, at a payload's first read) what starts; and
+/// what the member writer tells the layer writer: where eStargz payloads went.
 #[derive(Default)]
 struct Passing {
     raw: Vec<u8>,
-    start: Option<u64>,
+    start: Option<Start>,
+    payloads: Vec<Payload>,
 }
 
 type Channel = Arc<Mutex<Passing>>;
@@ -139,21 +172,58 @@ fn lock(c: &Channel) -> std::sync::MutexGuard<'_, Passing> {
     c.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Counts the bytes written through it: the compressed offset of the next member.
+struct Counted<W> {
+    inner: W,
+    at: u64,
+}
+
+impl<W: Write> Write for Counted<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.at += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// Multi-member gzip output: what the tar builder writes goes into fresh members, except the
 /// data of a file whose DEFLATE stream is being copied (announced on the channel): that
 /// member's body is the copied stream, and the inflated bytes only update its trailer.
+/// In eStargz mode every announced payload (and the TOC) starts a member, a fresh payload a new
+/// one every [`estargz::CHUNK_SIZE`] bytes, each payload's members are recorded on the
+/// channel, and the footer closes the output.
 struct Members<W: Write> {
-    sink: Option<W>,
-    fresh: Option<flate2::write::GzEncoder<W>>,
+    sink: Option<Counted<W>>,
+    fresh: Option<flate2::write::GzEncoder<Counted<W>>>,
     level: u32,
     channel: Channel,
     /// Inflated bytes still to come, and their CRC so far, while copying.
     copying: Option<(u64, flate2::Crc)>,
+    estargz: bool,
+    /// The eStargz payload being written.
+    tracking: Option<Tracking>,
+    toc_offset: Option<u64>,
 }
 
 impl<W: Write> Members<W> {
+    fn new(sink: W, level: u32, channel: Channel, estargz: bool) -> Self {
+        Members {
+            sink: Some(Counted { inner: sink, at: 0 }),
+            fresh: None,
+            level,
+            channel,
+            copying: None,
+            estargz,
+            tracking: None,
+            toc_offset: None,
+        }
+    }
+
     /// The compressed output, with any fresh member closed.
-    fn sink(&mut self) -> io::Result<&mut W> {
+    fn sink(&mut self) -> io::Result<&mut Counted<W>> {
         if let Some(f) = self.fresh.take() {
             self.sink = Some(f.finish()?);
         }
@@ -163,25 +233,53 @@ impl<W: Write> Members<W> {
             .expect("the sink is here when no member is open"))
     }
 
+    /// Closes the open member and opens a fresh one; returns its offset.
+    fn fresh_member(&mut self) -> io::Result<u64> {
+        let at = self.sink()?.at;
+        let w = self.sink.take().expect("closed just now");
+        self.fresh = Some(flate2::GzBuilder::new().write(w, flate2::Compression::new(self.level)));
+        Ok(at)
+    }
+
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if self.copying.is_none() {
+        if self.copying.is_none() && self.tracking.is_none() {
             let start = lock(&self.channel).start.take();
-            if let Some(size) = start {
-                self.sink()?.write_all(&MEMBER_HEADER)?;
-                self.copying = Some((size, flate2::Crc::new()));
+            match start {
+                Some(Start::Copied(size)) => {
+                    let w = self.sink()?;
+                    let at = w.at;
+                    w.write_all(&MEMBER_HEADER)?;
+                    self.copying = Some((size, flate2::Crc::new()));
+                    if self.estargz {
+                        self.tracking = Some(Tracking::new(size, at, false));
+                    }
+                }
+                Some(Start::Payload(size)) => {
+                    let at = self.fresh_member()?;
+                    self.tracking = Some(Tracking::new(size, at, true));
+                }
+                Some(Start::Toc) => self.toc_offset = Some(self.fresh_member()?),
+                None => {}
             }
         }
-        let Some((remaining, crc)) = self.copying.as_mut() else {
-            if self.fresh.is_none() {
-                let w = self
-                    .sink
-                    .take()
-                    .expect("the sink is here when no member is open");
-                self.fresh =
-                    Some(flate2::GzBuilder::new().write(w, flate2::Compression::new(self.level)));
-            }
-            return self.fresh.as_mut().expect("just opened").write(buf);
-        };
+        if self.copying.is_some() {
+            return self.copy(buf);
+        }
+        let mut n = buf.len();
+        if let Some(t) = self.tracking.as_mut() {
+            n = n.min(t.remaining.min(t.chunk_left) as usize);
+        }
+        if self.fresh.is_none() {
+            self.fresh_member()?;
+        }
+        let n = self.fresh.as_mut().expect("just opened").write(&buf[..n])?;
+        self.track(&buf[..n])?;
+        Ok(n)
+    }
+
+    /// Copied DEFLATE bytes: the raw stream goes out as it is, `buf` (inflated) only counts.
+    fn copy(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let (remaining, crc) = self.copying.as_mut().expect("copying");
         let n = (buf.len() as u64).min(*remaining) as usize;
         crc.update(&buf[..n]);
         *remaining -= n as u64;
@@ -194,19 +292,41 @@ impl<W: Write> Members<W> {
             w.write_all(&amount.to_le_bytes())?;
             self.copying = None;
         }
+        self.track(&buf[..n])?;
         Ok(n)
     }
 
+    /// Payload bytes written: digests, the next chunk's member, the payload's record.
+    fn track(&mut self, buf: &[u8]) -> io::Result<()> {
+        let Some(t) = self.tracking.as_mut() else {
+            return Ok(());
+        };
+        t.feed(buf);
+        if t.remaining == 0 {
+            let done = self.tracking.take().expect("tracking").finish();
+            lock(&self.channel).payloads.push(done);
+        } else if t.chunk_left == 0 {
+            let at = self.fresh_member()?;
+            self.tracking.as_mut().expect("tracking").next_chunk(at);
+        }
+        Ok(())
+    }
+
     fn finish(mut self) -> io::Result<W> {
-        if self.copying.is_some() {
-            return Err(io::Error::other(
-                "a copied DEFLATE member was left unfinished",
-            ));
+        if self.copying.is_some() || self.tracking.is_some() {
+            return Err(io::Error::other("a gzip member was left unfinished"));
         }
-        match self.fresh.take() {
-            Some(f) => f.finish(),
-            None => Ok(self.sink.take().expect("the sink")),
+        let mut w = match self.fresh.take() {
+            Some(f) => f.finish()?,
+            None => self.sink.take().expect("the sink"),
+        };
+        if self.estargz {
+            let toc = self
+                .toc_offset
+                .ok_or_else(|| io::Error::other("an eStargz layer without its TOC"))?;
+            w.write_all(&estargz::footer(toc))?;
         }
+        Ok(w.inner)
     }
 }
 
@@ -287,7 +407,8 @@ impl<R: Read> Read for Deflated<R> {
         if !self.started {
             self.started = true;
             if let Some(c) = &self.channel {
-                lock(c).start = Some(self.size);
+                // Overrides an eStargz payload announcement: this member is the copied stream.
+                lock(c).start = Some(Start::Copied(self.size));
             }
         }
         loop {
@@ -324,8 +445,11 @@ impl<R: Read> Read for Deflated<R> {
 }
 
 impl<W: Write> Encoder<W> {
-    fn new(w: W, c: Compression, zstd_workers: u32) -> io::Result<Self> {
+    fn new(w: W, c: Compression, zstd_workers: u32, channel: &Channel) -> io::Result<Self> {
         Ok(match c {
+            Compression::Estargz(level) => {
+                Encoder::Members(Box::new(Members::new(w, level, channel.clone(), true)))
+            }
             // GzBuilder defaults: no file name, mtime 0, so the header is the same on every run.
             Compression::Gzip(level) => {
                 Encoder::Gzip(flate2::GzBuilder::new().write(w, flate2::Compression::new(level)))
@@ -375,6 +499,8 @@ pub struct LayerWriter {
     compression: Compression,
     /// Set for multi-member gzip output: where copied DEFLATE streams are announced.
     channel: Option<Channel>,
+    /// eStargz: every entry so far, for the TOC.
+    toc: Option<Vec<TocEntry>>,
 }
 
 fn header(kind: tar::EntryType, mode: u32, size: u64, mtime: u64) -> tar::Header {
@@ -386,6 +512,22 @@ fn header(kind: tar::EntryType, mode: u32, size: u64, mtime: u64) -> tar::Header
     h.set_mtime(mtime);
     h.set_size(size);
     h
+}
+
+/// A file's data that tells the member writer, at its first read, that a payload starts.
+struct Announced<R> {
+    inner: R,
+    channel: Option<Channel>,
+    size: u64,
+}
+
+impl<R: Read> Read for Announced<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(c) = self.channel.take() {
+            lock(&c).start = Some(Start::Payload(self.size));
+        }
+        self.inner.read(buf)
+    }
 }
 
 /// Fails instead of silently writing a short entry if a file shrank after it was measured.
@@ -422,8 +564,10 @@ impl LayerWriter {
         zstd_workers: u32,
     ) -> Result<Self> {
         let file = BufWriter::with_capacity(1 << 20, store.temp_file()?);
-        let enc = Encoder::new(Hashing::new(file), compression, zstd_workers)?;
-        Ok(Self::around(enc, compression, mtime, None))
+        let channel = Channel::default();
+        let enc = Encoder::new(Hashing::new(file), compression, zstd_workers, &channel)?;
+        let estargz = matches!(compression, Compression::Estargz(_));
+        Self::around(enc, compression, mtime, estargz.then_some(channel))
     }
 
     fn around(
@@ -431,40 +575,49 @@ impl LayerWriter {
         compression: Compression,
         mtime: u64,
         channel: Option<Channel>,
-    ) -> Self {
+    ) -> Result<Self> {
         let mut tar = tar::Builder::new(Hashing::new(enc));
         tar.mode(tar::HeaderMode::Deterministic);
-        Self {
+        let estargz = matches!(compression, Compression::Estargz(_));
+        let mut w = Self {
             tar,
             mtime,
             compression,
             channel,
+            toc: estargz.then(Vec::new),
+        };
+        if estargz {
+            // No prioritized files (yet): the landmark that says so comes first, as
+            // ctr-remote writes it.
+            let landmark = &estargz::LANDMARK_CONTENT;
+            w.file(estargz::NO_PREFETCH_LANDMARK, false, 1, &landmark[..])?;
         }
+        Ok(w)
     }
 
     /// A layer of installed wheels (mtime 0, one zstd worker): with gzip, multi-member output
     /// that copies the wheels' DEFLATE streams ([`LayerWriter::deflated`]) instead of
     /// compressing their files again.
     pub fn for_wheels(store: &BlobStore, compression: Compression) -> Result<Self> {
-        let Compression::Gzip(level) = compression else {
-            return Self::with_workers(store, compression, 0, 1);
+        let (level, estargz) = match compression {
+            Compression::Gzip(level) => (level, false),
+            Compression::Estargz(level) => (level, true),
+            Compression::Zstd(_) => return Self::with_workers(store, compression, 0, 1),
         };
         let file = BufWriter::with_capacity(1 << 20, store.temp_file()?);
         let channel = Channel::default();
-        let enc = Encoder::Members(Members {
-            sink: Some(Hashing::new(file)),
-            fresh: None,
-            level,
-            channel: channel.clone(),
-            copying: None,
-        });
-        Ok(Self::around(enc, compression, 0, Some(channel)))
+        let members = Members::new(Hashing::new(file), level, channel.clone(), estargz);
+        let enc = Encoder::Members(Box::new(members));
+        Self::around(enc, compression, 0, Some(channel))
     }
 
     /// The inflated bytes of `raw`, a DEFLATE stream (a zip member's data) of `size` bytes
     /// inflated, to pass to [`LayerWriter::file`] as the file's data: on multi-member output
-    /// the stream itself becomes the file's gzip member. Files of size 0 are not streams.
+    /// the stream itself becomes the file's gzip member. Files of size 0 are not streams; on
+    /// eStargz output neither are files of more than one chunk (they are compressed again,
+    /// chunk by chunk, so that a lazy node fetches and verifies them in pieces).
     pub fn deflated<R: Read>(&self, raw: R, size: u64) -> Deflated<R> {
+        let copy = size > 0 && (self.toc.is_none() || size <= estargz::CHUNK_SIZE);
         Deflated {
             raw,
             inflate: flate2::Decompress::new(false),
@@ -474,7 +627,7 @@ impl LayerWriter {
             output: vec![0; 256 << 10],
             out_at: 0,
             out_filled: 0,
-            channel: self.channel.clone().filter(|_| size > 0),
+            channel: self.channel.clone().filter(|_| copy),
             size,
             delivered: 0,
             started: false,
@@ -485,6 +638,7 @@ impl LayerWriter {
     pub fn dir(&mut self, path: &str) -> Result<()> {
         let mut h = header(tar::EntryType::Directory, 0o755, 0, self.mtime);
         let p = format!("{}/", path.trim_end_matches('/'));
+        self.record(&p, "dir", 0o755, 0, "");
         self.tar
             .append_data(&mut h, &p, io::empty())
             .with_context(|| format!("writing {p} to the layer"))
@@ -493,8 +647,17 @@ impl LayerWriter {
     pub fn file(&mut self, path: &str, executable: bool, size: u64, data: impl Read) -> Result<()> {
         let mode = if executable { 0o755 } else { 0o644 };
         let mut h = header(tar::EntryType::Regular, mode, size, self.mtime);
+        self.record(path, "reg", mode, size, "");
+        // eStargz: the payload starts a member of its own (told at its first read, after the
+        // header is written); a copied DEFLATE stream announces itself over this.
+        let announce = self.toc.is_some() && size > 0;
         let reader = Exact {
-            inner: data.take(size),
+            inner: Announced {
+                inner: data,
+                channel: self.channel.clone().filter(|_| announce),
+                size,
+            }
+            .take(size),
             path: path.to_string(),
         };
         self.tar
@@ -502,27 +665,76 @@ impl LayerWriter {
             .with_context(|| format!("writing {path} to the layer"))
     }
 
+    /// eStargz: the entry's metadata for the TOC (payload offsets come from the members).
+    fn record(&mut self, name: &str, kind: &'static str, mode: u32, size: u64, link: &str) {
+        let mtime = self.mtime;
+        if let Some(toc) = self.toc.as_mut() {
+            toc.push(TocEntry {
+                name: name.to_string(),
+                kind,
+                size,
+                modtime: crate::oci::image::rfc3339(mtime),
+                link_name: link.to_string(),
+                mode,
+                ..Default::default()
+            });
+        }
+    }
+
     pub fn symlink(&mut self, path: &str, target: &Path) -> Result<()> {
         let mut h = header(tar::EntryType::Symlink, 0o777, 0, self.mtime);
+        self.record(path, "symlink", 0o777, 0, &target.to_string_lossy());
         self.tar
             .append_link(&mut h, path, target)
             .with_context(|| format!("writing symlink {path} to the layer"))
     }
 
     /// Closes the tar and the codec and moves the blob to its digest in the store.
-    pub fn finish(self, store: &BlobStore) -> Result<Layer> {
+    pub fn finish(mut self, store: &BlobStore) -> Result<Layer> {
         let media_type = self.compression.media_type().to_string();
-        let (enc, diff_id, _) = self.tar.into_inner()?.finish();
+        let toc_digest = self.write_toc()?;
+        let (enc, diff_id, uncompressed) = self.tar.into_inner()?.finish();
         let (file, digest, size) = enc.finish()?.finish();
         let tmp = file.into_inner().map_err(|e| e.into_error())?;
         tmp.as_file().sync_data().ok();
         store.commit(tmp, &digest)?;
+        let mut annotations = BTreeMap::new();
+        if let Some(toc) = toc_digest {
+            annotations.insert(estargz::TOC_DIGEST_ANNOTATION.to_string(), toc);
+            annotations.insert(
+                estargz::UNCOMPRESSED_SIZE_ANNOTATION.to_string(),
+                // The tar's end-of-archive blocks, written by into_inner above, included.
+                uncompressed.to_string(),
+            );
+        }
         Ok(Layer {
             digest,
             diff_id,
             size,
             media_type,
+            annotations,
         })
+    }
+
+    /// eStargz: the TOC as the last tar entry, in a member of its own; its digest.
+    fn write_toc(&mut self) -> Result<Option<String>> {
+        let (Some(entries), Some(channel)) = (self.toc.take(), self.channel.clone()) else {
+            return Ok(None);
+        };
+        let payloads = std::mem::take(&mut lock(&channel).payloads);
+        let json = serde_json::to_vec(&estargz::toc(entries, payloads)?)?;
+        let digest = crate::oci::sha256_digest(&json);
+        lock(&channel).start = Some(Start::Toc);
+        let mut h = header(
+            tar::EntryType::Regular,
+            0o644,
+            json.len() as u64,
+            self.mtime,
+        );
+        self.tar
+            .append_data(&mut h, estargz::TOC_NAME, &json[..])
+            .context("writing the eStargz TOC")?;
+        Ok(Some(digest))
     }
 }
 
@@ -776,8 +988,12 @@ mod tests {
 
     /// Writes the zip's members as files of a wheel layer; returns the layer.
     fn wheel_layer(store: &BlobStore, zip_path: &Path) -> Result<Layer> {
+        wheel_layer_as(store, zip_path, Compression::Gzip(6))
+    }
+
+    fn wheel_layer_as(store: &BlobStore, zip_path: &Path, c: Compression) -> Result<Layer> {
         let mut archive = zip::ZipArchive::new(std::fs::File::open(zip_path)?)?;
-        let mut w = LayerWriter::for_wheels(store, Compression::Gzip(6))?;
+        let mut w = LayerWriter::for_wheels(store, c)?;
         for i in 0..archive.len() {
             let (name, size, deflated) = {
                 let m = archive.by_index_raw(i)?;
@@ -796,6 +1012,77 @@ mod tests {
             }
         }
         w.finish(store)
+    }
+
+    /// eStargz wheel layers: small files' DEFLATE streams copied into members of their own,
+    /// a file over one chunk compressed again in chunks, the TOC and footer last; every chunk
+    /// found and verified as a lazy node reads it, the whole still one gzip tar, reproducible.
+    #[test]
+    fn estargz_wheel_layers_have_a_verifiable_toc() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let big: Vec<u8> = (0..(9u32 << 20))
+            .map(|i| (i % 251) as u8 ^ (i >> 13) as u8)
+            .collect();
+        let zip = zip_of(&[
+            ("pkg/__init__.py", b"x = 1\n".repeat(50)),
+            ("pkg/big.so", big.clone()),
+            ("pkg/tiny.txt", b"tiny".to_vec()),
+            ("pkg/empty", Vec::new()),
+        ]);
+        let layer = wheel_layer_as(&store, zip.path(), Compression::Estargz(6)).unwrap();
+        assert_eq!(layer.media_type, MEDIA_TYPE_GZIP);
+        let blob = std::fs::read(store.path(&layer.digest)).unwrap();
+        let toc_digest = &layer.annotations[estargz::TOC_DIGEST_ANNOTATION];
+        let toc = estargz::verify(&blob, toc_digest);
+        let names: Vec<(String, String)> = toc["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["name"].as_str().unwrap().into(),
+                    e["type"].as_str().unwrap().into(),
+                )
+            })
+            .collect();
+        let want: Vec<(String, String)> = [
+            (estargz::NO_PREFETCH_LANDMARK, "reg"),
+            ("pkg/__init__.py", "reg"),
+            ("pkg/big.so", "reg"),
+            ("pkg/big.so", "chunk"),
+            ("pkg/big.so", "chunk"),
+            ("pkg/tiny.txt", "reg"),
+            ("pkg/empty", "reg"),
+        ]
+        .iter()
+        .map(|(n, k)| (n.to_string(), k.to_string()))
+        .collect();
+        assert_eq!(names, want);
+        // The whole blob is still a gzip tar, whose diff_id and size the descriptor states.
+        let mut tar_bytes = Vec::new();
+        flate2::read::MultiGzDecoder::new(&blob[..])
+            .read_to_end(&mut tar_bytes)
+            .unwrap();
+        assert_eq!(crate::oci::sha256_digest(&tar_bytes), layer.diff_id);
+        assert_eq!(
+            layer.annotations[estargz::UNCOMPRESSED_SIZE_ANNOTATION],
+            tar_bytes.len().to_string()
+        );
+        let mut archive = tar::Archive::new(&tar_bytes[..]);
+        let mut last = String::new();
+        for e in archive.entries().unwrap() {
+            let mut e = e.unwrap();
+            last = e.path().unwrap().display().to_string();
+            if last == "pkg/big.so" {
+                let mut got = Vec::new();
+                e.read_to_end(&mut got).unwrap();
+                assert!(got == big, "pkg/big.so differs");
+            }
+        }
+        assert_eq!(last, estargz::TOC_NAME);
+        let again = wheel_layer_as(&store, zip.path(), Compression::Estargz(6)).unwrap();
+        assert_eq!(again, layer);
     }
 
     #[test]

@@ -5,6 +5,7 @@ pub mod append;
 pub mod assemble;
 pub mod blobstore;
 pub mod credentials;
+pub mod estargz;
 pub mod image;
 pub mod layer;
 pub mod layout;

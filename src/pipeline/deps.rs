@@ -98,20 +98,12 @@ impl DepLayers {
     }
 }
 
-/// The package-name sets of `groups` (cumulative: `["learner", "aggregator"]`), the last
-/// being everything (`None`).
+/// The package-name sets of `groups` (cumulative: `["learner", "aggregator"]`): each the
+/// lock's subset of that name, or everything (`None`) for the lock's whole set and for a lock
+/// without subsets (a repo's own `pylock.toml`, a model's). A plan building fewer images than
+/// the lock was made for (the learner of a learner + aggregator lock) takes only its own.
 pub fn subsets(locked: &super::lock::Locked, groups: &[&str]) -> Vec<Option<BTreeSet<String>>> {
-    groups
-        .iter()
-        .enumerate()
-        .map(|(i, g)| {
-            if i + 1 == groups.len() {
-                None
-            } else {
-                locked.lock.subset(g)
-            }
-        })
-        .collect()
+    groups.iter().map(|g| locked.lock.subset(g)).collect()
 }
 
 /// One base platform's wheels from the lock (sdists still as locked): `(linux/amd64, …)`.
@@ -131,16 +123,18 @@ pub fn select(
 }
 
 /// Splits a platform's selection into the groups of `subsets` (cumulative package-name sets,
-/// the last being everything).
+/// `None` for everything): each package goes to the first group that has it; one no group has
+/// (another image's, when a plan builds fewer images than its lock serves) is left out.
 pub fn split(selected: Vec<Selected>, subsets: &[Option<BTreeSet<String>>]) -> Vec<Vec<Selected>> {
     let mut groups: Vec<Vec<Selected>> = vec![Vec::new(); subsets.len()];
     for s in selected {
         let norm = crate::spec::imports::normalize(&s.name);
-        let g = subsets
+        if let Some(g) = subsets
             .iter()
             .position(|set| set.as_ref().is_none_or(|set| set.contains(&norm)))
-            .unwrap_or(subsets.len() - 1);
-        groups[g].push(s);
+        {
+            groups[g].push(s);
+        }
     }
     groups
 }
@@ -177,7 +171,9 @@ pub async fn dependency_layers(
     lock_dir: &std::path::Path,
 ) -> Result<DepLayers> {
     let http = fetch::http_client()?;
-    let (selections, sdists) = selections(sess, reg, base, locked, lock_dir, &http).await?;
+    let subsets = subsets(locked, groups);
+    let (selections, sdists) =
+        selections(sess, reg, base, locked, &subsets, lock_dir, &http).await?;
     let warnings = platform_gaps(&selections);
     if sess.opts.strict_platforms && !warnings.is_empty() {
         return Err(bad_input(crate::error::listed(
@@ -186,7 +182,7 @@ pub async fn dependency_layers(
         )));
     }
     let (prefix, bytecode) = deps_prefix(sess, &base.python);
-    let platforms = plan_platforms(sess, &prefix, selections, &subsets(locked, groups));
+    let platforms = plan_platforms(sess, &prefix, selections, &subsets);
     let t = Instant::now();
     let Reusable {
         mut ready,
@@ -248,13 +244,15 @@ fn deps_prefix(sess: &Session<'_>, minor: &str) -> (Prefix, String) {
     }
 }
 
-/// Each base platform's wheels from the lock, with packages locked only as an sdist turned
-/// into wheels (built, or found built in the cache or the pool); and those sdists, once each.
+/// Each base platform's wheels from the lock that one of `subsets` holds, with packages locked
+/// only as an sdist turned into wheels (built, or found built in the cache or the pool); and
+/// those sdists, once each.
 async fn selections(
     sess: &Session<'_>,
     reg: &Arc<Registry>,
     base: &super::base::Base,
     locked: &super::lock::Locked,
+    subsets: &[Option<BTreeSet<String>>],
     lock_dir: &std::path::Path,
     http: &reqwest::Client,
 ) -> Result<(Vec<(String, Vec<Selected>)>, Vec<sdist::Built>)> {
@@ -267,6 +265,13 @@ async fn selections(
     };
     for b in &base.images {
         let (platform, mut selected) = select(sess.opts, base, b, locked)?;
+        // Another image's packages (a learner-only plan of a learner + aggregator lock).
+        selected.retain(|s| {
+            let norm = crate::spec::imports::normalize(&s.name);
+            subsets
+                .iter()
+                .any(|set| set.as_ref().is_none_or(|set| set.contains(&norm)))
+        });
         for b in sdist::materialize(
             &mut selected,
             &platform,

@@ -39,21 +39,21 @@ pub struct FlReport {
     pub deps: super::DepsReport,
 }
 
+/// Every FL image of a commit, in lock order: each role's runtime adds its requirements to the
+/// previous roles'.
+pub const FL_IMAGES: [(&str, &Runtime); 2] = [
+    ("learner", &augment::LEARNER),
+    ("aggregator", &augment::AGGREGATOR),
+];
+
 /// The learner and the aggregator image of a commit.
 pub async fn build(req: &BuildRequest, notifier: &Notifier) -> Result<FlReport> {
-    build_fl(
-        req,
-        notifier,
-        &[
-            ("learner", &augment::LEARNER),
-            ("aggregator", &augment::AGGREGATOR),
-        ],
-    )
-    .await
+    build_fl(req, notifier, &FL_IMAGES).await
 }
 
-/// FL images of one commit: each (role, runtime) adds its runtime's requirements to the
-/// previous images' (one lock), and gets its runtime's files beside the repo's code.
+/// FL images of one commit (a prefix of [`FL_IMAGES`]): each gets its runtime's files beside
+/// the repo's code and its share of one lock. The lock is always that of every FL image, so
+/// a commit's learner is the same image whichever plan built it.
 pub async fn build_fl(
     req: &BuildRequest,
     notifier: &Notifier,
@@ -61,7 +61,7 @@ pub async fn build_fl(
 ) -> Result<FlReport> {
     let sess = Session::new(&req.opts, notifier)?;
     let opts = &req.opts;
-    let (runtime, sets) = runtime_sets(images);
+    let (runtime, sets) = fl_sets();
     let src = source::source(&sess, &req.repo, &req.clone, &runtime).await?;
     let (check, root) = (&src.check, src.checkout.root());
     let targets = targets(opts, check, images)?;
@@ -131,12 +131,8 @@ fn image_specs(
 ) -> Result<Vec<ImageSpec>> {
     let check = &src.check;
     let epoch = src.checkout.commit_time.max(0) as u64;
-    let mut extra_env = Vec::new();
-    if let Some(f) = &opts.model_flavor {
-        extra_env.push(("ML_MODEL_FLAVOR", f.clone()));
-    }
     let changes = ConfigChanges {
-        env: env(base, &extra_env),
+        env: env(base, &[]),
         workdir: Some(opts.workdir.clone()),
         labels: labels(&[
             ("org.opencontainers.image.source", check.source.clone()),
@@ -158,6 +154,7 @@ fn image_specs(
                 role,
                 target: target.clone(),
                 tags: tags.clone(),
+                fixed_tag: true,
                 level: i,
                 top: vec![
                     (
@@ -166,7 +163,7 @@ fn image_specs(
                     ),
                     (code.clone(), copy(&check.source)),
                 ],
-                changes: changes.clone(),
+                changes: role_changes(opts, role, &changes),
                 parts: parts(opts, check, rt)?,
             })
         })
@@ -218,14 +215,28 @@ pub fn parts(opts: &Options, check: &super::CheckReport, rt: &Runtime) -> Result
     })
 }
 
-/// The requirements every image adds (each role's runtime on top of the previous roles'):
-/// all of them, and the cumulative set per role.
-pub fn runtime_sets(images: &[(&'static str, &Runtime)]) -> (String, Vec<(&'static str, String)>) {
+/// The config of `role`'s image: only the aggregator reads `ML_MODEL_FLAVOR` (it logs the
+/// model with that MLflow flavor), so only it carries it; the learner stays one image per
+/// commit whatever flavor a plan names.
+fn role_changes(opts: &Options, role: &str, shared: &ConfigChanges) -> ConfigChanges {
+    let mut changes = shared.clone();
+    if let (Some(f), "aggregator") = (&opts.model_flavor, role) {
+        changes.env.push(("ML_MODEL_FLAVOR".into(), f.clone()));
+    }
+    changes
+}
+
+/// The requirements the FL runtimes add (each role's runtime on top of the previous roles'):
+/// all of them, and the cumulative set per role of [`FL_IMAGES`]. Every FL plan locks these
+/// same sets (the learner-only `build` too): a lock of the learner's set alone would pick
+/// other versions of shared packages than the learner + aggregator lock (`packaging`, say),
+/// and the commit's `learner` tag would name another image depending on the plan.
+pub fn fl_sets() -> (String, Vec<(&'static str, String)>) {
     let mut sets = Vec::new();
     let mut runtime = String::new();
-    for (role, rt) in images {
+    for (role, rt) in FL_IMAGES {
         runtime.push_str(rt.requirements);
-        sets.push((*role, runtime.clone()));
+        sets.push((role, runtime.clone()));
     }
     (runtime, sets)
 }

@@ -5,7 +5,7 @@ use super::base::Base;
 use super::deps::DepLayers;
 use super::Session;
 use crate::oci::assemble::{assemble, Assembled};
-use crate::oci::image::{self, AddedLayer, ConfigChanges, Descriptor};
+use crate::oci::image::{self, AddedLayer, ConfigChanges};
 use crate::oci::layer::Layer;
 use crate::oci::reference::Reference;
 use anyhow::Result;
@@ -19,6 +19,9 @@ pub struct ImageSpec {
     pub target: Reference,
     /// All tags, the plan's own first; written last, after every image of the plan is pushed.
     pub tags: Vec<String>,
+    /// The plan's own tag names one image for good (a commit's FL images): it is not moved to
+    /// another digest unless `--refresh-lock` asks for it.
+    pub fixed_tag: bool,
     /// Dependency groups `0..=level` go into this image.
     pub level: usize,
     /// Layers on top of the dependencies, with their history lines.
@@ -66,7 +69,7 @@ pub fn assemble_image(
             deps.for_image(&format!("{}/{}", p.os, p.architecture), spec.level);
         for (l, created_by) in &spec.top {
             v.push(AddedLayer {
-                descriptor: Descriptor::new(&l.media_type, &l.digest, l.size),
+                descriptor: l.descriptor(),
                 diff_id: l.diff_id.clone(),
                 created_by: created_by.clone(),
             });

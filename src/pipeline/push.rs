@@ -57,6 +57,11 @@ pub async fn push_all(
     for ((spec, assembled), docs) in images.iter().zip(sboms) {
         attached.push(attach_sboms(sess, reg, spec, assembled, docs).await?);
     }
+    // Every fixed tag is checked before any tag is written: a refused move tags nothing.
+    let mut moved = Vec::new();
+    for (spec, assembled) in images {
+        moved.push(fixed_tag_move(sess, reg, spec, assembled).await?);
+    }
     for (spec, assembled) in images {
         oci_push::tag(reg, &spec.target.repository, &spec.tags, assembled).await?;
     }
@@ -67,7 +72,8 @@ pub async fn push_all(
         .iter()
         .zip(pushed)
         .zip(attached)
-        .map(|(((spec, assembled), (statuses, bytes)), sboms)| {
+        .zip(moved)
+        .map(|((((spec, assembled), (statuses, bytes)), sboms), moved)| {
             let name = format!(
                 "{}/{}:{}",
                 spec.target.registry, spec.target.repository, spec.tags[0]
@@ -83,9 +89,49 @@ pub async fn push_all(
             for (p, sbom) in r.platforms.iter_mut().zip(sboms) {
                 p.sbom = Some(sbom);
             }
+            r.moved = moved;
             r
         })
         .collect())
+}
+
+/// Where the image's fixed tag (a commit's) names another image already: with
+/// `--refresh-lock` the move, said in the log and the report; else a conflict error naming
+/// both digests, so that whoever built last does not decide what every node runs.
+async fn fixed_tag_move(
+    sess: &Session<'_>,
+    reg: &Registry,
+    spec: &ImageSpec,
+    assembled: &Assembled,
+) -> Result<Option<append::TagMove>> {
+    let (repo, tag, to) = (
+        &spec.target.repository,
+        &spec.tags[0],
+        &assembled.top.digest,
+    );
+    if !spec.fixed_tag {
+        return Ok(None);
+    }
+    let Some(from) = reg.manifest_digest(repo, tag).await.filter(|d| d != to) else {
+        return Ok(None);
+    };
+    let name = format!("{}/{repo}:{tag}", spec.target.registry);
+    if !sess.opts.refresh_lock {
+        return Err(crate::error::conflict(format!(
+            "{name} already names {from}, and this build made {to}: a commit's {} tag is not moved \
+             (the images differ in their lock, builder version or options; nothing was tagged; \
+             the new image is in the registry as {}/{repo}@{to}). Pass --refresh-lock to move it",
+            spec.role, spec.target.registry
+        )));
+    }
+    tracing::warn!("moving {name} from {from} to {to} (--refresh-lock)");
+    sess.observe(&format!("moved {name} from {from} to {to}"))
+        .await;
+    Ok(Some(append::TagMove {
+        tag: name,
+        from,
+        to: to.clone(),
+    }))
 }
 
 /// One image's blobs and manifests (no tag): each blob's status, and the bytes uploaded for

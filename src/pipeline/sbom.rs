@@ -103,7 +103,7 @@ pub async fn preview(
 ) -> Result<BTreeMap<String, BTreeMap<String, serde_json::Value>>> {
     let notifier = Notifier::disabled();
     let sess = Session::new(opts, &notifier)?;
-    let (_, sets) = fl_actors::runtime_sets(images);
+    let (_, sets) = fl_actors::fl_sets();
     let targets = fl_actors::targets(opts, check, images)?;
     let refs: Vec<_> = targets.iter().collect();
     let reg = target::connect_pull(&sess, &refs, &fl_actors::base_pulls(opts, &targets[0])).await?;

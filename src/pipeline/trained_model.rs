@@ -170,6 +170,8 @@ fn image_spec(
         role: "trained_model",
         target: target.clone(),
         tags,
+        // A run's model image follows the builder (a newer one may serve it better).
+        fixed_tag: false,
         level: 0,
         top: vec![
             (

@@ -98,7 +98,7 @@ pub fn plan(
 
 /// The descriptor of a built dependency layer, annotated for reuse.
 pub fn descriptor(layer: &Layer, dep: &DepLayer) -> Descriptor {
-    let mut d = Descriptor::new(&layer.media_type, &layer.digest, layer.size);
+    let mut d = layer.descriptor();
     d.annotations.insert(KEY_ANNOTATION.into(), dep.key.clone());
     d.annotations
         .insert(DIFF_ID_ANNOTATION.into(), layer.diff_id.clone());
@@ -118,6 +118,19 @@ pub fn annotated(d: &Descriptor) -> Option<(String, Layer)> {
             diff_id,
             size: d.size,
             media_type: d.media_type.clone(),
+            // eStargz layers keep their TOC digest and size wherever they are reused from.
+            annotations: d
+                .annotations
+                .iter()
+                .filter(|(k, _)| {
+                    [
+                        crate::oci::estargz::TOC_DIGEST_ANNOTATION,
+                        crate::oci::estargz::UNCOMPRESSED_SIZE_ANNOTATION,
+                    ]
+                    .contains(&k.as_str())
+                })
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
         },
     ))
 }
