@@ -9,6 +9,9 @@
 #   MQTT broker      127.0.0.1:9027          (mosquitto)
 #   containerd       /run/flops-rig/containerd.sock (its own instance; tests use namespace flops-test)
 #   MLflow server    http://127.0.0.1:5080       (sqlite backend, served artifacts; its own venv)
+#   lazy node        /run/flops-rig/lazy/containerd.sock (a second containerd; its snapshotter
+#                    `stargz` is the stargz snapshotter, flops-stargz-grpc built from Debian's
+#                    source, on /run/flops-rig/stargz/containerd-stargz-grpc.sock)
 #   Python envs      /var/lib/flops-rig/pyenv         (the FL runtimes' deps at their newest + pytest)
 #                    /var/lib/flops-rig/pyenv-lowest  (the same at their lowest allowed versions)
 #                    /var/lib/flops-rig/tools         (independent checkers: pyspdxtools)
@@ -16,7 +19,7 @@
 #                    (indexes: linux/amd64 + linux/arm64; Debian bookworm and trixie)
 #   builder base     127.0.0.1:5000/library/flops-builder-base:bookworm (for the builder's own image)
 #
-# Must run as root on Debian bookworm. Usage: scripts/rig.sh [install|services|base|builder-base|pyenv|bench-base|all]
+# Must run as root on Debian bookworm. Usage: scripts/rig.sh [install|services|base|builder-base|pyenv|bench-base|lazy|all]
 # (pyenv builds every Python env, the MLflow server's included; services needs them.)
 set -euo pipefail
 
@@ -32,6 +35,9 @@ MLFLOW_PORT=5080
 MLFLOW_SERVER=("mlflow==3.1.4" "sqlalchemy<2.1")
 # iproute2: ss, for scripts/flops-e2e.sh to tell its own model server on 8080 from a neighbour's.
 PACKAGES=(docker-registry mosquitto mosquitto-clients containerd skopeo umoci mmdebstrap apache2-utils openssl curl jq ca-certificates git file zstd binutils libssl-dev pkg-config gcc libc6-dev qemu-user-static iproute2)
+# The lazy node (start_lazy_node): Go and the stargz snapshotter's source with its Go dependencies
+# (its daemon is built here: Debian ships no containerd-stargz-grpc), and ctr-remote.
+PACKAGES+=(golang-go golang-github-containerd-stargz-snapshotter-dev stargz-snapshotter)
 
 log() { printf '[rig %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 
@@ -149,6 +155,157 @@ EOF
   setsid containerd --config "$RIG_STATE/containerd.toml" >"$RIG_STATE/containerd.log" 2>&1 < /dev/null 9>&- &
   for _ in $(seq 1 100); do ctr -a $CONTAINERD_SOCK version >/dev/null 2>&1 && return 0; sleep 0.1; done
   echo "containerd did not start; see $RIG_STATE/containerd.log" >&2; return 1
+}
+
+# The lazy node: a second containerd, as an Oakestra worker with the stargz snapshotter runs it,
+# whose snapshotter `stargz` (a proxy plugin) is the containerd stargz snapshotter: an eStargz
+# image pulled with `ctr-remote images rpull --plain-http` is mounted from the registry over
+# FUSE, each file fetched and verified against the layer's TOC when it is read (containerd's
+# own `ctr pull --snapshotter stargz` fetches every layer: it sets none of the labels the
+# snapshotter needs). The daemon is built here from Debian's copy of the snapshotter's source
+# (scripts/lazy-node/main.go over its service package). No background fetch: only what a task
+# reads (and an image's prefetch landmark asks for) is fetched. The node starts empty whenever
+# its snapshotter (re)starts: remote snapshots are not restored.
+LAZY_SOCK=/run/flops-rig/lazy/containerd.sock
+STARGZ_SOCK=/run/flops-rig/stargz/containerd-stargz-grpc.sock
+STARGZ_BIN=$RIG_STATE/bin/flops-stargz-grpc
+STARGZ_SRC=/usr/share/gocode/src/github.com/containerd/stargz-snapshotter
+
+# Builds $STARGZ_BIN unless its stamp (the Debian source packages' versions, Go's, main.go's
+# hash) is unchanged. Debian does not package the k8s CRI API, so the build uses a copy of the
+# snapshotter's source without its CRI-label source and CRI keychain, which the rig never uses.
+build_stargz_grpc() {
+  local main pkg v stamp="" build copy
+  main="$(cd "$(dirname "$0")" && pwd)/lazy-node/main.go"
+  for pkg in golang-go golang-github-containerd-containerd-dev golang-github-containerd-stargz-snapshotter-dev; do
+    v=$(dpkg-query -W -f='${Version}' "$pkg" 2>/dev/null) || v=
+    [ -n "$v" ] || { echo "the lazy node needs the Debian package $pkg: run scripts/rig.sh install" >&2; return 1; }
+    stamp+="$pkg=$v "
+  done
+  stamp+="main.go=$(sha256sum <"$main" | cut -c1-16)"
+  if [ "$(cat "$STARGZ_BIN.stamp" 2>/dev/null)" = "$stamp" ] && [ -x "$STARGZ_BIN" ]; then return 0; fi
+  [ -f "$STARGZ_SRC/service/service.go" ] || { echo "$STARGZ_SRC is missing: run scripts/rig.sh install" >&2; return 1; }
+  log "building flops-stargz-grpc (stargz snapshotter $(dpkg-query -W -f='${Version}' golang-github-containerd-stargz-snapshotter-dev), $(go version | awk '{print $3}'))"
+  build=$(mktemp -d)
+  mkdir -p "$build/src/github.com/containerd" "$build/src/flops-stargz-grpc" "$RIG_STATE/bin"
+  cp -a "$STARGZ_SRC" "$build/src/github.com/containerd/"
+  copy=$build/src/github.com/containerd/stargz-snapshotter
+  rm -f "$copy/service/cri.go" "$copy/service/resolver/cri.go"
+  sed -i '/sourceFromCRILabels(hosts)/d' "$copy/service/service.go"
+  cp "$main" "$build/src/flops-stargz-grpc/main.go"
+  # GOPATH mode over Debian's /usr/share/gocode; the build's own copy comes first in GOPATH.
+  if ! (cd "$build/src/flops-stargz-grpc" && GO111MODULE=off GOPATH="$build:/usr/share/gocode" GOCACHE="$build/cache" GOFLAGS='' \
+        go build -o "$STARGZ_BIN.tmp" .) >"$RIG_STATE/stargz-build.log" 2>&1; then
+    cat "$RIG_STATE/stargz-build.log" >&2
+    echo "building flops-stargz-grpc from $STARGZ_SRC failed (above; $RIG_STATE/stargz-build.log): scripts/lazy-node/main.go or the CRI edits in scripts/rig.sh build_stargz_grpc need updating for this version" >&2
+    rm -rf "$build"; return 1
+  fi
+  rm -rf "$build"
+  mv "$STARGZ_BIN.tmp" "$STARGZ_BIN"
+  echo "$stamp" >"$STARGZ_BIN.stamp"
+  # The daemon of the old binary stops, so that the new one serves (on an emptied node).
+  local pid
+  pid=$(socket_pid "$STARGZ_SOCK")
+  if [ -n "$pid" ]; then
+    log "stopping the old flops-stargz-grpc"
+    stop_pid "$pid"
+  fi
+}
+
+# The process listening on a unix socket (none: empty).
+socket_pid() { ss -xlpn src "$1" 2>/dev/null | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2 || true; }
+
+stop_pid() {
+  kill -TERM "$1" 2>/dev/null || return 0
+  for _ in $(seq 1 100); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
+  kill -KILL "$1" 2>/dev/null || true
+}
+
+# Empties the lazy node: its tasks, its containerd, its snapshotter's mounts and both their
+# states go (all of it re-pullable), so that containerd's snapshots and the snapshotter's agree.
+reset_lazy_node() {
+  local pid ns t mp
+  pid=$(socket_pid "$LAZY_SOCK")
+  if [ -n "$pid" ]; then
+    log "stopping the lazy node's containerd (the node starts empty with its snapshotter)"
+    for ns in $(ctr -a $LAZY_SOCK namespaces ls -q 2>/dev/null); do
+      for t in $(ctr -a $LAZY_SOCK -n "$ns" tasks ls -q 2>/dev/null); do
+        ctr -a $LAZY_SOCK -n "$ns" tasks rm -f "$t" >/dev/null 2>&1 || true
+      done
+    done
+    stop_pid "$pid"
+  fi
+  pid=$(socket_pid "$STARGZ_SOCK")
+  [ -z "$pid" ] || stop_pid "$pid"
+  # Stale FUSE and overlay mounts first (innermost first), then the state under them.
+  for mp in $(awk '{print $5}' /proc/self/mountinfo | grep -E "^($RIG_STATE/stargz|$RIG_STATE/lazy|/run/flops-rig/lazy)(/|\$)" | sort -r); do
+    umount -l "$mp" 2>/dev/null || true
+  done
+  rm -rf "$RIG_STATE/stargz" "$RIG_STATE/lazy" /run/flops-rig/lazy
+}
+
+start_stargz_grpc() {
+  if [ ! -c /dev/fuse ]; then
+    modprobe fuse 2>/dev/null || true
+    [ -c /dev/fuse ] || { echo "/dev/fuse is missing: the lazy node needs FUSE (modprobe fuse; in a container, give it the device /dev/fuse and CAP_SYS_ADMIN)" >&2; return 1; }
+  fi
+  mkdir -p /run/flops-rig/stargz "$RIG_STATE/stargz"
+  # The rig's plain registry over HTTP (the snapshotter would take 127.0.0.1 as plain anyway).
+  cat >"$RIG_STATE/stargz.toml" <<EOF
+no_background_fetch = true
+[[resolver.host."$PLAIN".mirrors]]
+  host = "$PLAIN"
+  insecure = true
+EOF
+  log "starting the stargz snapshotter on $STARGZ_SOCK"
+  setsid "$STARGZ_BIN" -address "$STARGZ_SOCK" -root "$RIG_STATE/stargz" -config "$RIG_STATE/stargz.toml" \
+    >>"$RIG_STATE/stargz.log" 2>&1 < /dev/null 9>&- &
+  local pid=$!
+  for _ in $(seq 1 100); do
+    [ -n "$(socket_pid "$STARGZ_SOCK")" ] && return 0
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  tail -5 "$RIG_STATE/stargz.log" >&2
+  echo "the stargz snapshotter did not start; see $RIG_STATE/stargz.log" >&2; return 1
+}
+
+# The lazy node's containerd answers, and so does its stargz snapshotter.
+lazy_node_ready() { [ -S $LAZY_SOCK ] && ctr -a $LAZY_SOCK snapshots --snapshotter stargz ls >/dev/null 2>&1; }
+
+start_lazy_node() {
+  build_stargz_grpc
+  if [ -z "$(socket_pid "$STARGZ_SOCK")" ]; then
+    reset_lazy_node
+    start_stargz_grpc
+  fi
+  if [ -z "$(socket_pid "$LAZY_SOCK")" ]; then
+    mkdir -p /run/flops-rig/lazy "$RIG_STATE/lazy"
+    cat >"$RIG_STATE/lazy-containerd.toml" <<EOF
+version = 2
+root = "$RIG_STATE/lazy/root"
+state = "/run/flops-rig/lazy/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "$LAZY_SOCK"
+[ttrpc]
+  address = "$LAZY_SOCK.ttrpc"
+[debug]
+  address = ""
+[metrics]
+  address = ""
+[proxy_plugins]
+  [proxy_plugins.stargz]
+    type = "snapshot"
+    address = "$STARGZ_SOCK"
+EOF
+    log "starting the lazy node's containerd on $LAZY_SOCK (snapshotter stargz)"
+    setsid containerd --config "$RIG_STATE/lazy-containerd.toml" >"$RIG_STATE/lazy-containerd.log" 2>&1 < /dev/null 9>&- &
+  fi
+  for _ in $(seq 1 100); do lazy_node_ready && return 0; sleep 0.1; done
+  ctr -a $LAZY_SOCK snapshots --snapshotter stargz ls >&2 || true
+  echo "the lazy node's containerd ($LAZY_SOCK) did not start or does not reach the stargz snapshotter; see $RIG_STATE/lazy-containerd.log and $RIG_STATE/stargz.log" >&2
+  return 1
 }
 
 # A venv made by uv from requirement arguments (`-r FILE` or specifiers), rebuilt only when
@@ -324,6 +481,7 @@ case "${1:-all}" in
   pyenv) install_uv; build_pyenv ;;
   builder-base) start_services; build_builder_base ;;
   bench-base) start_services; build_bench_base ;;
-  all) install_packages; install_uv; build_pyenv; start_services; build_base; build_builder_base ;;
-  *) echo "usage: $0 [install|services|base|builder-base|pyenv|bench-base|all]" >&2; exit 2 ;;
+  lazy) install_packages; start_lazy_node ;;
+  all) install_packages; install_uv; build_pyenv; start_services; build_base; build_builder_base; start_lazy_node ;;
+  *) echo "usage: $0 [install|services|base|builder-base|pyenv|bench-base|lazy|all]" >&2; exit 2 ;;
 esac

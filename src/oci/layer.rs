@@ -665,6 +665,63 @@ impl LayerWriter {
             .with_context(|| format!("writing {path} to the layer"))
     }
 
+    /// Appends another tar's entry as it is (header fields, link, data), for converting a
+    /// layer ([`estargz::convert_layer`]); extension headers (long names) are written anew.
+    pub fn append_raw<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<()> {
+        use tar::EntryType as T;
+        let mut h = entry.header().clone();
+        let path = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let link = entry
+            .link_name_bytes()
+            .map(|l| String::from_utf8_lossy(&l).into_owned());
+        let kind = match h.entry_type() {
+            T::Directory => "dir",
+            T::Regular | T::Continuous => "reg",
+            T::Symlink => "symlink",
+            T::Link => "hardlink",
+            T::Char => "char",
+            T::Block => "block",
+            T::Fifo => "fifo",
+            // Global PAX headers and the like carry no file.
+            _ => return Ok(()),
+        };
+        let size = if kind == "reg" { h.size()? } else { 0 };
+        let mtime = h.mtime()?;
+        if let Some(toc) = self.toc.as_mut() {
+            toc.push(TocEntry {
+                name: path.clone(),
+                kind,
+                size,
+                modtime: crate::oci::image::rfc3339(mtime),
+                link_name: link.clone().unwrap_or_default(),
+                mode: h.mode()?,
+                uid: h.uid()? as u32,
+                gid: h.gid()? as u32,
+                dev_major: h.device_major()?.unwrap_or(0) as u64,
+                dev_minor: h.device_minor()?.unwrap_or(0) as u64,
+                ..Default::default()
+            });
+        }
+        let what = || format!("writing {path} to the layer");
+        if let Some(target) = link.filter(|_| kind == "symlink" || kind == "hardlink") {
+            return self
+                .tar
+                .append_link(&mut h, &path, target)
+                .with_context(what);
+        }
+        let reader = Announced {
+            channel: self
+                .channel
+                .clone()
+                .filter(|_| self.toc.is_some() && size > 0),
+            inner: &mut entry,
+            size,
+        };
+        self.tar
+            .append_data(&mut h, &path, reader)
+            .with_context(what)
+    }
+
     /// eStargz: the entry's metadata for the TOC (payload offsets come from the members).
     fn record(&mut self, name: &str, kind: &'static str, mode: u32, size: u64, link: &str) {
         let mtime = self.mtime;

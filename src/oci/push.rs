@@ -48,9 +48,17 @@ pub async fn push(
             .entry(img.config.digest.clone())
             .or_insert((img.config.clone(), Source::Local));
         for l in &img.base_layers {
-            blobs
-                .entry(l.digest.clone())
-                .or_insert((l.clone(), Source::Remote(base.clone())));
+            // A base layer the builder wrote again (as eStargz) is in the store, not the base's.
+            let written = l
+                .annotations
+                .contains_key(crate::oci::estargz::TOC_DIGEST_ANNOTATION)
+                && store.path(&l.digest).exists();
+            let source = if written {
+                Source::Local
+            } else {
+                Source::Remote(base.clone())
+            };
+            blobs.entry(l.digest.clone()).or_insert((l.clone(), source));
         }
         for l in &img.new_layers {
             let source = remote

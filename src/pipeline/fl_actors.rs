@@ -5,7 +5,7 @@
 
 use super::base::Finder;
 use super::image::{assemble_image, env, labels, ImageSpec};
-use super::{deps, lock, push, sbom, source, target, Options, Session, DEPS_PREFIX};
+use super::{deps, lazy_base, lock, push, sbom, source, target, Options, Session, DEPS_PREFIX};
 use crate::notify::Notifier;
 use crate::oci::append::Report;
 use crate::oci::image::{rfc3339, ConfigChanges};
@@ -70,6 +70,7 @@ pub async fn build_fl(
     let finder = Finder::new(opts, &targets[0], &reg);
     let (base, locked) =
         lock::base_and_lock(&sess, &finder, check, root, &sets, opts.strict_python).await?;
+    let base = lazy_base::lazy_base(&sess, base).await?;
     // Runtime and code layers are built while the dependency layers are.
     let own = own_layers(&sess, &src, images);
     let home: Vec<String> = targets.iter().map(|t| t.repository.clone()).collect();

@@ -14,6 +14,7 @@ pub mod base;
 pub mod deps;
 pub mod fl_actors;
 pub mod image;
+pub mod lazy_base;
 pub mod learner;
 pub mod lock;
 pub mod push;

@@ -7,7 +7,7 @@ use super::base::Finder;
 use super::fl_actors::base_pulls;
 use super::image::{assemble_image, env, labels, ImageSpec};
 use super::source::CheckReport;
-use super::{deps, lock, push, sbom, target, Options, Session, DEPS_PREFIX};
+use super::{deps, lazy_base, lock, push, sbom, target, Options, Session, DEPS_PREFIX};
 use crate::error::bad_input;
 use crate::model::{self, mlmodel, ModelSource};
 use crate::notify::Notifier;
@@ -81,6 +81,7 @@ pub async fn build(req: &ModelRequest, notifier: &Notifier) -> Result<ModelRepor
         opts.strict_python,
     )
     .await?;
+    let base = lazy_base::lazy_base(&sess, base).await?;
     let home = [target.repository.clone()];
     let groups = ["trained_model"];
     let deps =

@@ -866,3 +866,67 @@ pub fn require_tracking() {
         );
     }
 }
+
+// --- The lazy node (scripts/rig.sh lazy) ---
+
+/// The rig's lazy node: a second containerd whose snapshotter `stargz` is the stargz
+/// snapshotter (scripts/rig.sh lazy). Images reach it lazily through `lazy_rpull`; it starts
+/// empty whenever its snapshotter restarts.
+pub const LAZY_CONTAINERD: &str = "/run/flops-rig/lazy/containerd.sock";
+
+/// Fails (never skips) without the lazy node and its stargz snapshotter, or without
+/// ctr-remote, saying how to start them.
+pub fn require_lazy_node() {
+    // (ctr waits 10 s for a socket that is not there)
+    assert!(
+        Path::new(LAZY_CONTAINERD).exists(),
+        "the lazy node is not running on {LAZY_CONTAINERD}: run `sudo scripts/rig.sh lazy`"
+    );
+    let (ok, out) = sh_status(&format!(
+        "ctr -a {LAZY_CONTAINERD} snapshots --snapshotter stargz ls"
+    ));
+    assert!(
+        ok,
+        "the lazy node on {LAZY_CONTAINERD} does not reach its stargz snapshotter: run `sudo scripts/rig.sh lazy` ({out})"
+    );
+    let (ok, _) = sh_status("command -v ctr-remote");
+    assert!(
+        ok,
+        "ctr-remote is not installed: run `sudo scripts/rig.sh lazy`"
+    );
+}
+
+/// A `ctr` command line for the lazy node, for `sh`.
+pub fn lazy_ctr(args: &str) -> String {
+    format!("ctr -a {LAZY_CONTAINERD} -n {CTR_NAMESPACE} {args}")
+}
+
+/// Lazily pulls `reference` (plain HTTP) onto the lazy node, as the stargz snapshotter's
+/// ctr-remote does: only the manifest and the config enter the content store; eStargz layers
+/// are mounted from the registry (other layers are fetched whole). Returns its output.
+pub fn lazy_rpull(reference: &str) -> String {
+    sh(&format!(
+        "ctr-remote -a {LAZY_CONTAINERD} -n {CTR_NAMESPACE} images rpull --plain-http {reference}"
+    ))
+}
+
+/// `ctr run --rm --snapshotter stargz <args>` on the lazy node as a Command, as `ctr_run`.
+pub fn lazy_ctr_run(args: &[&str]) -> Command {
+    let mut c = Command::new("unshare");
+    c.args(["-m", "--propagation", "private", "sh", "-c"])
+        .arg("umount /sys/fs/cgroup/unified 2>/dev/null; exec \"$@\"")
+        .args([
+            "sh",
+            "ctr",
+            "-a",
+            LAZY_CONTAINERD,
+            "-n",
+            CTR_NAMESPACE,
+            "run",
+            "--rm",
+            "--snapshotter",
+            "stargz",
+        ])
+        .args(args);
+    c
+}
