@@ -2,7 +2,8 @@
 # FLOps' FL actors as containerd tasks, as the FLOps manager starts them on a node (sourced, from
 # the repository root, by scripts/flops-e2e.sh and bench/start.sh). The caller sets SOCK (the
 # containerd socket), NS (its namespace), PY (the rig's Python env, for the data server) and
-# the arrays PIDS and TASKS, which collect what its cleanup stops (stop_fl).
+# the arrays PIDS and TASKS, which collect what its cleanup stops (stop_fl); and NODE=lazy to
+# run the FL actors on the rig's lazy node (node_task, node_pull below).
 
 # fl_flavor FLAVOR — the fixture (FIXTURE), the repo's name (NAME), the data server's dataset
 # (DATASET) and the learners' data tags (TAGS) of an ML model flavor; ROUNDS: the e2e flow's.
@@ -18,6 +19,26 @@ fl_flavor() {
 ctr_() { ctr -a "$SOCK" -n "$NS" "$@"; }
 # ctr run needs a private mount namespace without the hybrid cgroup mount on these machines.
 task() { unshare -m --propagation private sh -c 'umount /sys/fs/cgroup/unified 2>/dev/null; exec "$@"' sh ctr -a "$SOCK" -n "$NS" run --rm --net-host "$@"; }
+
+# The node the FL actors and the model server run on: $SOCK's, or with NODE=lazy the rig's lazy
+# node (scripts/rig.sh lazy): images pulled lazily with ctr-remote rpull, their eStargz layers
+# mounted by the stargz snapshotter and fetched as the tasks read them.
+LAZY_SOCK=/run/flops-rig/lazy/containerd.sock
+node_sock() { if [ "${NODE:-plain}" = lazy ]; then echo "$LAZY_SOCK"; else echo "$SOCK"; fi; }
+node_ctr_() { ctr -a "$(node_sock)" -n "$NS" "$@"; }
+node_pull() { # IMAGE
+  if [ "${NODE:-plain}" = lazy ]; then
+    ctr-remote -a "$LAZY_SOCK" -n "$NS" images rpull --plain-http "$1" >/dev/null
+  else
+    ctr_ images pull --plain-http "$1" >/dev/null
+  fi
+}
+node_task() {
+  local snapshotter=()
+  [ "${NODE:-plain}" = lazy ] && snapshotter=(--snapshotter stargz)
+  unshare -m --propagation private sh -c 'umount /sys/fs/cgroup/unified 2>/dev/null; exec "$@"' sh \
+    ctr -a "$(node_sock)" -n "$NS" run --rm --net-host "${snapshotter[@]}" "$@"
+}
 
 # start_data_server DATASET LOG — the node's ML data server (Arrow Flight, the runtimes' test
 # server) on a free port of 127.0.0.1, in the background: DATA_PORT. It makes its partitions
@@ -47,7 +68,7 @@ unlock_8080() { exec {LOCK_8080}>&-; }
 # (Flower server on 127.0.0.1:8080, host network), in the background: AGG_PID.
 aggregator_task() {
   TASKS+=("$2")
-  task "$1" "$2" python main.py "$4" 127.0.0.1 127.0.0.1 "$5" CLASSIC_AGGREGATOR \
+  node_task "$1" "$2" python main.py "$4" 127.0.0.1 127.0.0.1 "$5" CLASSIC_AGGREGATOR \
     "$6" "$7" "$7" "$7" >"$3" 2>&1 &
   AGG_PID=$!
   PIDS+=("$AGG_PID")
@@ -56,7 +77,7 @@ aggregator_task() {
 # reading DATA_TAG from the data server on DATA_PORT; it ends after one training session.
 learner_task() {
   TASKS+=("$2")
-  task --env ML_DATA_SERVER_HOST=127.0.0.1 --env "ML_DATA_SERVER_PORT=$DATA_PORT" --env FLOPS_LEARNER_MAX_SESSIONS=1 \
+  node_task --env ML_DATA_SERVER_HOST=127.0.0.1 --env "ML_DATA_SERVER_PORT=$DATA_PORT" --env FLOPS_LEARNER_MAX_SESSIONS=1 \
     "$1" "$2" python main.py "$4" 127.0.0.1 127.0.0.1 127.0.0.1 "$5" >"$3" 2>&1 &
   PIDS+=("$!")
 }
@@ -65,8 +86,14 @@ learner_task() {
 # containers (`ctr run --rm` removes its container only if its ctr outlived the task).
 stop_fl() {
   local t p
-  for t in "${TASKS[@]}"; do ctr_ tasks kill -s KILL "$t" >/dev/null 2>&1 || true; done
+  for t in "${TASKS[@]}"; do
+    ctr_ tasks kill -s KILL "$t" >/dev/null 2>&1 || true
+    node_ctr_ tasks kill -s KILL "$t" >/dev/null 2>&1 || true
+  done
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-  for t in "${TASKS[@]}"; do ctr_ containers rm "$t" >/dev/null 2>&1 || true; done
+  for t in "${TASKS[@]}"; do
+    ctr_ containers rm "$t" >/dev/null 2>&1 || true
+    node_ctr_ containers rm "$t" >/dev/null 2>&1 || true
+  done
 }

@@ -17,6 +17,9 @@
 #           keras: fixtures/cifar10-keras, pytorch: fixtures/cifar10-pytorch — a tiny CNN on
 #           CIFAR-10-shaped data (32x32 RGB, 10 classes), 1 round (their images are large: the
 #           round proves the flow, more rounds only cost time)
+#   COMPRESSION  gzip (default), estargz or zstd: the images' layers (FLOPS_COMPRESSION)
+#   NODE    plain (default) or lazy: the containerd the FL actors and the model server run on
+#           (lazy: the rig's lazy node, `scripts/rig.sh lazy`; images pulled with ctr-remote rpull)
 #   BIN     the builder binary to package (default: a release build)
 #   E2E_LOGS  a directory to keep every task's log in (default: none; a failure prints their ends)
 set -euo pipefail
@@ -28,11 +31,17 @@ SOCK=/run/flops-rig/containerd.sock
 NS=flops-e2e
 PY=/var/lib/flops-rig/pyenv/bin/python
 FLAVOR=${FLAVOR:-sklearn}
+# The images' layer compression (the builder task's FLOPS_COMPRESSION), and the node the FL
+# actors and the model server run on: plain (overlayfs) or lazy (the rig's stargz snapshotter;
+# it needs COMPRESSION=estargz to pull lazily).
+COMPRESSION=${COMPRESSION:-gzip}
+NODE=${NODE:-plain}
 # The actors as containerd tasks, and per flavor: the fixture, the data server's dataset and the
 # learners' data tags, the rounds.
 . scripts/fl-tasks.sh
 fl_flavor "$FLAVOR" || exit 2
 LEARNERS=${#TAGS[@]}
+[ "$NODE" = lazy ] && [ ! -e "$LAZY_SOCK" ] && { echo "no lazy node on $LAZY_SOCK: run scripts/rig.sh lazy" >&2; exit 1; }
 for need in "$SOCK" "$PY"; do
   [ -e "$need" ] || { echo "$need is missing: run scripts/rig.sh all" >&2; exit 1; }
 done
@@ -72,7 +81,7 @@ wait_8080_free() { # $1: who needs it
 
 RUN=e2e-$FLAVOR-$(date +%s)
 PROJECT=$RUN
-echo "[e2e] flavor $FLAVOR: fixtures/$FIXTURE, $ROUNDS round(s), $LEARNERS learners, dataset $DATASET" >&2
+echo "[e2e] flavor $FLAVOR: fixtures/$FIXTURE, $ROUNDS round(s), $LEARNERS learners, dataset $DATASET; $COMPRESSION layers, $NODE node" >&2
 # The ML repo, as a git repository served over smart HTTP on 127.0.0.1 (as GitHub would be).
 mkdir -p "$W/src" "$W/served"
 cp -a "fixtures/$FIXTURE" "$W/src/$NAME"
@@ -96,6 +105,7 @@ builder_task() { # id, then the manager's arguments
   local id=$1; shift
   TASKS+=("$id")
   task --read-only --mount type=tmpfs,src=tmpfs,dst=/tmp,options=rw:nosuid:nodev:mode=1777 \
+    --env "FLOPS_COMPRESSION=$COMPRESSION" \
     --mount type=bind,src=/etc/ssl/certs,dst=/etc/ssl/certs,options=rbind:ro \
     "$BUILDER" "$id" python3 main.py "$@"
 }
@@ -146,7 +156,7 @@ start_data_server "$DATASET" "$W/data.log"
 # What a node pays before the first round: a pull that unpacks (the learner; the aggregator
 # shares its dependency layers), timed apart from the round.
 t=$(now)
-for image in "$LEARNER" "$AGGREGATOR"; do ctr_ images pull --plain-http "$image" >/dev/null; done
+for image in "$LEARNER" "$AGGREGATOR"; do node_pull "$image"; done
 stage "containerd pull: learner + aggregator" "$(since "$t")"
 
 wait_data_server "$W/data.log"
@@ -209,7 +219,7 @@ jq -e --argjson want "$WANT_SIGNATURE" '. == [$want]' "$W/signature.json" >/dev/
 echo "[e2e] logged model's signature: $(cat "$W/signature.json")" >&2
 # The aggregator ends once it has published, and frees 8080 for the model server.
 for _ in $(seq 1 60); do kill -0 "$AGG_PID" 2>/dev/null || break; sleep 1; done
-ctr_ tasks kill -s KILL "$RUN-agg" >/dev/null 2>&1 || true
+node_ctr_ tasks kill -s KILL "$RUN-agg" >/dev/null 2>&1 || true
 
 t=$(now)
 subscribe "$W/served.mqtt" flops_manager/trained_model_image_builder/success
@@ -232,13 +242,13 @@ fi
 stage "trained_model plan: the best model's image" "$(since "$t")"
 
 t=$(now)
-ctr_ images pull --plain-http "$MODEL" >/dev/null
+node_pull "$MODEL"
 stage "containerd pull: trained model" "$(since "$t")"
 
 wait_8080_free "the model server"
 t=$(now)
 TASKS+=("$RUN-serve")
-task "$MODEL" "$RUN-serve" >"$W/serve.log" 2>&1 &
+node_task "$MODEL" "$RUN-serve" >"$W/serve.log" 2>&1 &
 SERVE_PID=$!
 PIDS+=($SERVE_PID)
 # 8080 must be answered by this task, not by a neighbour's server (the Rust tests serve models
@@ -246,7 +256,7 @@ PIDS+=($SERVE_PID)
 ours_on_8080() {
   local owners
   owners=$(ss -ltnpH 'sport = :8080' | grep -o 'pid=[0-9]*' | cut -d= -f2)
-  [ -n "$owners" ] && ctr_ tasks ps "$RUN-serve" 2>/dev/null | awk 'NR > 1 { print $1 }' | grep -qxF -f <(echo "$owners")
+  [ -n "$owners" ] && node_ctr_ tasks ps "$RUN-serve" 2>/dev/null | awk 'NR > 1 { print $1 }' | grep -qxF -f <(echo "$owners")
 }
 served() { [ "$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:8080/ping)" = 200 ] && ours_on_8080; }
 # MLflow's server imports the flavor (TensorFlow, torch) before it answers: up to 5 min.

@@ -91,7 +91,7 @@ pub struct ImageArgs {
     pub insecure_registry: Vec<String>,
     /// Layer compression: gzip, estargz (gzip that lazy-pulling nodes mount before the layer is
     /// there: stargz-snapshotter's eStargz) or zstd.
-    #[arg(long, default_value = "gzip")]
+    #[arg(long, env = "FLOPS_COMPRESSION", default_value = "gzip")]
     pub compression: String,
     /// Compression level (gzip and estargz 0-9, default 6; zstd 1-19, default 3).
     #[arg(long)]
@@ -302,7 +302,7 @@ pub struct AppendArgs {
     pub output: String,
     /// Layer compression: gzip, estargz (gzip that lazy-pulling nodes mount before the layer is
     /// there: stargz-snapshotter's eStargz) or zstd.
-    #[arg(long, default_value = "gzip")]
+    #[arg(long, env = "FLOPS_COMPRESSION", default_value = "gzip")]
     pub compression: String,
     /// Compression level (gzip and estargz 0-9, default 6; zstd 1-19, default 3).
     #[arg(long)]

@@ -237,41 +237,6 @@ pub fn footer(toc_offset: u64) -> [u8; FOOTER_LEN] {
     f
 }
 
-/// An existing gzip (or uncompressed) tar layer (a base image's, in the store as `blob`)
-/// written again as eStargz, entry by entry as it is (types, modes, owners, times, links,
-/// device numbers; PAX extended attributes are not carried): a lazy node mounts an image only
-/// when its bottom layers are eStargz too (containerd fetches every layer above the first one
-/// it must fetch). The same blob gives the same bytes.
-pub fn convert_layer(
-    store: &crate::oci::blobstore::BlobStore,
-    blob: &std::path::Path,
-    level: u32,
-) -> anyhow::Result<crate::oci::layer::Layer> {
-    use anyhow::Context;
-    let file = std::fs::File::open(blob).with_context(|| format!("opening {}", blob.display()))?;
-    let mut head = [0u8; 2];
-    std::io::Read::read_exact(&mut &file, &mut head).ok();
-    let file = std::fs::File::open(blob)?;
-    let input: Box<dyn std::io::Read> = if head == [0x1f, 0x8b] {
-        Box::new(flate2::read::MultiGzDecoder::new(std::io::BufReader::new(
-            file,
-        )))
-    } else {
-        Box::new(std::io::BufReader::new(file))
-    };
-    let mut archive = tar::Archive::new(input);
-    let mut w = crate::oci::layer::LayerWriter::new(
-        store,
-        crate::oci::layer::Compression::Estargz(level),
-        0,
-    )?;
-    for entry in archive.entries().context("reading the base layer")? {
-        let entry = entry.context("reading the base layer")?;
-        w.append_raw(entry)?;
-    }
-    w.finish(store)
-}
-
 /// Reads an eStargz blob the way a lazy node does (footer → TOC → each chunk's member) and
 /// checks every digest; returns the TOC. For tests: the snapshotter itself is the real check.
 #[cfg(test)]

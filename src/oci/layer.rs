@@ -666,7 +666,7 @@ impl LayerWriter {
     }
 
     /// Appends another tar's entry as it is (header fields, link, data), for converting a
-    /// layer ([`estargz::convert_layer`]); extension headers (long names) are written anew.
+    /// layer ([`crate::oci::convert::to_estargz`]); extension headers (long names) are written anew.
     pub fn append_raw<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<()> {
         use tar::EntryType as T;
         let mut h = entry.header().clone();
@@ -686,6 +686,11 @@ impl LayerWriter {
             _ => return Ok(()),
         };
         let size = if kind == "reg" { h.size()? } else { 0 };
+        // Only device entries have numbers; other headers may leave the fields blank.
+        let dev = |n: io::Result<Option<u32>>| match kind {
+            "char" | "block" => n.ok().flatten().unwrap_or(0) as u64,
+            _ => 0,
+        };
         let mtime = h.mtime()?;
         if let Some(toc) = self.toc.as_mut() {
             toc.push(TocEntry {
@@ -697,8 +702,8 @@ impl LayerWriter {
                 mode: h.mode()?,
                 uid: h.uid()? as u32,
                 gid: h.gid()? as u32,
-                dev_major: h.device_major()?.unwrap_or(0) as u64,
-                dev_minor: h.device_minor()?.unwrap_or(0) as u64,
+                dev_major: dev(h.device_major()),
+                dev_minor: dev(h.device_minor()),
                 ..Default::default()
             });
         }

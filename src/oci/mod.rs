@@ -4,6 +4,7 @@
 pub mod append;
 pub mod assemble;
 pub mod blobstore;
+pub mod convert;
 pub mod credentials;
 pub mod estargz;
 pub mod image;

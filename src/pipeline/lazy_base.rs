@@ -7,7 +7,8 @@
 
 use super::base::Base;
 use super::Session;
-use crate::oci::estargz::{self, TOC_DIGEST_ANNOTATION};
+use crate::oci::convert;
+use crate::oci::estargz::TOC_DIGEST_ANNOTATION;
 use crate::oci::layer::{cached_layer, remember_layer, Compression, Layer};
 use anyhow::{Context, Result};
 use serde_json::Value;
@@ -64,7 +65,7 @@ async fn converted(
         .await
         .with_context(|| format!("downloading base layer {}", desc.digest))?;
     let (store, blob) = (sess.store.clone(), sess.store.path(&desc.digest));
-    let layer = tokio::task::spawn_blocking(move || estargz::convert_layer(&store, &blob, level))
+    let layer = tokio::task::spawn_blocking(move || convert::to_estargz(&store, &blob, level))
         .await?
         .with_context(|| format!("writing base layer {} as eStargz", desc.digest))?;
     remember_layer(&sess.store, &name, &layer);
