@@ -20,7 +20,8 @@ aggregator_type:
                       (the first, then any with higher accuracy and lower loss) is saved with the
                       MLflow flavor ML_MODEL_FLAVOR (with the repo's top-level modules as its
                       code) and, after the last round, logged to that round's run under the
-                      artifact path `logged_model_artifact`.
+                      artifact path `logged_model_artifact`, with the signature of the learners'
+                      input schema (below) when they sent one.
                       Failures are tolerated as FL tolerates them (Flower's accept_failures): a
                       round aggregates the results it received; each failed learner is logged
                       and told to the observer, and every round's counts (connected `clients`,
@@ -43,7 +44,16 @@ aggregator_type:
                       accuracy over its rounds and its evaluation examples. Its rounds tolerate
                       learner failures the same way. No MLflow, no MQTT: it only logs. It runs
                       until stopped, reconnecting whenever the root goes away or a cycle fails
-                      (the root counts it as a failed client of that cycle).
+                      (the root counts it as a failed client of that cycle). Its fit metrics
+                      forward the cycle's input schema.
+
+Input schema (flops_signature.py): each learner sends with its training result the metric
+`flops_input_schema`, MLflow's Schema JSON of its model's input (tensor dtypes and shapes with a
+free batch dimension, or DataFrame column names and types; never a data value). A round keeps
+the most common one (a warning names how the others differ); the model is saved with
+`signature=ModelSignature(inputs=Schema.from_json(...))`, so MLflow's scoring server casts
+request JSON to the model's dtypes. The log says "model logged with the learners' input
+signature: ..." or "learners sent no input schema: the model is logged without a signature".
 
 --track-locally logs to a local MLflow file store (./mlruns) instead of the tracking server.
 --deactivate-notifications sends nothing to the MQTT broker and the project observer.
@@ -93,6 +103,8 @@ import socket
 import sys
 import tempfile
 import time
+
+import flops_signature  # beside this file
 
 MQTT_PORT = 9027
 OBSERVER_PORT = 2727
@@ -324,10 +336,11 @@ def repo_code_paths():
     and cannot be loaded for serving without it.
     """
     here = os.path.abspath(__file__)
+    runtime = {here, os.path.abspath(flops_signature.__file__)}
     paths = []
     for name in sorted(os.listdir(os.getcwd())):
         path = os.path.abspath(name)
-        if name.startswith((".", "__")) or path == here:
+        if name.startswith((".", "__")) or path in runtime:
             continue
         if (name.endswith(".py") and os.path.isfile(path)) or os.path.isfile(os.path.join(path, "__init__.py")):
             paths.append(path)
@@ -501,6 +514,8 @@ def make_strategy(args, prepare, tracker=None, notifier=None):
                 min_fit_clients=args.min_fit_clients,
                 min_evaluate_clients=args.min_evaluate_clients,
                 accept_failures=True,  # Flower's default, stated: FLOps relies on it
+                # The learners' input schema (FedAvg warns about fit metrics it cannot aggregate).
+                fit_metrics_aggregation_fn=flops_signature.fit_metrics_aggregation(peers),
             )
             self.error = None
             self.on_started = None
@@ -509,6 +524,7 @@ def make_strategy(args, prepare, tracker=None, notifier=None):
             self.rounds = []  # (round, loss, accuracy, evaluation examples)
             self.counts = {}  # round -> what its clients did (the `rounds` of `success`)
             self.training_examples = 0
+            self.input_schema = None  # the learners' latest (flops_signature.py)
 
         def fail(self, server_round, err):
             if self.error is None:
@@ -608,6 +624,10 @@ def make_strategy(args, prepare, tracker=None, notifier=None):
                     raise AggregatorError("no training results to aggregate")
                 self.parameters = parameters_to_ndarrays(aggregated)
                 self.training_examples += sum(res.num_examples for _, res in results)
+                if metrics.get(flops_signature.METRIC):
+                    self.input_schema = metrics[flops_signature.METRIC]
+                    if tracker is not None:
+                        tracker.input_schema = self.input_schema
                 if self.model_manager is not None:
                     # The model follows the aggregate (it is what gets saved as the best model).
                     model_call(
@@ -743,6 +763,7 @@ class Tracker:
         self.best = None  # (round, loss, accuracy, run_id, saved model dir)
         self.tmp = None
         self.requirements = None  # the first saved model's requirements.txt
+        self.input_schema = None  # the learners' (flops_signature.py), set by the strategy
 
     @property
     def where(self) -> str:
@@ -803,8 +824,12 @@ class Tracker:
             # MLflow infers the model's pip requirements in a subprocess that loads the model
             # (10+ s); the same model class in the same env needs the same ones every round.
             reuse = {"pip_requirements": self.requirements} if self.requirements else {}
+            # No input_example: the signature alone makes the scoring server cast requests, the
+            # aggregator has no data (zeros at best), and newer MLflow runs the model on an example.
+            signature = flops_signature.signature(self.input_schema)
             try:
-                self.flavor.save_model(model, path, code_paths=repo_code_paths() or None, **reuse)
+                self.flavor.save_model(model, path, code_paths=repo_code_paths() or None,
+                                       signature=signature, **reuse)
             except Exception as e:  # noqa: BLE001
                 raise AggregatorError(
                     f"mlflow.{self.flavor.__name__.rsplit('.', 1)[-1]}.save_model() failed for the "
@@ -843,6 +868,8 @@ class Tracker:
         try:
             mlmodel = Model.load(path)
             mlmodel.run_id, mlmodel.artifact_path = run_id, MODEL_ARTIFACT_PATH
+            if mlmodel.signature is None:  # saved before the learners' schema came
+                mlmodel.signature = flops_signature.signature(self.input_schema)
             mlmodel.save(os.path.join(path, "MLmodel"))
         except Exception as e:  # noqa: BLE001
             log.warning("could not record the run in the model's MLmodel: %s", e)
@@ -862,6 +889,8 @@ class Tracker:
             except Exception as e:  # noqa: BLE001 - cosmetic (a private MLflow API)
                 log.warning("could not record the logged model on run %s: %s", run_id, e)
         log.info("best model (round %d) logged to run %s under %s", server_round, run_id, MODEL_ARTIFACT_PATH)
+        if mlmodel is not None:
+            log.info("%s", flops_signature.describe(mlmodel.signature, self.input_schema))
         return server_round, loss, accuracy, run_id
 
     def close(self) -> None:
@@ -1017,7 +1046,9 @@ def make_cluster_client(args):
             initial = [np.asarray(p) for p in parameters]
             self.last = run_rounds(args, lambda: (initial, None))
             log.info("cycle %d done: %d training examples", self.cycles, self.last.training_examples)
-            return self.last.parameters, int(self.last.training_examples), {}
+            # The cycle's input schema goes on to the root, whose model gets the signature.
+            metrics = flops_signature.metrics(self.last.input_schema)
+            return self.last.parameters, int(self.last.training_examples), metrics
 
         def evaluate(self, parameters, config):
             # The cluster has no data of its own: it reports the cycle's evaluation by its learners.

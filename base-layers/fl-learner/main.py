@@ -19,6 +19,11 @@ both: FLOps (hierarchical FL in particular) runs many sessions against the same 
   the wait for the first session; once it has trained, it waits for the next session forever.
   Each attempt closes every gRPC channel and request stream it opened before the next one (flwr
   alone leaves a gRPC thread behind per attempt), so retrying for hours costs nothing.
+- Input schema: with each training result the learner sends one metric, `flops_input_schema`,
+  MLflow's Schema JSON of its model's input as the repo's code feeds it (tensor shapes and
+  dtypes, or DataFrame column names and types; never a data value), from which the aggregator
+  gives the logged model its signature. Captured by flops_input_schema.py (its docstring says
+  how, per kind of model); when it cannot be, it logs so once and the metrics stay empty.
 - "training session N finished" is logged whenever the aggregator ends a session. An aggregator
   that goes away mid-session (UNAVAILABLE) is not a failure: the learner waits for the next one.
 - Exit 0: after --max-sessions sessions (log line "training finished: ..."), or on
@@ -161,6 +166,9 @@ def make_client(model_manager):
     """A NumPy client over the ModelManager; `.tasks` counts what the aggregator asked for."""
     import flwr
     import numpy as np
+    from flops_input_schema import InputSchema
+
+    schema = InputSchema(model_manager)
 
     def arrays(params):
         return [np.asarray(p) for p in params]
@@ -175,13 +183,13 @@ def make_client(model_manager):
         def fit(self, parameters, config):
             self.tasks += 1
             model_manager.set_model_parameters(parameters)
-            n = model_manager.fit_model()
-            return arrays(model_manager.get_model_parameters()), int(n), {}
+            n = schema.during(model_manager.fit_model)
+            return arrays(model_manager.get_model_parameters()), int(n), schema.metrics()
 
         def evaluate(self, parameters, config):
             self.tasks += 1
             model_manager.set_model_parameters(parameters)
-            loss, accuracy, n = model_manager.evaluate_model()
+            loss, accuracy, n = schema.during(model_manager.evaluate_model)
             return float(loss), int(n), {"accuracy": float(accuracy)}
 
     return Learner()

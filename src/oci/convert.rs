@@ -34,6 +34,9 @@ mod tests {
     use super::*;
     use crate::oci::estargz;
 
+    /// Path, mode, mtime, link target, content.
+    type Entry = (String, u32, u64, Option<String>, Vec<u8>);
+
     /// A base-like gzip tar (owners, modes, times, a hardlink, a symlink, a big file) comes out
     /// as an eStargz layer with the same entries, every chunk verifiable.
     #[test]
@@ -94,7 +97,7 @@ mod tests {
             (tool["mode"].as_u64(), tool["uid"].as_u64()),
             (Some(0o4755), Some(1000))
         );
-        let entries = |data: &[u8]| -> Vec<(String, u32, u64, Option<String>, Vec<u8>)> {
+        let entries = |data: &[u8]| -> Vec<Entry> {
             let mut a = tar::Archive::new(flate2::read::MultiGzDecoder::new(data));
             a.entries()
                 .unwrap()

@@ -31,6 +31,10 @@ pub const LEARNER: Runtime = Runtime {
             include_bytes!("../../base-layers/fl-learner/data_loading.py"),
         ),
         (
+            "flops_input_schema.py",
+            include_bytes!("../../base-layers/fl-learner/flops_input_schema.py"),
+        ),
+        (
             "main.py",
             include_bytes!("../../base-layers/fl-learner/main.py"),
         ),
@@ -40,10 +44,16 @@ pub const LEARNER: Runtime = Runtime {
 
 pub const AGGREGATOR: Runtime = Runtime {
     name: "fl-aggregator",
-    files: &[(
-        "main.py",
-        include_bytes!("../../base-layers/fl-aggregator/main.py"),
-    )],
+    files: &[
+        (
+            "flops_signature.py",
+            include_bytes!("../../base-layers/fl-aggregator/flops_signature.py"),
+        ),
+        (
+            "main.py",
+            include_bytes!("../../base-layers/fl-aggregator/main.py"),
+        ),
+    ],
     requirements: include_str!("../../base-layers/fl-aggregator/requirements.txt"),
 };
 

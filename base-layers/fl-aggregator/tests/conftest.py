@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -95,7 +96,9 @@ def data_server():
 
 
 # The ML repo: scikit-learn logistic regression on (x1, x2) -> label, as in Flower's sklearn
-# example. TEST_MODEL_FAIL makes one of its methods raise. Learners' fits can be held at a known
+# example. TEST_MODEL_FAIL makes one of its methods raise. The model is fed float32 arrays
+# (datasets' numpy format makes float32 of float64 columns), or with TEST_INPUT=dataframe a pandas
+# DataFrame (x1, x2): the input schema the learners send. Learners' fits can be held at a known
 # point (a line on stdout says so): with TEST_FIT_GATE=<path>, the fits numbered in
 # TEST_FIT_GATE_AT (comma-separated, default 1) wait until the file <path>-<n> exists;
 # TEST_FIT_HANG_AT=<n> makes fit number n hang until the learner is killed.
@@ -138,6 +141,10 @@ MODEL_MANAGER = textwrap.dedent(
         def set_model_data(self):
             d = load_dataset().with_format("numpy")
             x = np.stack([d["x1"], d["x2"]], axis=1)
+            if os.environ.get("TEST_INPUT") == "dataframe":
+                import pandas as pd
+
+                x = pd.DataFrame({"x1": x[:, 0], "x2": x[:, 1]})
             y = np.asarray(d["label"])
             cut = int(len(x) * 0.8)
             self.train, self.test = (x[:cut], y[:cut]), (x[cut:], y[cut:])
@@ -338,6 +345,38 @@ def run_name(run) -> str:
     """A run's name: the `mlflow.runName` tag (RunInfo.run_name appeared in MLflow 1.30; the
     lowest env runs 1.28)."""
     return run.data.tags["mlflow.runName"]
+
+
+def logged_signature(client, run_id) -> dict:
+    """The `signature` of the run's logged model's MLmodel, as written (inputs as JSON text)."""
+    import yaml  # MLflow's own dependency
+
+    path = client.download_artifacts(run_id, "logged_model_artifact/MLmodel", tempfile.mkdtemp())
+    with open(path) as f:
+        return yaml.safe_load(f).get("signature") or {}
+
+
+def score(model, request: dict):
+    """Predictions for a JSON request body, parsed as MLflow's scoring server parses it (the
+    model's signature casts it): through the server's own `invocations` where it imports (its
+    MLflow 2.0.1 needs flask, which mlflow-skinny lacks), else through the parsers that 2.0.1's
+    server calls."""
+    import numpy as np
+
+    schema = model.metadata.get_input_schema()
+    try:
+        from mlflow.pyfunc import scoring_server
+    except ImportError:
+        from mlflow.utils.proto_json_utils import dataframe_from_parsed_json, parse_tf_serving_input
+
+        if "dataframe_split" in request:
+            data = dataframe_from_parsed_json(request["dataframe_split"], "split", schema=schema)
+        else:
+            data = parse_tf_serving_input(request, schema=schema)
+        return np.asarray(model.predict(data)).tolist()
+    response = scoring_server.invocations(json.dumps(request), "application/json", model, schema)
+    assert response.status == 200, response.response
+    return json.loads(response.response)["predictions"]
 
 
 @pytest.fixture

@@ -1,15 +1,17 @@
 """A classic FLOps training: the aggregator, two learners, the tracking server and mosquitto."""
 
 import importlib.metadata
+import json
 import tempfile
 import subprocess
 import sys
 
 import numpy as np
-from conftest import free_port, messages_of, run_name, wait_for
+from conftest import free_port, logged_signature, messages_of, run_name, score, wait_for
 
 
 def test_classic_run_tracks_rounds_and_logs_the_best_model(fl, mqtt_messages, observer, mlflow_client):
+    import mlflow.pyfunc
     import mlflow.sklearn
 
     port = free_port()
@@ -80,6 +82,20 @@ def test_classic_run_tracks_rounds_and_logs_the_best_model(fl, mqtt_messages, ob
     x = np.array([[2.0, 1.0], [-2.0, -1.0]])
     assert list(model.predict(x)) == [1, 0]
 
+    # The signature is the learners' input schema (the shape and dtype they train on, float32;
+    # no data), and MLflow's scoring server casts JSON numbers to it, in each of its formats
+    # (pyfunc refuses an array of another dtype: a prediction means the parsing cast it).
+    signature = logged_signature(mlflow_client, success["run_id"])
+    assert json.loads(signature["inputs"]) == [
+        {"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": [-1, 2]}}
+    ], signature
+    assert "model logged with the learners' input signature" in agg.output(), agg.output()
+    served = mlflow.pyfunc.load_model(f"runs:/{success['run_id']}/logged_model_artifact")
+    rows = x.tolist()
+    for request in ({"inputs": rows}, {"instances": rows},
+                    {"dataframe_split": {"columns": ["x1", "x2"], "data": rows}}):
+        assert score(served, request) == [1, 0], request
+
     assert wait_for(lambda: len(observed) >= 2, 5), observed
     assert "127.0.0.1:5080" in observed[0]
     assert f"accuracy: {success['accuracy']}" in observed[-1] and success["run_id"] in observed[-1]
@@ -108,7 +124,10 @@ def test_track_locally_uses_a_local_store(fl, mqtt_messages, tmp_path):
     load = (
         "import sys, mlflow.pyfunc, numpy as np; "
         "m = mlflow.pyfunc.load_model(sys.argv[1]); "
-        "print('PREDICTED', np.asarray(m.predict(np.array([[2.0, 1.0], [-2.0, -1.0]]))).tolist())"
+        # float32, the signature's dtype (the learners'): pyfunc checks an array's dtype, and
+        # only the scoring server's JSON parsing casts to it.
+        "x = np.array([[2.0, 1.0], [-2.0, -1.0]], np.float32); "
+        "print('PREDICTED', np.asarray(m.predict(x)).tolist())"
     )
     done = subprocess.run([sys.executable, "-c", load, str(model_dir)], cwd=elsewhere, env=fl.env(),
                           capture_output=True, text=True, timeout=120)

@@ -1,9 +1,10 @@
 """Hierarchical FL: a root aggregator, a cluster aggregator as its client, and the cluster's
 learners (continuous services, one training session per cycle)."""
 
+import json
 import time
 
-from conftest import free_port, messages_of, run_name, wait_for
+from conftest import free_port, logged_signature, messages_of, run_name, wait_for
 
 
 def test_root_and_cluster_aggregator(fl, mqtt_messages, mlflow_client):
@@ -13,8 +14,9 @@ def test_root_and_cluster_aggregator(fl, mqtt_messages, mlflow_client):
         "cluster", ["CLUSTER_AGGREGATOR", 2, 2, 2, 2, f"127.0.0.1:{root_port}"], cluster_port
     )
     learners = [
-        fl.learner("learner-a", cluster_port, "agg-a", sessions=2),
-        fl.learner("learner-b", cluster_port, "agg-b", sessions=2),
+        # Fed DataFrames: the root's model gets a signature of columns.
+        fl.learner("learner-a", cluster_port, "agg-a", sessions=2, TEST_INPUT="dataframe"),
+        fl.learner("learner-b", cluster_port, "agg-b", sessions=2, TEST_INPUT="dataframe"),
     ]
 
     assert root.wait(300) == 0, fl.logs()
@@ -33,6 +35,11 @@ def test_root_and_cluster_aggregator(fl, mqtt_messages, mlflow_client):
     assert sorted(run_name(r) for r in runs) == ["FLOps FL round 1", "FLOps FL round 2"]
     files = {a.path for a in mlflow_client.list_artifacts(success["run_id"], "logged_model_artifact")}
     assert "logged_model_artifact/MLmodel" in files
+    # The learners' input schema reached the root through the cluster aggregator's fit metrics.
+    signature = logged_signature(mlflow_client, success["run_id"])
+    # (MLflow 2.0.1 writes no `required`: its columns all are.)
+    columns = [(c["name"], c["type"], c.get("required", True)) for c in json.loads(signature["inputs"])]
+    assert columns == [("x1", "float", True), ("x2", "float", True)], signature
 
     # Each cycle was one training session of each learner: 2 rounds x 2 learners x 240 examples.
     for learner in learners:

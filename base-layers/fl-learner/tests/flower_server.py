@@ -6,8 +6,10 @@ Runs `rounds` rounds (default 1) of fit + evaluate once `min_clients` clients (d
 connected, then ends the session.
 
 Prints one JSON line `FLOWER_RESULT {"fit": n, "evaluate": n, "loss": x, "accuracy": y,
-"clients": [n, ...]}` at the end, `clients` being the clients connected when each round's
-training was sampled (what the server holds, as opposed to the learners that exist). The
+"clients": [n, ...], "fit_metrics": [{...}, ...], "evaluate_metrics": [{...}, ...]}` at the end,
+`clients` being the clients connected when each round's training was sampled (what the server
+holds, as opposed to the learners that exist), and the metrics those of every fit and evaluate
+result received: everything a learner sent besides its parameters, loss and example counts. The
 integration test runs this file with the flwr inside the learner image.
 """
 
@@ -22,6 +24,7 @@ class Counting(FedAvg):
     n_fit = n_evaluate = 0
     accuracy = None
     clients = []
+    fit_metrics, evaluate_metrics = [], []
 
     def configure_fit(self, server_round, parameters, client_manager):
         instructions = super().configure_fit(server_round, parameters, client_manager)
@@ -30,12 +33,14 @@ class Counting(FedAvg):
 
     def aggregate_fit(self, server_round, results, failures):
         Counting.n_fit += len(results)
+        Counting.fit_metrics += [dict(res.metrics) for _, res in results]
         if failures:
             raise SystemExit(f"fit failures: {failures}")
         return super().aggregate_fit(server_round, results, failures)
 
     def aggregate_evaluate(self, server_round, results, failures):
         Counting.n_evaluate += len(results)
+        Counting.evaluate_metrics += [dict(res.metrics) for _, res in results]
         if failures:
             raise SystemExit(f"evaluate failures: {failures}")
         if results:
@@ -52,6 +57,8 @@ def main() -> None:
         min_evaluate_clients=clients,
         min_available_clients=clients,
         fraction_evaluate=1.0,
+        # Recorded above, not aggregated (FedAvg would warn without a function).
+        fit_metrics_aggregation_fn=lambda metrics: {},
     )
     history = flwr.server.start_server(
         server_address=address,
@@ -60,8 +67,9 @@ def main() -> None:
     )
     loss = history.losses_distributed[-1][1] if history.losses_distributed else None
     result = {"fit": Counting.n_fit, "evaluate": Counting.n_evaluate, "loss": loss,
-              "accuracy": Counting.accuracy, "clients": Counting.clients}
-    print("FLOWER_RESULT " + json.dumps(result), flush=True)
+              "accuracy": Counting.accuracy, "clients": Counting.clients,
+              "fit_metrics": Counting.fit_metrics, "evaluate_metrics": Counting.evaluate_metrics}
+    print("FLOWER_RESULT " + json.dumps(result, default=repr), flush=True)
 
 
 if __name__ == "__main__":
