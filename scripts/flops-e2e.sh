@@ -208,6 +208,7 @@ import sys
 import mlflow
 import yaml
 
+mlflow.set_tracking_uri(sys.argv[1])  # mlflow-artifacts: URIs resolve against it
 path = mlflow.artifacts.download_artifacts(
     run_id=sys.argv[2], artifact_path="logged_model_artifact/MLmodel", tracking_uri=sys.argv[1]
 )
