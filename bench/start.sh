@@ -32,6 +32,13 @@
 #   OURS_ARGS, OLD_ARGS  more `build` flags for ours / the OLD_BIN run (e.g. OLD_BIN=$BIN
 #              OLD_ARGS="--compression zstd" OLD_LABEL=zstd compares two policies of one builder)
 #   OLD_LABEL  the second column's name (default old)
+#   OLD_NODE   plain (default) or lazy: the second column's node is a fresh lazy one (a fresh stargz
+#              snapshotter, scripts/lazy-node/main.go as the rig builds it, behind a fresh
+#              containerd; images pulled with ctr-remote rpull, nothing unpacked), e.g.
+#              OLD_BIN=$BIN OLD_ARGS="--compression estargz" OLD_LABEL=estargz-lazy OLD_NODE=lazy
+#   LINK       loopback (default) or RATE:RTT, e.g. 100mbit:20ms: every node reaches its registry
+#              through bench/link.py (that rate each way, half the RTT added each way), and the
+#              report gives the bytes each node really fetched (a lazy node: what its tasks read)
 #   SKIP_UPSTREAM=1  leaves buildah out (its columns say "—"); it is left out by itself, and said
 #              so in the report, when the disk has less free space than its peak (NEED_UPSTREAM)
 #   BUILDAH_DRIVER  buildah's storage driver (default overlay; vfs copies every layer)
@@ -58,6 +65,10 @@ TASKS=()
 SOCK=
 NODE_PID=
 NODE_DIR=
+SGZ_PID=
+LINK=${LINK:-loopback}
+LINK_PID=
+NODE_REG=
 # buildah in its own storage under $T (deleted wholesale), its temporary files too (a commit
 # spools the layer there), overlay unless BUILDAH_DRIVER says.
 BUILDAH="env TMPDIR=$T/buildah/tmp buildah --root $T/buildah/root --runroot $T/buildah/run --storage-driver ${BUILDAH_DRIVER:-overlay}"
@@ -83,6 +94,31 @@ start_node() { # NAME
   for _ in $(seq 1 100); do ctr -a "$SOCK" version >/dev/null 2>&1 && return 0; sleep 0.1; done
   echo "the fresh containerd did not start: $T/$1-containerd.log" >&2; tail "$T/$1-containerd.log" >&2; exit 1
 }
+# start_lazy_node NAME — the same, with a fresh stargz snapshotter as its proxy plugin (the
+# rig's daemon binary, its own root, socket and config: the node's registry plain HTTP, no
+# background fetch) and its tasks on the stargz snapshotter (NODE=lazy for scripts/fl-tasks.sh).
+start_lazy_node() {
+  local bin=/var/lib/flops-rig/bin/flops-stargz-grpc
+  [ -x "$bin" ] || { echo "no $bin: run scripts/rig.sh lazy" >&2; exit 1; }
+  NODE_DIR=$T/node-$1
+  mkdir -p "$NODE_DIR/stargz"
+  printf 'no_background_fetch = true\n[[resolver.host."%s".mirrors]]\n  host = "%s"\n  insecure = true\n' \
+    "$NODE_REG" "$NODE_REG" >"$NODE_DIR/stargz.toml"
+  "$bin" -address "$NODE_DIR/stargz.sock" -root "$NODE_DIR/stargz" -config "$NODE_DIR/stargz.toml" \
+    >"$T/$1-stargz.log" 2>&1 </dev/null &
+  SGZ_PID=$!
+  for _ in $(seq 1 100); do [ -S "$NODE_DIR/stargz.sock" ] && break; sleep 0.1; done
+  [ -S "$NODE_DIR/stargz.sock" ] || { echo "the fresh stargz snapshotter did not start: $T/$1-stargz.log" >&2; exit 1; }
+  start_node "$1"
+  # start_node wrote the plain config; restart with the proxy plugin added.
+  kill "$NODE_PID"; wait "$NODE_PID" 2>/dev/null || true
+  printf '[proxy_plugins]\n  [proxy_plugins.stargz]\n    type = "snapshot"\n    address = "%s"\n' \
+    "$NODE_DIR/stargz.sock" >>"$NODE_DIR/config.toml"
+  containerd --config "$NODE_DIR/config.toml" >"$T/$1-containerd.log" 2>&1 </dev/null &
+  NODE_PID=$!
+  for _ in $(seq 1 100); do ctr -a "$SOCK" snapshots --snapshotter stargz ls >/dev/null 2>&1 && break; sleep 0.1; done
+  NODE=lazy LAZY_SOCK=$SOCK
+}
 stop_node() {
   [ -n "$NODE_PID" ] || return 0
   stop_fl
@@ -90,6 +126,8 @@ stop_node() {
   kill "$NODE_PID" 2>/dev/null || true
   wait "$NODE_PID" 2>/dev/null || true
   NODE_PID=
+  NODE=plain
+  if [ -n "$SGZ_PID" ]; then kill "$SGZ_PID" 2>/dev/null || true; wait "$SGZ_PID" 2>/dev/null || true; SGZ_PID=; fi
   findmnt -rn -o TARGET | { grep -F "$NODE_DIR/" || true; } | sort -r | while read -r m; do umount -l "$m" || true; done
   rm -rf "$NODE_DIR"
 }
@@ -112,7 +150,24 @@ registry() { # PORT IMAGE...
   fresh_registry "$REG" "$@"
   REGPID=${REGPIDS[-1]}
 }
+# start_link — the node's way to the registry: $REG itself on loopback, else bench/link.py in
+# front of it (NODE_REG); its byte counts in $T/link.json.
+start_link() {
+  NODE_REG=$REG
+  [ "$LINK" = loopback ] && return 0
+  local port=$((REGPORT + 100))
+  python3 bench/link.py --port "$port" --upstream "$REG" --rate "${LINK%%:*}" --rtt "${LINK##*:}" \
+    --stats "$T/link.json" >"$T/link.log" 2>&1 &
+  LINK_PID=$!
+  for _ in $(seq 1 50); do grep -q ready "$T/link.log" 2>/dev/null && break; sleep 0.1; done
+  grep -q ready "$T/link.log" || { echo "bench/link.py did not start:" >&2; cat "$T/link.log" >&2; exit 1; }
+  NODE_REG=127.0.0.1:$port
+}
+link_down() { [ "$LINK" = loopback ] && echo "" || jq .down "$T/link.json"; } # bytes to the node so far
+stop_link() { [ -n "$LINK_PID" ] || return 0; kill "$LINK_PID" 2>/dev/null || true; wait "$LINK_PID" 2>/dev/null || true; LINK_PID=; }
+AT_EXIT+=(stop_link)
 drop_registry() {
+  stop_link
   [ -n "$REGPID" ] || return 0
   kill "$REGPID" 2>/dev/null || true
   wait "$REGPID" 2>/dev/null || true
@@ -136,17 +191,36 @@ both_blobs() { { image_blobs "$1"; image_blobs "$2"; } | sort -u -k1,1; }
 # ---- phases 2–8 on a fresh node ----
 # node_run NAME LEARNER AGGREGATOR — results appended to $T/NAME.res ("key value" lines).
 node_run() {
-  local n=$1 learner=$2 aggregator=$3 t0 t1 t2 t3 ref res=$T/$1.res
-  start_node "$n"
+  local n=$1 learner=$2 aggregator=$3 t0 t1 t2 t3 ref res=$T/$1.res down0 lazy=
+  start_link
+  learner=${learner/#$REG/$NODE_REG} aggregator=${aggregator/#$REG/$NODE_REG}
+  if [ "$n" = old ] && [ "${OLD_NODE:-plain}" = lazy ]; then lazy=1; fi
+  if [ -n "$lazy" ]; then start_lazy_node "$n"; else start_node "$n"; fi
+  down0=$(link_down)
   both_blobs "$learner" "$aggregator" >"$T/$n.blobs"
   image_blobs "$learner" | head -1 | cut -d' ' -f1 >"$T/$n.learner-config"
   echo "pulled_bytes $(awk '{s+=$2} END{print s}' "$T/$n.blobs")" >>"$res"
   echo "layers $(grep -vc 'image.config\|container.image.v1' "$T/$n.blobs")" >>"$res"
+  if [ -n "$lazy" ]; then
+    log "$n: lazy pull (ctr-remote images rpull: manifests and configs; layers mounted) of both images by a fresh lazy node"
+    t0=$(now)
+    for ref in "$learner" "$aggregator"; do
+      ctr-remote -a "$SOCK" -n "$NS" images rpull --plain-http "$ref" >/dev/null
+    done
+    echo "pull $(sub "$(now)" "$t0")" >>"$res"
+    echo "unpack -" >>"$res"
+    fl_round1 "$n" "$learner" "$aggregator"
+    [ -z "$down0" ] || echo "fetched_bytes $(($(link_down) - down0))" >>"$res"
+    drop_registry
+    stop_node
+    return
+  fi
   log "$n: pull (ctr content fetch) and unpack (ctr images pull) of both images by a fresh containerd"
   t0=$(now)
   for ref in "$learner" "$aggregator"; do ctr_ content fetch --plain-http "$ref" >/dev/null; done
   t1=$(now)
   echo "pull $(sub "$t1" "$t0")" >>"$res"
+  [ -z "$down0" ] || echo "fetched_bytes $(($(link_down) - down0))" >>"$res"
   # The layers in the registry are not needed any more (the floor's link speed is measured
   # from it first; the unpacking pull reads only manifests): their disk space is the unpack's.
   if [ "$n" = ours ]; then floor_link "$learner"; fi
@@ -286,7 +360,7 @@ floor_link() {
   log "floor: link speed from the fresh registry"
   read -r biggest size _ < <(sort -k2,2nr "$T/ours.blobs" | head -1)
   for _ in 1 2; do
-    secs=$(curl -fsS -o /dev/null -w '%{time_total}' "http://$REG/v2/$(repo_of "$learner")/blobs/$biggest")
+    secs=$(curl -fsS -o /dev/null -w '%{time_total}' "http://$NODE_REG/v2/$(repo_of "$learner")/blobs/$biggest")
     best=$(awk -v s="$size" -v t="$secs" -v b="$best" 'BEGIN{r = s / t; print (r > b ? r : b)}')
   done
   echo "link_mbs $(awk -v b="$best" 'BEGIN{printf "%.0f", b / 1e6}')" >>"$res"
@@ -487,6 +561,8 @@ report() {
     else
       echo -n "builder peak RSS $(rss "$r-build") MB, build phases (ms) $(jq -r '.images.learner.phases_ms | to_entries | map("\(.key) \(.value)") | join(", ")' "$T/$r-build.out"); "
     fi
+    echo -n "$([ "$r" = old ] && [ "${OLD_NODE:-plain}" = lazy ] && echo "a lazy node (stargz snapshotter; rpull, no unpack): ")"
+    [ "$LINK" = loopback ] || echo -n "$(mb "$(v "$r" fetched_bytes)") fetched over the $LINK link (of $(mb "$(v "$r" pulled_bytes)") in the images' blobs); "
     echo "$(v "$r" layers) layers, $(mb "$(v "$r" pulled_bytes)") pulled; unpack: $(v "$r" applies) layer applies taking $(v "$r" apply_sum) s in all (the longest $(v "$r" apply_max) s, $(v "$r" apply_max_mb) MB compressed), overlapping: $(v "$r" apply_overlap), $(v "$r" dirty_mb) MB not yet written back to disk when it ended; a pull of both again (nothing to do) $(v "$r" repull) s; aggregator: first line at +$(v "$r" agg_first) s after task start, imports done +$(v "$r" agg_imports) s, Flower server up +$(v "$r" agg_server) s; the learner tried to join $(v "$r" retries) time(s) before the aggregator listened."
   done
   if [ -s "$T/upstream.skip" ]; then echo "- $(cat "$T/upstream.skip")"; fi
@@ -498,9 +574,10 @@ report() {
 }
 
 # The report: start-<date>.md for all three workloads, start-<workloads>-<date>.md for others.
+LINK_TAG=$([ "$LINK" = loopback ] || echo "-${LINK//:/-}")
 if [ -n "${OUT:-}" ]; then :
-elif [ "$WORKLOADS" = "sklearn keras pytorch" ]; then OUT=bench/out/start-$(date +%F).md
-else OUT=bench/out/start-$(echo $WORKLOADS | tr ' ' -)-$(date +%F).md; fi
+elif [ "$WORKLOADS" = "sklearn keras pytorch" ]; then OUT=bench/out/start$LINK_TAG-$(date +%F).md
+else OUT=bench/out/start-$(echo $WORKLOADS | tr ' ' -)$LINK_TAG-$(date +%F).md; fi
 mkdir -p bench/out
 SECTIONS=()
 for FLAVOR in $WORKLOADS; do
@@ -530,7 +607,7 @@ done
 {
   echo "# start benchmark — $(date -u +'%F %H:%M UTC')"
   echo
-  echo "Machine: $(machine). From FLOps' \`fl_actors\` request to the end of round 1 of federated training on a fresh node: a containerd started for each run with empty root and state dirs (the rig's config, overlayfs snapshotter), a fresh registry holding only the base; the aggregator (classic, 1 round, logging to the rig's MLflow server) and 2 learners as tasks of that containerd with the FLOps manager's command lines (scripts/flops-e2e.sh's), the learners' data from a Flight data server on the node. Ours: $("$BIN" --version 2>/dev/null || basename "$BIN"), \`build --aggregator --model-flavor F\` (cold: empty cache dir)$([ -n "${OLD_BIN:-}" ] && echo "; old: $("$OLD_BIN" --version 2>/dev/null || basename "$OLD_BIN") the same way"). Upstream: buildah $(buildah --version | awk '{print $3}') (${BUILDAH_DRIVER:-overlay} storage, chroot isolation, --layers) building FLOps' chain — base FROM python:3.11-pip with the dependencies (pip), learner and aggregator FROM it — and pushing all three. Phases 4–6 follow the learner whose data came last; every time from the script's clock or the runtimes' own log stamps. The total is the sum of the phases (starting the node's containerd and data server between them is left out)."
+  echo "Machine: $(machine). From FLOps' \`fl_actors\` request to the end of round 1 of federated training on a fresh node: a containerd started for each run with empty root and state dirs (the rig's config, overlayfs snapshotter), a fresh registry holding only the base; the aggregator (classic, 1 round, logging to the rig's MLflow server) and 2 learners as tasks of that containerd with the FLOps manager's command lines (scripts/flops-e2e.sh's), the learners' data from a Flight data server on the node. Link between each node and its registry: $([ "$LINK" = loopback ] && echo "loopback" || echo "$LINK (bench/link.py: that rate each way, shared by the node's connections, half the RTT added each way)"). Ours: $("$BIN" --version 2>/dev/null || basename "$BIN"), \`build --aggregator --model-flavor F\` (cold: empty cache dir)$([ -n "${OLD_BIN:-}" ] && echo "; old: $("$OLD_BIN" --version 2>/dev/null || basename "$OLD_BIN") the same way$([ "${OLD_NODE:-plain}" = lazy ] && echo ", on a fresh lazy node (a fresh stargz snapshotter behind a fresh containerd; images pulled with ctr-remote rpull, files fetched as the tasks read them)")"). Upstream: buildah $(buildah --version | awk '{print $3}') (${BUILDAH_DRIVER:-overlay} storage, chroot isolation, --layers) building FLOps' chain — base FROM python:3.11-pip with the dependencies (pip), learner and aggregator FROM it — and pushing all three. Phases 4–6 follow the learner whose data came last; every time from the script's clock or the runtimes' own log stamps. The total is the sum of the phases (starting the node's containerd and data server between them is left out)."
   echo
   cat "${SECTIONS[@]}"
   echo "Floors: pull = the distinct blobs of ours's two images over the measured link speed; unpack = decompressing ours's layers on one core (writing the files, which containerd also does, is not in it: the notes give that floor too); 4 = Python's start (\`import main\`: the runtime up to its first line), 5 = the ML imports, 7 = \`import flwr\`, each the second of two runs in a chroot of ours's learner rootfs with bytecode writes allowed (a warm bytecode cache); the join's other waits (the aggregator counts a learner after 1 s; a learner that finds no aggregator tries again after its retry wait) are not in it; 6 and 8 are the fastest measured run: no lower floor exists for the data transfer and the training itself. Build + push has no floor here (bench/big.sh measures one). Lowest free disk space during the run: $(sort -n "$T/df.log" | head -1 | awk '{printf "%.1f GB", $1 / 1024}')."
