@@ -816,7 +816,13 @@ fn provided(c: &Ctx) -> BTreeSet<String> {
 }
 
 /// Modules of the FL runtimes' own files (placed beside the repo's code).
-const RUNTIME_MODULES: &[&str] = &["data_loading", "main", "model_manager"];
+const RUNTIME_MODULES: &[&str] = &[
+    "data_loading",
+    "flops_input_schema",
+    "flops_signature",
+    "main",
+    "model_manager",
+];
 
 fn missing_import(c: &mut Ctx) -> Result<Vec<Fired>> {
     if !c.facts.code_scanned {
