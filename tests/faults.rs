@@ -98,21 +98,9 @@ fn cache_with_wheels(dir: &Path) -> PathBuf {
 }
 
 fn build(registry: &str, cache: &Path, extra: &[&str]) -> Run {
-    let repo = fixture_repo();
-    let mut args = vec![
-        "build",
-        repo.to_str().unwrap(),
-        "--registry",
-        registry,
-        "--registry-mirror",
-        MIRROR_FLAG,
-        "--cache-dir",
-        cache.to_str().unwrap(),
-        "--no-notify",
-        "--json",
-    ];
-    args.extend_from_slice(extra);
-    run(&args)
+    let mut extra = extra.to_vec();
+    extra.push("--no-notify");
+    build_into(&fixture_repo(), registry, cache, &extra)
 }
 
 /// The image is whole: skopeo reads the index, and every platform unpacks with umoci and

@@ -14,21 +14,9 @@ const IMPORTS: &str =
     import main, model_manager; print('imports ok')";
 
 fn build(repo: &Path, registry: &str, cache: &Path) -> Value {
-    run(&[
-        "build",
-        repo.to_str().unwrap(),
-        "--registry",
-        registry,
-        "--registry-mirror",
-        MIRROR_FLAG,
-        "--compression",
-        "estargz",
-        "--cache-dir",
-        cache.to_str().unwrap(),
-        "--json",
-    ])
-    .ok()
-    .json()
+    build_into(repo, registry, cache, &["--compression", "estargz"])
+        .ok()
+        .json()
 }
 
 fn layer_digests(report: &Value) -> Vec<String> {

@@ -5,23 +5,6 @@
 mod common;
 use common::*;
 use serde_json::Value;
-use std::path::Path;
-
-fn build(repo: &Path, registry: &str, cache: &Path, extra: &[&str]) -> Run {
-    let mut args = vec![
-        "build",
-        repo.to_str().unwrap(),
-        "--registry",
-        registry,
-        "--registry-mirror",
-        MIRROR_FLAG,
-        "--cache-dir",
-        cache.to_str().unwrap(),
-        "--json",
-    ];
-    args.extend(extra);
-    run(&args)
-}
 
 /// The digest `reference` names now, as skopeo (not our client) reads it.
 fn tag_digest(reference: &str) -> String {
@@ -67,7 +50,7 @@ fn one_learner_image_per_commit_whatever_the_plan() {
     // Two independent resolutions (no lock shared: the lock is what differed). The second
     // cache gets the first's wheels only, to spare a second download: wheels are checked
     // against the lock's hashes and cannot change what the lock says.
-    let alone = build(&repo, &one.url(), &cache1, &[]).ok().json();
+    let alone = build_into(&repo, &one.url(), &cache1, &[]).ok().json();
     std::fs::create_dir_all(&cache2).unwrap();
     sh(&format!(
         "cp -al {}/wheels {}/",
@@ -75,7 +58,7 @@ fn one_learner_image_per_commit_whatever_the_plan() {
         cache2.display()
     ));
     let fl = &["--aggregator", "--model-flavor", "sklearn"];
-    let both = build(&repo, &two.url(), &cache2, fl).ok().json();
+    let both = build_into(&repo, &two.url(), &cache2, fl).ok().json();
     for r in [&alone, &both] {
         assert_eq!(r["lock_source"], "resolved", "{}", r["lock_source"]);
     }
@@ -98,7 +81,7 @@ fn one_learner_image_per_commit_whatever_the_plan() {
     assert!(config_env(&aggregator).contains(&"ML_MODEL_FLAVOR=sklearn".to_string()));
 
     // The second plan into the first registry leaves learner:<sha> where the first put it.
-    let again = build(&repo, &one.url(), &cache2, fl).ok().json();
+    let again = build_into(&repo, &one.url(), &cache2, fl).ok().json();
     assert_eq!(learner(&again).1, digest1);
     assert!(again["image"].get("moved").is_none(), "{}", again["image"]);
     assert_eq!(format!("sha256:{}", tag_digest(&name1)), digest1);
@@ -111,7 +94,7 @@ fn one_learner_image_per_commit_whatever_the_plan() {
     ));
     let foreign = format!("sha256:{}", tag_digest(&name1));
     assert_ne!(foreign, digest1);
-    let refused = build(&repo, &one.url(), &cache2, fl);
+    let refused = build_into(&repo, &one.url(), &cache2, fl);
     expect_error(&refused, 5, "already names");
     for needle in [&foreign, &digest1, &"--refresh-lock".to_string()] {
         assert!(
@@ -124,7 +107,7 @@ fn one_learner_image_per_commit_whatever_the_plan() {
 
     let mut args = fl.to_vec();
     args.push("--refresh-lock");
-    let moved = build(&repo, &one.url(), &cache2, &args).ok();
+    let moved = build_into(&repo, &one.url(), &cache2, &args).ok();
     let report = moved.json();
     let (_, now) = learner(&report);
     assert_eq!(

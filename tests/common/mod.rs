@@ -376,6 +376,11 @@ pub fn ctr(args: &str) -> String {
 /// namespace without the hybrid cgroup mount; the argv goes through `"$@"`, so no shell
 /// quoting can change what the task runs.
 pub fn ctr_run(args: &[&str]) -> Command {
+    ctr_run_on(CONTAINERD, &[], args)
+}
+
+/// `ctr run --rm <run_options> <args>` on the containerd at `socket`, as [`ctr_run`].
+pub fn ctr_run_on(socket: &str, run_options: &[&str], args: &[&str]) -> Command {
     let mut c = Command::new("unshare");
     c.args(["-m", "--propagation", "private", "sh", "-c"])
         .arg("umount /sys/fs/cgroup/unified 2>/dev/null; exec \"$@\"")
@@ -383,14 +388,32 @@ pub fn ctr_run(args: &[&str]) -> Command {
             "sh",
             "ctr",
             "-a",
-            CONTAINERD,
+            socket,
             "-n",
             CTR_NAMESPACE,
             "run",
             "--rm",
         ])
+        .args(run_options)
         .args(args);
     c
+}
+
+/// `build REPO --registry R --registry-mirror <the rig's> --cache-dir C --json <extra>`.
+pub fn build_into(repo: &Path, registry: &str, cache: &Path, extra: &[&str]) -> Run {
+    let mut args = vec![
+        "build",
+        repo.to_str().unwrap(),
+        "--registry",
+        registry,
+        "--registry-mirror",
+        MIRROR_FLAG,
+        "--cache-dir",
+        cache.to_str().unwrap(),
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    run(&args)
 }
 
 /// `ctr run` as an Oakestra worker would run the builder: the image's user, no added
@@ -912,21 +935,5 @@ pub fn lazy_rpull(reference: &str) -> String {
 
 /// `ctr run --rm --snapshotter stargz <args>` on the lazy node as a Command, as `ctr_run`.
 pub fn lazy_ctr_run(args: &[&str]) -> Command {
-    let mut c = Command::new("unshare");
-    c.args(["-m", "--propagation", "private", "sh", "-c"])
-        .arg("umount /sys/fs/cgroup/unified 2>/dev/null; exec \"$@\"")
-        .args([
-            "sh",
-            "ctr",
-            "-a",
-            LAZY_CONTAINERD,
-            "-n",
-            CTR_NAMESPACE,
-            "run",
-            "--rm",
-            "--snapshotter",
-            "stargz",
-        ])
-        .args(args);
-    c
+    ctr_run_on(LAZY_CONTAINERD, &["--snapshotter", "stargz"], args)
 }
