@@ -23,6 +23,19 @@ fn build(repo: &Path, cache: &Path, extra: &[&str]) -> Run {
     run(&args)
 }
 
+/// `name==version ; marker` of every package of a lock's subset (the lock's
+/// `[tool.flops-image-builder.subsets]`), for uv: `subset.py LOCK SUBSET`.
+const LOCK_SUBSET: &str = r#"
+import sys, tomllib
+lock = tomllib.load(open(sys.argv[1], "rb"))
+norm = lambda n: n.lower().replace("_", "-").replace(".", "-")
+names = {norm(n) for n in lock["tool"]["flops-image-builder"]["subsets"][sys.argv[2]]}
+for p in lock["packages"]:
+    if norm(p["name"]) in names:
+        marker = f" ; {p['marker']}" if p.get("marker") else ""
+        print(f"{p['name']}=={p['version']}{marker}")
+"#;
+
 /// Python run inside the image: every RECORD row with a hash matches the installed file.
 const CHECK_RECORDS: &str = r#"
 import base64, csv, glob, hashlib, os, sys
@@ -129,12 +142,21 @@ fn multi_platform_learner_image_with_dependency_layers() {
         r["bytecode"]
     );
     assert!(!rootfs.join("app/.git").exists(), "no .git in the image");
-    // Same files and RECORD rows as uv installing the same lock for the same platform.
+    // Same files and RECORD rows as uv installing the learner's share of the same lock (the
+    // lock serves the learner and the aggregator) for the same platform.
     let uv_target = work.path().join("uv");
+    let learner_reqs = work.path().join("learner-requirements.txt");
+    std::fs::write(work.path().join("subset.py"), LOCK_SUBSET).unwrap();
+    sh(&format!(
+        "python3 {} {} learner >{}",
+        work.path().join("subset.py").display(),
+        r["lock"].as_str().unwrap(),
+        learner_reqs.display()
+    ));
     sh(&format!(
         "uv pip install -q --target {} --python-platform x86_64-manylinux_2_28 --python-version 3.11 --no-deps --no-compile -r {}",
         uv_target.display(),
-        r["lock"].as_str().unwrap()
+        learner_reqs.display()
     ));
     let (ours, uv) = (
         site_files(&rootfs.join("opt/flops/site-packages")),
