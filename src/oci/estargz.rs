@@ -31,6 +31,9 @@ pub const PREFETCH_LANDMARK: &str = ".prefetch.landmark";
 pub const LANDMARK_CONTENT: [u8; 1] = [0x0f];
 /// Uncompressed bytes per chunk of a large file: ctr-remote's default, 4 MiB.
 pub const CHUNK_SIZE: u64 = 4 << 20;
+/// Bumped whenever the bytes of an eStargz layer could change for the same input (part of the
+/// layer cache keys). 2: one deflate state reused for every fresh member.
+pub const FORMAT_VERSION: u32 = 2;
 /// The footer's length in bytes.
 pub const FOOTER_LEN: usize = 51;
 

@@ -30,6 +30,16 @@ use std::sync::{Arc, Mutex};
 /// 2: wheel layers copy DEFLATE streams into gzip members of their own.
 pub const LAYER_FORMAT_VERSION: u32 = 2;
 
+/// What a layer cache key says of the compression: its variant and level, and for eStargz the
+/// version of its byte layout ([`estargz::FORMAT_VERSION`]), so that a key never names two
+/// different blobs.
+pub fn compression_key(c: Compression) -> String {
+    match c {
+        Compression::Estargz(_) => format!("{c:?} v{}", estargz::FORMAT_VERSION),
+        _ => format!("{c:?}"),
+    }
+}
+
 pub const MEDIA_TYPE_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 pub const MEDIA_TYPE_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
 
@@ -1052,7 +1062,10 @@ fn walk_dir(dir: &Path, rel: &str, skip: &[&str], out: &mut Vec<TreeEntry>) -> R
 /// (mtime, ctime, inode) standing in for content, as make and git's index do.
 pub fn tree_cache_key(entries: &[TreeEntry], compression: Compression, mtime: u64) -> String {
     let mut h = Sha256::new();
-    h.update(format!("v{LAYER_FORMAT_VERSION} {compression:?} {mtime}\n"));
+    h.update(format!(
+        "v{LAYER_FORMAT_VERSION} {} {mtime}\n",
+        compression_key(compression)
+    ));
     for e in entries {
         h.update(format!("{:?}\0{:?}\0{:?}\n", e.rel, e.kind, e.stamp));
     }

@@ -51,8 +51,11 @@ async fn converted(
     desc: &crate::oci::image::Descriptor,
     level: u32,
 ) -> Result<Layer> {
-    let name = format!("estargz-base-{level}-{}", crate::oci::short(&desc.digest));
-    let name = format!("{name}-{}", desc.digest.trim_start_matches("sha256:"));
+    let name = format!(
+        "estargz-v{}-base-{level}-{}",
+        crate::oci::estargz::FORMAT_VERSION,
+        desc.digest.trim_start_matches("sha256:")
+    );
     if let Some(l) = cached_layer(&sess.store, &name) {
         return Ok(l);
     }

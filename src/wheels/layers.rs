@@ -78,8 +78,10 @@ pub fn plan(
         .map(|wheels| {
             let mut h = Sha256::new();
             h.update(format!(
-                "flops-deps v{LAYER_FORMAT_VERSION}\n{platform}\n{}\n{}\n{compression:?}\n",
-                prefix.root, prefix.python
+                "flops-deps v{LAYER_FORMAT_VERSION}\n{platform}\n{}\n{}\n{}\n",
+                prefix.root,
+                prefix.python,
+                crate::oci::layer::compression_key(compression)
             ));
             let mut shas: Vec<&str> = wheels.iter().map(|w| w.sha256.as_str()).collect();
             shas.sort();
