@@ -212,11 +212,11 @@ struct Members<W: Write> {
     channel: Channel,
     /// Inflated bytes still to come, and their CRC so far, while copying.
     copying: Option<(u64, flate2::Crc)>,
-    estargz: bool,
     /// The eStargz payload being written.
     tracking: Option<Tracking>,
     toc_offset: Option<u64>,
-    /// eStargz: one deflate state for all its fresh members (instead of `fresh`).
+    /// Set in eStargz mode (and only there): one deflate state for all its fresh members
+    /// (instead of `fresh`).
     reused: Option<Reused>,
 }
 
@@ -299,7 +299,6 @@ impl<W: Write> Members<W> {
             level,
             channel,
             copying: None,
-            estargz,
             tracking: None,
             toc_offset: None,
             reused: estargz.then(|| Reused::new(level)),
@@ -355,7 +354,7 @@ impl<W: Write> Members<W> {
                     let at = w.at;
                     w.write_all(&MEMBER_HEADER)?;
                     self.copying = Some((size, flate2::Crc::new()));
-                    if self.estargz {
+                    if self.reused.is_some() {
                         self.tracking = Some(Tracking::new(size, at, false));
                     }
                 }
@@ -423,7 +422,7 @@ impl<W: Write> Members<W> {
         }
         self.sink()?;
         let mut w = self.sink.take().expect("the sink");
-        if self.estargz {
+        if self.reused.is_some() {
             let toc = self
                 .toc_offset
                 .ok_or_else(|| io::Error::other("an eStargz layer without its TOC"))?;
@@ -751,16 +750,8 @@ impl LayerWriter {
         let mode = if executable { 0o755 } else { 0o644 };
         let mut h = header(tar::EntryType::Regular, mode, size, self.mtime);
         self.record(path, "reg", mode, size, "");
-        // eStargz: the payload starts a member of its own (told at its first read, after the
-        // header is written); a copied DEFLATE stream announces itself over this.
-        let announce = self.toc.is_some() && size > 0;
         let reader = Exact {
-            inner: Announced {
-                inner: data,
-                channel: self.channel.clone().filter(|_| announce),
-                size,
-            }
-            .take(size),
+            inner: self.announced(data, size).take(size),
             path: path.to_string(),
         };
         self.tar
@@ -817,17 +808,24 @@ impl LayerWriter {
                 .append_link(&mut h, &path, target)
                 .with_context(what);
         }
-        let reader = Announced {
+        let reader = self.announced(&mut entry, size);
+        self.tar
+            .append_data(&mut h, &path, reader)
+            .with_context(what)
+    }
+
+    /// A regular file's data; for eStargz it tells the member writer, at its first read (after
+    /// the header is written), that a payload starts (a copied DEFLATE stream announces itself
+    /// over this).
+    fn announced<R: Read>(&self, inner: R, size: u64) -> Announced<R> {
+        Announced {
+            inner,
             channel: self
                 .channel
                 .clone()
                 .filter(|_| self.toc.is_some() && size > 0),
-            inner: &mut entry,
             size,
-        };
-        self.tar
-            .append_data(&mut h, &path, reader)
-            .with_context(what)
+        }
     }
 
     /// eStargz: the entry's metadata for the TOC (payload offsets come from the members).
