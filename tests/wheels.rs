@@ -38,7 +38,7 @@ fn build_layer(store: &BlobStore, wheels: &[PathBuf]) -> anyhow::Result<PathBuf>
         &mut w,
         &Prefix::new("/opt/flops", "/usr/bin/python3"),
         wheels,
-        &store.root().join("tmp"),
+        &[],
     )?;
     let layer = w.finish(store)?;
     Ok(store.path(&layer.digest))

@@ -12,6 +12,7 @@ use crate::oci::registry::Registry;
 use crate::pool;
 use crate::resolve::sdist;
 use crate::wheels::bytecode::Bytecode;
+use crate::wheels::compiled::{self, WheelPyc};
 use crate::wheels::install::Prefix;
 use crate::wheels::pylock::{self, Selected};
 use crate::wheels::{fetch, layers, tags as wheel};
@@ -223,6 +224,39 @@ pub async fn dependency_layers(
         sdists,
         bytecode,
     })
+}
+
+/// Each wheel's bytecode (None without `--bytecode`), compiled at most `compiles` at once, in
+/// the cache `cache` or found there.
+async fn compile_all(
+    prefix: &Prefix,
+    wheels: &[Selected],
+    paths: &[std::path::PathBuf],
+    cache: &std::path::Path,
+    compiles: &Arc<tokio::sync::Semaphore>,
+) -> Result<Vec<Option<WheelPyc>>> {
+    let mut tasks = Vec::new();
+    for (w, path) in wheels.iter().zip(paths) {
+        let (prefix, path, sha, cache) = (
+            prefix.clone(),
+            path.clone(),
+            w.sha256.clone(),
+            cache.to_path_buf(),
+        );
+        let permit = compiles.clone();
+        tasks.push(tokio::spawn(async move {
+            let _permit = permit.acquire_owned().await.expect("semaphore open");
+            tokio::task::spawn_blocking(move || {
+                compiled::wheel_bytecode(&prefix, &path, &sha, &cache)
+            })
+            .await?
+        }));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await??);
+    }
+    Ok(out)
 }
 
 /// Where the wheels go in the image, with the bytecode `--bytecode` asks for and the
@@ -449,15 +483,19 @@ async fn build_all(
     } = with;
     let downloads = Arc::new(tokio::sync::Semaphore::new(fetch::CONCURRENCY));
     let slots = Arc::new(tokio::sync::Semaphore::new(sess.opts.jobs.max(1)));
+    // Compiler processes at once: one per core, beside the layers' own threads (which mostly
+    // wait for downloads or copy DEFLATE streams).
+    let compiles = Arc::new(tokio::sync::Semaphore::new(sess.opts.jobs.max(1)));
     let fetched_at = Arc::new(std::sync::Mutex::new(t));
     let spin = crate::progress::Bar::spinner("installing wheels into layers");
     let mut tasks = Vec::new();
     for (g, dep) in to_build {
         let (store, prefix, c) = (sess.store.clone(), prefix.clone(), sess.opts.compression);
-        let (http, downloads, slots, fetched_at) = (
+        let (http, downloads, slots, compiles, fetched_at) = (
             http.clone(),
             downloads.clone(),
             slots.clone(),
+            compiles.clone(),
             fetched_at.clone(),
         );
         let (reg, repo, lock_dir) = (reg.clone(), home[g].clone(), lock_dir.to_path_buf());
@@ -482,10 +520,14 @@ async fn build_all(
                         let mut at = fetched_at.lock().expect("not poisoned");
                         *at = (*at).max(Instant::now());
                     }
+                    let pycs =
+                        compile_all(&prefix, &dep.wheels, &paths, store.root(), &compiles).await?;
                     let _slot = slots.acquire_owned().await.expect("semaphore open");
                     let (s, d) = (store.clone(), dep.clone());
-                    tokio::task::spawn_blocking(move || layers::build(&s, &d, &paths, &prefix, c))
-                        .await??
+                    tokio::task::spawn_blocking(move || {
+                        layers::build(&s, &d, &paths, &pycs, &prefix, c)
+                    })
+                    .await??
                 }
             };
             let uploaded = !reg.blob_exists(&repo, &layer.digest).await?;

@@ -12,15 +12,16 @@
 //! layers' are 0) and never re-validated at import. A `.pyc` can depend on what its process
 //! compiled before (marshal shares an object when its refcount is above 1, and what earlier
 //! compiles left alive in the process can raise it; seen in 4 modules of an sklearn image),
-//! so each layer compiles its modules in one process, in plan order: the same wheels give the
-//! same bytes, and the layers stay reproducible. (A pool of processes per layer measured no
-//! faster, as the layers built beside keep both cores busy.)
+//! so each wheel compiles its modules in one process of its own, in the wheel's member order:
+//! each `.pyc` is a function of its wheel (and the interpreter), the layers stay reproducible,
+//! and a wheel's bytecode can be kept and reused whatever layer the wheel lands in
+//! (`wheels::compiled`).
 
 use crate::oci::layer::Hashing;
 use anyhow::{anyhow, Context, Result};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
 /// The compiler loop run by the image Python's minor: for each request (the file's path in the
@@ -59,7 +60,10 @@ pub struct Bytecode {
 }
 
 impl Bytecode {
-    /// `python<minor>` (e.g. minor `3.11`) on PATH, checked to be that minor of CPython.
+    /// `python<minor>` (e.g. minor `3.11`) on PATH, checked to be that minor of CPython; kept
+    /// as the interpreter's own `sys.executable`, so that a launcher on PATH (a pyenv shim is
+    /// a bash script running several more: 12% of a cold build's CPU, started once per wheel)
+    /// runs once, here, and never per compile.
     ///
     /// Errors: the reason there is none, for the log and the report.
     pub fn find(minor: &str) -> std::result::Result<Self, String> {
@@ -67,20 +71,25 @@ impl Bytecode {
         let python = which(&name).ok_or_else(|| format!("no {name} on the builder's PATH"))?;
         let out = Command::new(&python)
             .args(["-S", "-s", "-c"])
-            .arg("import sys; print(sys.implementation.cache_tag, '%d.%d' % sys.version_info[:2], sys.version.split()[0])")
+            .arg("import sys; print(sys.implementation.cache_tag, '%d.%d' % sys.version_info[:2], sys.version.split()[0], sys.executable)")
             .env_clear()
             .stderr(Stdio::null())
             .output()
             .map_err(|e| format!("{}: {e}", python.display()))?;
         let text = String::from_utf8_lossy(&out.stdout).to_string();
         match text.split_whitespace().collect::<Vec<_>>()[..] {
-            [tag, m, version]
+            [tag, m, version, ref exe @ ..]
                 if out.status.success() && m == minor && tag.starts_with("cpython-") =>
             {
+                let own = PathBuf::from(exe.join(" "));
                 Ok(Self {
                     tag: tag.into(),
                     version: version.into(),
-                    python,
+                    python: if own.is_absolute() && own.is_file() {
+                        own
+                    } else {
+                        python
+                    },
                 })
             }
             _ => Err(format!(
@@ -130,8 +139,8 @@ pub fn pyc_path(target: &str, tag: &str) -> String {
     format!("{dir}/__pycache__/{stem}.{tag}.pyc")
 }
 
-/// One compiler process for one layer, and the file its `.pyc`s are kept in until the layer
-/// streams them (a layer's bytecode can be 100 MB: not in memory).
+/// One compiler process for one wheel, and the file its `.pyc`s are kept in until a layer
+/// streams them (a wheel's bytecode can be 100 MB: not in memory).
 pub struct Compiler {
     child: Child,
     stdin: ChildStdin,
@@ -151,8 +160,17 @@ pub struct Spooled {
 
 impl Compiler {
     /// Starts the interpreter with an empty environment and `PYTHONHASHSEED=0` (set and
-    /// frozenset constants are marshalled in hash order).
-    pub fn start(b: &Bytecode, scratch: &Path) -> Result<Self> {
+    /// frozenset constants are marshalled in hash order); its `.pyc`s go to a temporary file
+    /// in `scratch`.
+    #[cfg(test)]
+    fn start(b: &Bytecode, scratch: &std::path::Path) -> Result<Self> {
+        let spool = tempfile::tempfile_in(scratch)
+            .with_context(|| format!("a temporary file for bytecode in {}", scratch.display()))?;
+        Self::start_into(b, spool)
+    }
+
+    /// The same, its `.pyc`s written to `spool` from its start.
+    pub fn start_into(b: &Bytecode, spool: std::fs::File) -> Result<Self> {
         let mut child = Command::new(&b.python)
             .args(["-S", "-s", "-B", "-W", "ignore", "-c", COMPILER])
             .env_clear()
@@ -169,9 +187,7 @@ impl Compiler {
             child,
             stdin,
             stdout,
-            spool: tempfile::tempfile_in(scratch).with_context(|| {
-                format!("a temporary file for bytecode in {}", scratch.display())
-            })?,
+            spool,
             spooled: 0,
         })
     }
@@ -222,13 +238,19 @@ impl Compiler {
         Ok(buf)
     }
 
-    /// A reader of a spooled `.pyc`, for streaming it into the layer.
-    pub fn reader(&self, at: Spooled) -> impl Read + '_ {
-        SpoolReader {
-            file: &self.spool,
-            at: at.offset,
-            end: at.offset + at.len,
-        }
+    /// A reader of a spooled `.pyc`.
+    #[cfg(test)]
+    fn reader(&self, at: Spooled) -> impl Read + '_ {
+        spooled(&self.spool, at)
+    }
+}
+
+/// A reader of the `.pyc` at `at` in a spool file, for streaming it into a layer.
+pub fn spooled(file: &std::fs::File, at: Spooled) -> impl Read + '_ {
+    SpoolReader {
+        file,
+        at: at.offset,
+        end: at.offset + at.len,
     }
 }
 

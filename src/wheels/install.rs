@@ -7,7 +7,8 @@
 
 use crate::error::bad_input;
 use crate::oci::layer::LayerWriter;
-use crate::wheels::bytecode::{self, Bytecode, Compiler, Spooled};
+use crate::wheels::bytecode::{self, Bytecode, Spooled};
+use crate::wheels::compiled::WheelPyc;
 use anyhow::{Context, Result};
 use base64::Engine as _;
 use sha2::{Digest as _, Sha256};
@@ -82,8 +83,12 @@ enum Source {
         expected: (String, u64),
     },
     Bytes(Vec<u8>),
-    /// Bytecode in the layer's compiler spool, with its RECORD hash and size.
-    Pyc(Spooled, (String, u64)),
+    /// Bytecode of wheel `wheel` (in its [`WheelPyc`]), with its RECORD hash and size.
+    Pyc {
+        wheel: usize,
+        at: Spooled,
+        expected: (String, u64),
+    },
 }
 
 impl Source {
@@ -91,7 +96,7 @@ impl Source {
     fn record(&self) -> (String, u64) {
         match self {
             Source::Bytes(b) => (record_hash(b), b.len() as u64),
-            Source::Member { expected, .. } | Source::Pyc(_, expected) => expected.clone(),
+            Source::Member { expected, .. } | Source::Pyc { expected, .. } => expected.clone(),
         }
     }
 }
@@ -218,8 +223,8 @@ struct Planner<'a> {
     prefix: &'a Prefix,
     names: &'a [String],
     rows: Vec<(String, String, String)>,
-    /// Modules to compile: (target, member index, RECORD hash and size).
-    modules: Vec<(String, usize, (String, u64))>,
+    /// Modules to compile.
+    modules: Vec<Module>,
 }
 
 /// Plans one wheel into `plan`.
@@ -230,8 +235,8 @@ fn plan_wheel(
     prefix: &Prefix,
     plan: &mut BTreeMap<String, Planned>,
     names: &[String],
-    compiler: Option<&mut Compiler>,
-) -> Result<()> {
+    pyc: Option<&WheelPyc>,
+) -> Result<Vec<Module>> {
     let w = open_wheel(path, zip)?;
     let mut planner = Planner {
         idx,
@@ -246,10 +251,60 @@ fn plan_wheel(
     if let Ok(ep) = read_text(zip, &w.wname, &format!("{}/entry_points.txt", w.dist_info)) {
         planner.launchers(&ep, &w.wname, plan)?;
     }
-    if let Some(c) = compiler {
-        planner.bytecode(zip, &w, c, plan)?;
+    let modules = planner.modules.clone();
+    if let Some(pyc) = pyc {
+        planner.bytecode(pyc, plan)?;
     }
-    planner.finish(&w, plan)
+    planner.finish(&w, plan)?;
+    Ok(modules)
+}
+
+/// A module of a wheel that gets bytecode: its target path in the image, its member index and
+/// RECORD hash and size.
+type Module = (String, usize, (String, u64));
+
+/// Calls `f(target, source)` for each module of `wheel` that gets bytecode ([`bytecode::compiles`]),
+/// in the wheel's member order, each source checked against RECORD.
+///
+/// Errors: the wheel is not valid (as [`install`] would say), a source does not match RECORD,
+/// or `f`'s.
+pub fn for_each_module(
+    prefix: &Prefix,
+    wheel: &Path,
+    mut f: impl FnMut(&str, &[u8]) -> Result<()>,
+) -> Result<()> {
+    let name = wheel
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("wheel");
+    let file =
+        std::fs::File::open(wheel).with_context(|| format!("opening {}", wheel.display()))?;
+    let mut zip = zip::ZipArchive::new(file)
+        .map_err(|e| bad_input(format!("{}: not a valid wheel (zip): {e}", wheel.display())))?;
+    let names = [name.to_string()];
+    let modules = plan_wheel(
+        0,
+        wheel,
+        &mut zip,
+        prefix,
+        &mut BTreeMap::new(),
+        &names,
+        None,
+    )?;
+    let mut source = Vec::new();
+    for (target, index, want) in modules {
+        source.clear();
+        zip.by_index(index)?
+            .read_to_end(&mut source)
+            .with_context(|| format!("{name}: reading {target}"))?;
+        if record_hash(&source) != want.0 {
+            return Err(bad_input(format!(
+                "{name}: {target} does not match its RECORD hash"
+            )));
+        }
+        f(&target, &source)?;
+    }
+    Ok(())
 }
 
 fn read_text(zip: &mut zip::ZipArchive<std::fs::File>, wname: &str, name: &str) -> Result<String> {
@@ -511,41 +566,34 @@ impl Planner<'_> {
     }
 
     /// The bytecode of the wheel's modules, next to them in `__pycache__` and in RECORD (as
-    /// pip writes it). Sources are read (and checked against RECORD) once more for this.
-    fn bytecode(
-        &mut self,
-        zip: &mut zip::ZipArchive<std::fs::File>,
-        w: &Opened,
-        compiler: &mut Compiler,
-        plan: &mut BTreeMap<String, Planned>,
-    ) -> Result<()> {
+    /// pip writes it). A namespace package's `__init__` that several wheels ship (their bytes
+    /// checked equal by [`Planner::add`]) keeps the first wheel's `.pyc`.
+    fn bytecode(&mut self, pyc: &WheelPyc, plan: &mut BTreeMap<String, Planned>) -> Result<()> {
         let tag = &self
             .prefix
             .bytecode
             .as_ref()
-            .expect("a compiler has its bytecode")
+            .expect("bytecode was compiled")
             .tag;
-        for (target, index, want) in std::mem::take(&mut self.modules) {
-            let mut source = Vec::with_capacity(want.1 as usize);
-            zip.by_index(index)?
-                .read_to_end(&mut source)
-                .with_context(|| format!("{}: reading {target}", w.wname))?;
-            if record_hash(&source) != want.0 {
-                return Err(bad_input(format!(
-                    "{}: {target} does not match its RECORD hash",
-                    w.wname
-                )));
-            }
-            let Some(pyc) = compiler.compile(&target, &source)? else {
+        for (target, _, _) in std::mem::take(&mut self.modules) {
+            let Some(at) = pyc.pycs.get(&target).copied() else {
                 continue;
             };
-            let record = (record_digest(&pyc.sha256), pyc.len);
+            let path = bytecode::pyc_path(&target, tag);
+            let expected = match plan.get(&path) {
+                Some(prev) => prev.source.record(),
+                None => (record_digest(&at.sha256), at.len),
+            };
             let p = Planned {
                 exec: false,
-                source: Source::Pyc(pyc, record),
+                source: Source::Pyc {
+                    wheel: self.idx,
+                    at,
+                    expected,
+                },
                 origin: self.idx,
             };
-            self.add(plan, bytecode::pyc_path(&target, tag), p)?;
+            self.add(plan, path, p)?;
         }
         Ok(())
     }
@@ -637,13 +685,13 @@ impl<R: Read> Read for Verify<R> {
     }
 }
 
-/// Installs `wheels` into the layer being written (one or several per layer); their bytecode,
-/// if the prefix asks for it, waits in a file in `scratch` (on disk: not the task's tmpfs).
+/// Installs `wheels` into the layer being written (one or several per layer), with their
+/// bytecode when `pycs` (one per wheel, from `wheels::compiled`) has it.
 pub fn install(
     w: &mut LayerWriter,
     prefix: &Prefix,
     wheels: &[PathBuf],
-    scratch: &Path,
+    pycs: &[Option<WheelPyc>],
 ) -> Result<()> {
     let names: Vec<String> = wheels
         .iter()
@@ -662,9 +710,6 @@ pub fn install(
                 .map_err(|e| bad_input(format!("{}: not a valid wheel (zip): {e}", p.display())))?,
         );
     }
-    let mut compiler = (prefix.bytecode.as_ref())
-        .map(|b| Compiler::start(b, scratch))
-        .transpose()?;
     let mut plan = BTreeMap::new();
     for (i, p) in wheels.iter().enumerate() {
         plan_wheel(
@@ -674,7 +719,7 @@ pub fn install(
             prefix,
             &mut plan,
             &names,
-            compiler.as_mut(),
+            pycs.get(i).and_then(Option::as_ref),
         )?;
     }
     // Parent directories of everything, then all entries in byte order (parents first).
@@ -710,11 +755,11 @@ pub fn install(
                 ..
             }) => w.file(path, *exec, b.len() as u64, &b[..])?,
             Some(Planned {
-                source: Source::Pyc(at, _),
+                source: Source::Pyc { wheel, at, .. },
                 ..
             }) => {
-                let c = compiler.as_ref().expect("bytecode was compiled");
-                w.file(path, false, at.len, c.reader(*at))?
+                let pyc = pycs[*wheel].as_ref().expect("bytecode was compiled");
+                w.file(path, false, at.len, pyc.reader(*at))?
             }
             Some(Planned {
                 exec,

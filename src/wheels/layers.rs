@@ -10,6 +10,7 @@ use crate::oci::blobstore::BlobStore;
 use crate::oci::image::{is_index, Descriptor, Index, Manifest};
 use crate::oci::layer::{Compression, Layer, LayerWriter, LAYER_FORMAT_VERSION};
 use crate::oci::registry::Registry;
+use crate::wheels::compiled::WheelPyc;
 use crate::wheels::install::{install, Prefix};
 use crate::wheels::pylock::Selected;
 use anyhow::Result;
@@ -86,9 +87,10 @@ pub fn plan(
             let mut shas: Vec<&str> = wheels.iter().map(|w| w.sha256.as_str()).collect();
             shas.sort();
             h.update(shas.join("\n"));
-            // Layers without bytecode keep the keys they had before bytecode existed.
+            // Layers without bytecode keep the keys they had before bytecode existed; `v2`:
+            // compiled per wheel (`wheels::compiled`), not per layer.
             if let Some(b) = &prefix.bytecode {
-                h.update(format!("\nbytecode {} {}", b.tag, b.version));
+                h.update(format!("\nbytecode v2 {} {}", b.tag, b.version));
             }
             DepLayer {
                 wheels,
@@ -155,13 +157,14 @@ pub fn build(
     store: &BlobStore,
     dep: &DepLayer,
     paths: &[PathBuf],
+    pycs: &[Option<WheelPyc>],
     prefix: &Prefix,
     compression: Compression,
 ) -> Result<Layer> {
     // Dependency layers are built one per core at once: one zstd worker each; gzip copies the
     // wheels' DEFLATE streams instead of compressing again.
     let mut w = LayerWriter::for_wheels(store, compression)?;
-    install(&mut w, prefix, paths, &store.root().join("tmp"))?;
+    install(&mut w, prefix, paths, pycs)?;
     let layer = w.finish(store)?;
     crate::oci::layer::remember_layer(store, &format!("deps-{}", dep.key), &layer);
     Ok(layer)
