@@ -342,3 +342,63 @@ fn bad_dependencies_fail_clearly_and_tag_nothing() {
     assert!(!r.stderr.contains("relaxing"), "{}", r.stderr);
     assert!(!tagged(&owner, "typos"));
 }
+
+/// Issue 32: the binary and a registry are all a first build needs. With no `uv` anywhere on
+/// PATH, an empty cache and an empty registry, the builder fetches the pinned uv's wheel from
+/// the package index (checked against base-layers/uv-wheels), keeps it in the cache, and builds.
+#[test]
+fn a_first_build_needs_no_uv_on_path() {
+    require_rig();
+    require_mirror();
+    let d = tempfile::tempdir().unwrap();
+    let repo = git_repo(
+        "sklearn-conda",
+        &d.path().join(unique("no-uv").replace('/', "-")),
+        "sklearn-conda",
+    );
+    let path: Vec<PathBuf> = std::env::split_paths(&std::env::var_os("PATH").unwrap())
+        .filter(|dir| !dir.join("uv").exists())
+        .collect();
+    let path = std::env::join_paths(path).unwrap();
+    let path = path.to_str().unwrap();
+    assert!(
+        sh_status(&format!("PATH={path} command -v uv"))
+            .1
+            .trim()
+            .is_empty(),
+        "uv is still on {path}"
+    );
+    let reg = FreshRegistry::start();
+    let cache = d.path().join("cache");
+    let r = run_env(
+        &[
+            "build",
+            repo.to_str().unwrap(),
+            "--registry",
+            &reg.url(),
+            "--registry-mirror",
+            MIRROR_FLAG,
+            "--cache-dir",
+            cache.to_str().unwrap(),
+            "--no-notify",
+            "--json",
+        ],
+        &[("PATH", path)],
+    );
+    let stderr = r.stderr.clone();
+    let report = r.ok().json();
+    let uv = cache
+        .join("tools")
+        .join(format!(
+            "uv-{}",
+            include_str!("../base-layers/uv-version").trim()
+        ))
+        .join("uv");
+    assert!(uv.is_file(), "no uv kept in the cache: {stderr}");
+    assert!(stderr.contains("fetching uv"), "{stderr}");
+    println!(
+        "no uv on PATH: built {} with the uv fetched into {}",
+        report["image"]["reference"],
+        uv.display()
+    );
+}

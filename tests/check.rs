@@ -348,3 +348,68 @@ fn bad_repos_fail_with_one_clear_line_and_clean_up() {
         "{w}"
     );
 }
+
+/// `check` resolves as `build` would (issue 32): a repo's CI that runs it catches a package
+/// the index does not have and a version that does not exist, all named in one error, exit 3
+/// like the build; `--offline` keeps the intake-only check, which passes the same repo.
+#[test]
+fn check_resolves_as_the_build_would() {
+    require_uv();
+    let d = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = git_repo(
+        "requirements-repo",
+        &d.path().join(unique("resolve").replace('/', "-")),
+        "typo",
+    );
+    write(
+        &repo.join("requirements.txt"),
+        "# runtime deps of the model\n-r requirements/base.txt\nscikit-learn~=1.4.2 ; python_version >= \"3.9\"\nsklearn-utilz==0.3  # a typo'd name\nnumpy==1.99.0\n",
+    );
+    commit_all(&repo, "typos");
+    let cache = d.path().join("cache");
+    let started = std::time::Instant::now();
+    let r = check(
+        &[
+            repo.to_str().unwrap(),
+            "--cache-dir",
+            cache.to_str().unwrap(),
+        ],
+        tmp.path(),
+    );
+    let took = started.elapsed();
+    expect_error(
+        &r,
+        3,
+        "requirements.txt: requirements the package index cannot satisfy",
+    );
+    for named in ["sklearn-utilz: not on", "numpy==1.99.0: no such version"] {
+        assert!(r.stderr.contains(named), "{named}: {}", r.stderr);
+    }
+    let offline = check(&[repo.to_str().unwrap(), "--offline", "--json"], tmp.path());
+    let c = offline.ok().json();
+    assert!(c.get("resolved").is_none(), "{c}");
+    // The fixture as published resolves; the lock is reported and kept for the build.
+    let good = git_repo(
+        "requirements-repo",
+        &d.path().join(unique("resolve").replace('/', "-")),
+        "good",
+    );
+    let c = check(
+        &[
+            good.to_str().unwrap(),
+            "--cache-dir",
+            cache.to_str().unwrap(),
+            "--json",
+        ],
+        tmp.path(),
+    )
+    .ok()
+    .json();
+    assert!(c["resolved"]["packages"].as_u64().unwrap() > 20, "{c}");
+    assert_eq!(c["resolved"]["python"], "3.11");
+    println!(
+        "check with two typos: exit 2 in {took:?}; {}",
+        r.stderr.trim()
+    );
+}

@@ -255,6 +255,35 @@ fn a_registry_gone_for_good_fails_with_one_line_and_no_tag() {
     println!("heavy: 503 to every request after the first 6 | exit 4, one error line, one MQTT failed, no tag");
 }
 
+/// A typo'd port: the first contact is refused, and the build says so at once, naming the
+/// registry, instead of retrying for 15–20 s (retries are for a registry that answered before).
+#[test]
+fn a_registry_port_where_nothing_listens_fails_at_once_naming_it() {
+    require_rig();
+    let port = free_port();
+    let repo = fixture_repo();
+    let started = std::time::Instant::now();
+    let e = run(&[
+        "build",
+        repo.to_str().unwrap(),
+        "--registry",
+        &format!("http://127.0.0.1:{port}"),
+        "--no-notify",
+    ]);
+    let took = started.elapsed();
+    expect_error(&e, 4, &format!("127.0.0.1:{port}"));
+    assert!(
+        !e.stderr.contains("retrying"),
+        "a refused first contact is not retried: {}",
+        e.stderr
+    );
+    assert!(took < Duration::from_secs(3), "took {took:?}: {}", e.stderr);
+    println!(
+        "nothing on 127.0.0.1:{port} | exit 4 in {took:?}: {}",
+        e.stderr.trim()
+    );
+}
+
 /// Two builders started together into one registry; returns both image references.
 fn two_at_once(registry: &str, caches: [&Path; 2]) -> [String; 2] {
     let repo = fixture_repo();

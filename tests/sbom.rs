@@ -221,3 +221,70 @@ fn every_platform_image_has_a_valid_spdx_sbom_with_every_locked_package() {
     ));
     assert!(!exists, "--sbom none pushed a referrers index");
 }
+
+/// Edge deployments clone from IP hosts: a repo served by `git daemon` on 127.0.0.1 gets an SBOM
+/// that the SPDX validator accepts (its download-location grammar has no IP form: NOASSERTION),
+/// and the exact URL and commit in the source package's `sourceInfo`.
+#[test]
+fn a_repo_cloned_from_a_git_ip_url_gets_a_valid_sbom() {
+    require_rig();
+    require_uv();
+    require_spdx_tools();
+    let d = tempfile::tempdir().unwrap();
+    let owner = unique("sbom-git").replace('/', "-");
+    let served = d.path().join("served");
+    git_repo("sklearn-conda", &served.join(&owner), "sklearn-conda");
+    let port = free_port();
+    let mut daemon = std::process::Command::new("git");
+    daemon
+        .arg("daemon")
+        .arg("--export-all")
+        .arg("--reuseaddr")
+        .arg("--listen=127.0.0.1")
+        .arg(format!("--port={port}"))
+        .arg(format!("--base-path={}", served.display()))
+        .arg(&served);
+    let _daemon = Bg::start(&format!("git-daemon-{port}"), daemon, d.path());
+    wait_port(port);
+    let url = format!("git://127.0.0.1:{port}/{owner}/sklearn-conda");
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("build-cache");
+    let r = run(&[
+        "build",
+        &url,
+        "--registry",
+        "http://127.0.0.1:5000",
+        "--cache-dir",
+        cache.to_str().unwrap(),
+        "--no-notify",
+        "--json",
+    ])
+    .ok()
+    .json();
+    let image = &r["image"];
+    let name = tagged_name(image);
+    let repository = name.split_once('/').unwrap().1.rsplit_once(':').unwrap().0;
+    let p = &image["platforms"][0];
+    let doc_bytes = sbom_of(
+        repository,
+        p["manifest"].as_str().unwrap(),
+        p["sbom"].as_str().unwrap(),
+    );
+    let file = d.path().join("learner.spdx.json");
+    std::fs::write(&file, &doc_bytes).unwrap();
+    let (valid, out) = sh_status(&format!("{SPDX_TOOLS} -i {}", file.display()));
+    assert!(valid && out.trim().is_empty(), "pyspdxtools: {out}");
+    let doc: Value = serde_json::from_slice(&doc_bytes).unwrap();
+    let source = doc["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["SPDXID"] == "SPDXRef-Source")
+        .expect("a source package");
+    assert_eq!(source["downloadLocation"], "NOASSERTION");
+    let info = source["sourceInfo"].as_str().unwrap();
+    assert!(
+        info.starts_with(&format!("cloned from {url} at commit ")),
+        "{info}"
+    );
+    println!("{url}: pyspdxtools accepts the SBOM; sourceInfo: {info}");
+}

@@ -250,6 +250,11 @@ pub struct CheckArgs {
     /// Cache directory (locks, licenses) [default: $XDG_CACHE_HOME/flops-image-builder].
     #[arg(long, env = "FLOPS_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
+    /// Only the intake (spec, doctor, imports): do not resolve the lock `build` would make
+    /// (which asks the package index for metadata, and catches unknown packages, versions
+    /// that do not exist and conflicts).
+    #[arg(long)]
+    pub offline: bool,
     /// Print a JSON report on stdout.
     #[arg(long)]
     pub json: bool,

@@ -94,6 +94,9 @@ pub async fn run_check(a: CheckArgs) -> anyhow::Result<()> {
             .rsplit_once("/learner:")
             .map(|(repo, tag)| format!("{repo}/aggregator:{tag}"));
     }
+    if !a.offline && report.spec != "pylock.toml" {
+        report.resolved = Some(check_resolution(&a, &report, &platforms).await?);
+    }
     if a.sbom {
         report.sboms = check_sboms(&a, &report, checkout.root()).await?;
     }
@@ -103,6 +106,29 @@ pub async fn run_check(a: CheckArgs) -> anyhow::Result<()> {
         print!("{}", report.text());
     }
     Ok(())
+}
+
+/// `check`'s resolution, with `build`'s defaults (index, glibc, uv).
+async fn check_resolution(
+    a: &CheckArgs,
+    report: &pipeline::CheckReport,
+    platforms: &[Platform],
+) -> anyhow::Result<pipeline::check_lock::CheckLock> {
+    let d = <ImageDefaults as clap::Parser>::try_parse_from(["check", "--registry", ""])?;
+    let opts = options(&d.image, None)?;
+    let cache = a.cache_dir.clone().unwrap_or_else(default_cache_dir);
+    // Every FL plan locks the learner's and the aggregator's sets together (one learner image
+    // per commit, whatever the plan).
+    let (_, sets) = pipeline::fl_actors::fl_sets();
+    pipeline::check_lock::resolve_as_build(
+        report,
+        &sets,
+        platforms,
+        &opts.resolve,
+        opts.glibc,
+        &cache,
+    )
+    .await
 }
 
 /// `check --sbom`: the documents `build` would attach, with `build`'s defaults.

@@ -23,7 +23,7 @@ pub const TOC_NAME: &str = "stargz.index.json";
 pub const TOC_DIGEST_ANNOTATION: &str = "containerd.io/snapshot/stargz/toc.digest";
 /// Layer descriptor annotation: the uncompressed tar's size in bytes (decimal).
 pub const UNCOMPRESSED_SIZE_ANNOTATION: &str = "io.containers.estargz.uncompressed-size";
-/// The landmark of a layer without prioritized files (first in the layer).
+/// The landmark of a layer without prioritized files (last before the TOC).
 pub const NO_PREFETCH_LANDMARK: &str = ".no.prefetch.landmark";
 /// The landmark after a layer's prioritized files: the snapshotter prefetches what is before.
 pub const PREFETCH_LANDMARK: &str = ".prefetch.landmark";
@@ -32,8 +32,9 @@ pub const LANDMARK_CONTENT: [u8; 1] = [0x0f];
 /// Uncompressed bytes per chunk of a large file: ctr-remote's default, 4 MiB.
 pub const CHUNK_SIZE: u64 = 4 << 20;
 /// Bumped whenever the bytes of an eStargz layer could change for the same input (part of the
-/// layer cache keys). 2: one deflate state reused for every fresh member.
-pub const FORMAT_VERSION: u32 = 2;
+/// layer cache keys). 2: one deflate state reused for every fresh member; 3: prioritized files
+/// and `.prefetch.landmark`.
+pub const FORMAT_VERSION: u32 = 3;
 /// The footer's length in bytes.
 pub const FOOTER_LEN: usize = 51;
 

@@ -603,6 +603,8 @@ pub struct LayerWriter {
     channel: Option<Channel>,
     /// eStargz: every entry so far, for the TOC.
     toc: Option<Vec<TocEntry>>,
+    /// An eStargz landmark was written ([`LayerWriter::prefetch_landmark`]).
+    landmark: bool,
 }
 
 fn header(kind: tar::EntryType, mode: u32, size: u64, mtime: u64) -> tar::Header {
@@ -681,20 +683,34 @@ impl LayerWriter {
         let mut tar = tar::Builder::new(Hashing::new(enc));
         tar.mode(tar::HeaderMode::Deterministic);
         let estargz = matches!(compression, Compression::Estargz(_));
-        let mut w = Self {
+        let w = Self {
             tar,
             mtime,
             compression,
             channel,
             toc: estargz.then(Vec::new),
+            landmark: false,
         };
-        if estargz {
-            // No prioritized files (yet): the landmark that says so comes first, as
-            // ctr-remote writes it.
-            let landmark = &estargz::LANDMARK_CONTENT;
-            w.file(estargz::NO_PREFETCH_LANDMARK, false, 1, &landmark[..])?;
-        }
         Ok(w)
+    }
+
+    /// Whether the layer is eStargz: what a lazy node reads first is worth ordering.
+    pub fn lazy(&self) -> bool {
+        self.toc.is_some()
+    }
+
+    /// On eStargz output, ends the layer's prioritized files (everything written so far): a lazy
+    /// node prefetches the bytes before this landmark in one range request when it mounts the
+    /// layer, rather than file by file as the container reads them (one round trip each). A
+    /// layer that never calls it gets `.no.prefetch.landmark` (nothing prefetched). No-op on
+    /// other output.
+    pub fn prefetch_landmark(&mut self) -> Result<()> {
+        if self.toc.is_some() && !self.landmark {
+            let landmark = &estargz::LANDMARK_CONTENT;
+            self.file(estargz::PREFETCH_LANDMARK, false, 1, &landmark[..])?;
+            self.landmark = true;
+        }
+        Ok(())
     }
 
     /// A layer of installed wheels (mtime 0, one zstd worker): with gzip, multi-member output
@@ -854,6 +870,10 @@ impl LayerWriter {
 
     /// Closes the tar and the codec and moves the blob to its digest in the store.
     pub fn finish(mut self, store: &BlobStore) -> Result<Layer> {
+        if self.toc.is_some() && !self.landmark {
+            let landmark = &estargz::LANDMARK_CONTENT;
+            self.file(estargz::NO_PREFETCH_LANDMARK, false, 1, &landmark[..])?;
+        }
         let media_type = self.compression.media_type().to_string();
         let toc_digest = self.write_toc()?;
         let (enc, diff_id, uncompressed) = self.tar.into_inner()?.finish();
@@ -1090,6 +1110,8 @@ pub fn write_tree(
             }
         }
     }
+    // The repo's code: small, and what the learner reads first.
+    w.prefetch_landmark()?;
     w.finish(store)
 }
 
@@ -1213,13 +1235,13 @@ mod tests {
             })
             .collect();
         let want: Vec<(String, String)> = [
-            (estargz::NO_PREFETCH_LANDMARK, "reg"),
             ("pkg/__init__.py", "reg"),
             ("pkg/big.so", "reg"),
             ("pkg/big.so", "chunk"),
             ("pkg/big.so", "chunk"),
             ("pkg/tiny.txt", "reg"),
             ("pkg/empty", "reg"),
+            (estargz::NO_PREFETCH_LANDMARK, "reg"),
         ]
         .iter()
         .map(|(n, k)| (n.to_string(), k.to_string()))

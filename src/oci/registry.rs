@@ -86,6 +86,10 @@ pub struct Registry {
     auth: std::sync::RwLock<Option<String>>,
     /// Bytes of blob bodies sent (for the report).
     pub uploaded: AtomicU64,
+    /// The registry has answered once (any HTTP response): from then on a refused connection
+    /// is a restart or an overload worth retrying; before, it is a wrong host or port, and
+    /// retrying it only makes the user wait (go-containerregistry fails it at once too).
+    answered: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Registry {
@@ -231,6 +235,7 @@ impl Registry {
                 challenge: tokio::sync::Mutex::new(None),
                 auth: std::sync::RwLock::new(None),
                 uploaded: AtomicU64::new(0),
+                answered: Default::default(),
             };
             match reg.ping(i + 1 == schemes.len()).await {
                 Ok(()) => return Ok(Arc::new(reg)),
@@ -427,7 +432,11 @@ impl Registry {
                     rb = rb.header(AUTHORIZATION, h);
                 }
             }
-            match rb.send().await {
+            let sent = rb.send().await;
+            if sent.is_ok() {
+                self.answered.store(true, Ordering::Relaxed);
+            }
+            match sent {
                 Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED && !reauthed => {
                     reauthed = true;
                     // Boxed: the token request is itself a `request` (without auth).
@@ -444,8 +453,12 @@ impl Registry {
                     }
                 }
                 Ok(resp) => return Ok(resp),
-                Err(e) if retry_net && retry::transient_net(&e) => {
-                    tracing::warn!("{what}: {}, retrying", root_cause(&e));
+                Err(e) if retry_net && retry::transient_net(&e) && !self.refused_at_first(&e) => {
+                    tracing::warn!(
+                        "{what}: registry {}: {}, retrying",
+                        self.host,
+                        root_cause(&e)
+                    );
                     if !backoff.wait(None).await {
                         return Err(reg_err(format!(
                             "{} (gave up after {} attempts)",
@@ -457,6 +470,13 @@ impl Registry {
                 Err(e) => return Err(self.net_error(what, &e)),
             }
         }
+    }
+
+    /// A connection refused before the registry ever answered: nothing listens there.
+    fn refused_at_first(&self, e: &reqwest::Error) -> bool {
+        !self.answered.load(Ordering::Relaxed)
+            && e.is_connect()
+            && root_cause(e).to_lowercase().contains("connection refused")
     }
 
     /// Maps a non-success response to one clear line naming the registry and the object.
@@ -554,7 +574,11 @@ impl Registry {
                     )))
                 }
                 Err(e) if retry::transient_net(&e) && backoff.wait(None).await => {
-                    tracing::warn!("blob {digest}: {}, retrying", root_cause(&e));
+                    tracing::warn!(
+                        "blob {digest}: registry {}: {}, retrying",
+                        self.host,
+                        root_cause(&e)
+                    );
                 }
                 Err(e) => return Err(self.net_error("blob", &e)),
             }

@@ -1,7 +1,7 @@
 //! The retry policy of every registry request: which failures are transient, and how long to
 //! wait before the next attempt.
 //!
-//! Budget (per request, documented in the README's "Flaky registries"): at most [`ATTEMPTS`]
+//! Budget (per request, documented in docs/registries.md): at most [`ATTEMPTS`]
 //! attempts; waits grow exponentially from 0.5 s to at most 8 s with full jitter
 //! ([AWS "Exponential Backoff and Jitter"]: a random wait between half and all of the step, so
 //! builders that failed together do not retry together); a `Retry-After` header (seconds) is

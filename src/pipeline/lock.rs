@@ -230,8 +230,8 @@ async fn lock(
 
 /// The resolver's options for a spec: the builder's, with the spec's own indexes and the
 /// constraints of the check (a model's training environment).
-fn resolve_options(sess: &Session<'_>, check: &CheckReport) -> ResolveOptions {
-    let mut opts = sess.opts.resolve.clone();
+pub fn resolve_options(builder: &ResolveOptions, check: &CheckReport) -> ResolveOptions {
+    let mut opts = builder.clone();
     if opts.index_url.is_none() {
         opts.index_url = check.index_url.clone();
     }
@@ -250,19 +250,7 @@ async fn lock_text(
     sets: &Sets<'_>,
     base: &Base,
 ) -> Result<(String, &'static str)> {
-    let opts = resolve_options(sess, check);
-    if !check.unverified.is_empty() {
-        let http = crate::wheels::fetch::http_client()?;
-        let index = opts.effective_index();
-        let unknown = resolve::unknown_to_index(&http, &index, &check.unverified).await;
-        if !unknown.is_empty() {
-            return Err(bad_input(format!(
-                "{}: conda packages that the package index {index} does not know: {} (move them to the pip: list under their PyPI names, or remove them)",
-                check.spec,
-                unknown.join(", ")
-            )));
-        }
-    }
+    let opts = resolve_options(&sess.opts.resolve, check);
     let targets = targets(sess, base)?;
     let input: Vec<(&'static str, String)> = sets
         .iter()
@@ -287,14 +275,8 @@ async fn lock_text(
         (Some(t), _) => (t, "cache"),
         (None, Some(t)) => (t, "registry"),
         (None, None) => {
-            let (reqs, imported, python) = (
-                check.requirements.clone(),
-                check_imports(check),
-                base.python.clone(),
-            );
-            let sets: Vec<(&'static str, String)> = sets.to_vec();
-            let text =
-                resolve_checked(check.spec, reqs, imported, sets, python, targets, opts).await?;
+            let python = base.python.clone();
+            let text = fresh(check, sets, python, targets, opts, sess.store.root()).await?;
             pool::pool_put_lock(reg, pool::POOL_REPO, &key, &sess.store, &text).await;
             (text, "resolved")
         }
@@ -349,6 +331,45 @@ fn check_imports(check: &CheckReport) -> BTreeMap<String, Vec<String>> {
 
 const RELAXED_KEY: &str = "relaxed";
 const FIXES_KEY: &str = "fixes";
+
+/// A new resolution of `sets` for `python` on `targets`, as `build` and `check` make it: conda
+/// packages the index does not know are named first (all of them), then the pinned uv is made
+/// sure of (fetched into `cache` if need be), then [`resolve_checked`].
+pub async fn fresh(
+    check: &CheckReport,
+    sets: &Sets<'_>,
+    python: String,
+    targets: Vec<ResolveTarget>,
+    mut opts: ResolveOptions,
+    cache: &Path,
+) -> Result<String> {
+    let http = crate::wheels::fetch::http_client()?;
+    let index = opts.effective_index();
+    if !check.unverified.is_empty() {
+        let unknown = resolve::unknown_to_index(&http, &index, &check.unverified).await;
+        if !unknown.is_empty() {
+            return Err(bad_input(format!(
+                "{}: conda packages that the package index {index} does not know: {} (move them to the pip: list under their PyPI names, or remove them)",
+                check.spec,
+                unknown.join(", ")
+            )));
+        }
+    }
+    if let Some(uv) = resolve::uv::ensure(opts.uv.as_deref(), cache, &index, &http).await? {
+        opts.uv = Some(uv);
+    }
+    let (reqs, imported) = (check.requirements.clone(), check_imports(check));
+    resolve_checked(
+        check.spec,
+        reqs,
+        imported,
+        sets.to_vec(),
+        python,
+        targets,
+        opts,
+    )
+    .await
+}
 
 /// Resolves (see [`resolve_relaxing`]); at the first failure, before any pin is relaxed, names
 /// every requirement the index cannot have (unknown names, pins of versions that do not exist:

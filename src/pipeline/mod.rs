@@ -11,6 +11,7 @@
 //! (learner + aggregator from one resolve) and [`trained_model`] (an MLflow model served).
 
 pub mod base;
+pub mod check_lock;
 pub mod deps;
 pub mod fl_actors;
 pub mod image;

@@ -34,6 +34,9 @@ pub struct CheckReport {
     pub doctor: Vec<Fired>,
     pub warnings: Vec<String>,
     pub phases_ms: std::collections::BTreeMap<String, u64>,
+    /// `check` (without `--offline`): the lock `build` would make, resolved.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolved: Option<super::check_lock::CheckLock>,
     /// `check --sbom`: the SPDX documents a build would attach, role → platform → document.
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub sboms:
@@ -127,6 +130,7 @@ pub fn check(
         doctor: d.fired,
         warnings,
         phases_ms: phases.0,
+        resolved: None,
         sboms: Default::default(),
         unverified: d.unverified,
         unprovided: d.unprovided,
@@ -180,6 +184,13 @@ impl CheckReport {
         }
         for (i, r) in self.requirements.iter().enumerate() {
             line(if i == 0 { "deps" } else { "" }, r);
+        }
+        if let Some(r) = &self.resolved {
+            let from = if r.cached { ", from the cache" } else { "" };
+            line(
+                "lock",
+                &format!("{} packages for Python {}{from}", r.packages, r.python),
+            );
         }
         for (i, w) in self.warnings.iter().enumerate() {
             line(if i == 0 { "warnings" } else { "" }, w);

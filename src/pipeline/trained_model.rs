@@ -327,6 +327,7 @@ fn model_check(
         doctor: d.fired,
         warnings: d.warnings,
         phases_ms: Default::default(),
+        resolved: None,
         sboms: Default::default(),
         unverified: d.unverified,
         unprovided: d.unprovided,

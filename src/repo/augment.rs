@@ -132,6 +132,8 @@ pub fn runtime_layer(
             Some(b) => w.file(&path, false, b.len() as u64, b)?,
         }
     }
+    // The runtime: read whole at every start.
+    w.prefetch_landmark()?;
     w.finish(store)
 }
 

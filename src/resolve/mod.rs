@@ -14,6 +14,7 @@
 
 pub mod sandbox;
 pub mod sdist;
+pub mod uv;
 
 use crate::error::{bad_input, Unsatisfiable};
 use anyhow::{Context, Result};
@@ -103,8 +104,8 @@ impl ResolveTarget {
 pub fn find_uv(explicit: Option<&Path>) -> Result<PathBuf> {
     let pin = UV_VERSION.trim();
     let how = format!("install it with `python3 -m pip install uv=={pin}` (or pass --uv PATH)");
-    let candidate = match explicit {
-        Some(p) => p.to_path_buf(),
+    let candidate = match explicit.map(Path::to_path_buf).or_else(uv::obtained) {
+        Some(p) => p,
         None => std::env::var_os("PATH")
             .and_then(|paths| {
                 std::env::split_paths(&paths)

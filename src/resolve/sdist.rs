@@ -188,6 +188,10 @@ pub async fn materialize(
             ));
             continue;
         } else {
+            if let Some(index) = &policy.index_url {
+                // A lock from the pool needs no resolver, but a build from an sdist does.
+                crate::resolve::uv::ensure(policy.uv.as_deref(), store.root(), index, http).await?;
+            }
             let slots = Arc::new(tokio::sync::Semaphore::new(1));
             let path = fetch::fetch_all(
                 http,

@@ -70,16 +70,47 @@ fn spdx_id(kind: &str, parts: &[&str]) -> String {
 
 /// A URL without user, password, query or fragment (index URLs may carry credentials or
 /// tokens); `NOASSERTION` when it is not a URL.
-fn clean_url(u: &str) -> String {
+/// `u` without credentials, query or fragment, when SPDX accepts it as a download location;
+/// None otherwise. SPDX 2.3's download-location grammar (§7.7, as spdx-tools 0.8 checks it)
+/// wants a host name with a 2–5 letter top-level domain: IP addresses (edge deployments clone
+/// from them), `localhost`, `file://` and local paths are not locations it can express.
+fn spdx_url(u: &str) -> Option<String> {
+    const SCHEMES: &[&str] = &["http", "https", "ssh", "git", "svn", "sftp", "ftp"];
+    let mut url = url::Url::parse(u).ok()?;
+    let Some(url::Host::Domain(host)) = url.host() else {
+        return None;
+    };
+    let labels: Vec<&str> = host.split('.').collect();
+    let tld = labels.last().copied().unwrap_or("");
+    let named = labels.len() > 1
+        && (2..=5).contains(&tld.len())
+        && tld.chars().all(|c| c.is_ascii_alphabetic())
+        && labels
+            .iter()
+            .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+    if !named || !SCHEMES.contains(&url.scheme()) {
+        return None;
+    }
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    url.set_query(None);
+    url.set_fragment(None);
+    Some(url.to_string())
+}
+
+/// `u` without credentials, query or fragment, for the document's free-text fields
+/// (`sourceInfo`): the exact place when `downloadLocation` cannot say it.
+fn plain_url(u: &str) -> String {
     match url::Url::parse(u) {
-        Ok(mut url) if url.has_host() => {
+        Ok(mut url) => {
             let _ = url.set_username("");
             let _ = url.set_password(None);
             url.set_query(None);
             url.set_fragment(None);
             url.to_string()
         }
-        _ => license::NOASSERTION.to_string(),
+        // A local path or scp-like `user@host:path`: no credentials to take out but a user name.
+        Err(_) => u.rsplit_once('@').map_or(u, |(_, rest)| rest).to_string(),
     }
 }
 
@@ -139,7 +170,13 @@ fn wheel_package(installed: &Selected, license: &str) -> Value {
         purl_ref(purl_pypi(&w.name, &w.version)),
     );
     if let Some(u) = &w.wheel.url {
-        p.insert("downloadLocation".into(), json!(clean_url(u)));
+        match spdx_url(u) {
+            Some(loc) => p.insert("downloadLocation".into(), json!(loc)),
+            None => p.insert(
+                "sourceInfo".into(),
+                json!(format!("downloaded from {}", plain_url(u))),
+            ),
+        };
     }
     if installed.built_from.is_some() || installed.sdist {
         p.insert(
@@ -214,13 +251,16 @@ pub fn document(c: &Contents<'_>) -> Vec<u8> {
 
     if let Some((url, commit)) = &c.source {
         let mut p = package("SPDXRef-Source", url, commit, "SOURCE");
-        let loc = clean_url(url);
-        if loc != license::NOASSERTION {
-            p.insert(
+        match spdx_url(url) {
+            Some(loc) => p.insert(
                 "downloadLocation".into(),
                 json!(format!("git+{loc}@{commit}")),
-            );
-        }
+            ),
+            None => p.insert(
+                "sourceInfo".into(),
+                json!(format!("cloned from {} at commit {commit}", plain_url(url))),
+            ),
+        };
         packages.push(Value::Object(p));
         rels.push(relationship(image_id, "CONTAINS", "SPDXRef-Source"));
     }
@@ -386,6 +426,72 @@ mod tests {
         assert_eq!(
             doc["relationships"].as_array().unwrap().len(),
             1 + 1 + 1 + 1 + 1 + 2
+        );
+    }
+
+    /// Every source URL form the builder accepts gets an SPDX-valid download location or
+    /// NOASSERTION, and the exact place (without credentials) stays in `sourceInfo`.
+    #[test]
+    fn download_locations_spdx_can_express_and_the_rest_in_source_info() {
+        for (url, want) in [
+            (
+                "https://github.com/u/r.git",
+                Some("https://github.com/u/r.git"),
+            ),
+            (
+                "https://tok:secret@git.example.com:8443/u/r?x=1#f",
+                Some("https://git.example.com:8443/u/r"),
+            ),
+            (
+                "ssh://git@gitlab.example.org/u/r.git",
+                Some("ssh://gitlab.example.org/u/r.git"),
+            ),
+            (
+                "git://code.example.io:9418/r",
+                Some("git://code.example.io:9418/r"),
+            ),
+            ("git://127.0.0.1:9418/u/r", None),
+            ("http://[::1]:3000/r", None),
+            ("http://localhost:3000/r", None),
+            ("http://my_host.example.com/r", None),
+            ("file:///srv/git/r", None),
+            ("/home/u/r", None),
+            ("git@github.com:u/r.git", None),
+        ] {
+            assert_eq!(spdx_url(url).as_deref(), want, "{url}");
+        }
+        assert_eq!(
+            plain_url("http://u:pw@10.0.0.2:3000/r?t=1"),
+            "http://10.0.0.2:3000/r"
+        );
+        assert_eq!(plain_url("git@10.0.0.2:u/r.git"), "10.0.0.2:u/r.git");
+        let contents = |url: &str| Contents {
+            image: "flops/x/learner:abc".into(),
+            platform: "linux/amd64".into(),
+            created: "2026-01-01T00:00:00Z".into(),
+            base: BasePackage {
+                repository_url: "127.0.0.1:5000/library/python".into(),
+                tag: "3.11-slim".into(),
+                digest: format!("sha256:{}", "cd".repeat(32)),
+            },
+            source: Some((url.into(), "abc".into())),
+            model: None,
+            files: None,
+            packages: vec![],
+        };
+        let doc: Value =
+            serde_json::from_slice(&document(&contents("git://127.0.0.1:9418/u/r"))).unwrap();
+        let source = &doc["packages"][2];
+        assert_eq!(source["downloadLocation"], license::NOASSERTION);
+        assert_eq!(
+            source["sourceInfo"],
+            "cloned from git://127.0.0.1:9418/u/r at commit abc"
+        );
+        let doc: Value =
+            serde_json::from_slice(&document(&contents("https://github.com/u/r"))).unwrap();
+        assert_eq!(
+            doc["packages"][2]["downloadLocation"],
+            "git+https://github.com/u/r@abc"
         );
     }
 }

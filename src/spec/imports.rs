@@ -408,6 +408,117 @@ pub fn scan_source(src: &str) -> BTreeSet<String> {
     out
 }
 
+/// The modules a Python source imports when it is itself imported, as dotted names:
+/// `import a.b` gives `a.b`; `from a import b, c` gives `a`, `a.b` and `a.c` (either may be
+/// a submodule); relative imports are resolved against `package` (the module's package, `""`
+/// at the top level). Left out: imports in function bodies (they run later, if ever) and under
+/// `if TYPE_CHECKING:`; kept: `try:` blocks (an optional import that is installed is made).
+/// A line scanner like [`scan_source`]; parenthesized and backslash-continued imports are joined.
+pub fn module_imports(src: &str, package: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut in_string: Option<&str> = None;
+    // Lines indented deeper than this belong to a skipped block (a def or a TYPE_CHECKING if).
+    let mut skip_deeper: Option<usize> = None;
+    let mut lines = src.lines();
+    while let Some(raw) = lines.next() {
+        if let Some(q) = in_string {
+            if raw.contains(q) {
+                in_string = None;
+            }
+            continue;
+        }
+        let text = raw.trim();
+        if text.is_empty() || text.starts_with('#') {
+            continue;
+        }
+        let indent = indent_of(raw);
+        match skip_deeper {
+            Some(d) if indent > d => continue,
+            _ => skip_deeper = None,
+        }
+        if ["\"\"\"", "'''"]
+            .iter()
+            .any(|q| text.matches(q).count() % 2 == 1)
+        {
+            in_string = Some(if text.matches("\"\"\"").count() % 2 == 1 {
+                "\"\"\""
+            } else {
+                "'''"
+            });
+            continue;
+        }
+        let head = text.split('#').next().unwrap_or("").trim();
+        if head.starts_with("def ")
+            || head.starts_with("async def ")
+            || head.starts_with("if TYPE_CHECKING")
+            || head.starts_with("if typing.TYPE_CHECKING")
+        {
+            skip_deeper = Some(indent);
+            continue;
+        }
+        if !(head.starts_with("import ") || head.starts_with("from ")) {
+            continue;
+        }
+        let mut stmt = head.to_string();
+        while (stmt.contains('(') && !stmt.contains(')')) || stmt.ends_with('\\') {
+            let Some(next) = lines.next() else { break };
+            stmt = format!(
+                "{} {}",
+                stmt.trim_end_matches('\\'),
+                next.split('#').next().unwrap_or("").trim()
+            );
+        }
+        let stmt = stmt.replace(['(', ')'], " ");
+        for one in stmt.split(';') {
+            imports_of_statement(one.trim(), package, &mut out);
+        }
+    }
+    out
+}
+
+/// The dotted names one `import …` or `from … import …` statement imports.
+fn imports_of_statement(stmt: &str, package: &str, out: &mut Vec<String>) {
+    if let Some(rest) = stmt.strip_prefix("import ") {
+        for part in rest.split(',') {
+            let name = part.split_whitespace().next().unwrap_or("");
+            if is_module_path(name) {
+                out.push(name.to_string());
+            }
+        }
+        return;
+    }
+    let Some(rest) = stmt.strip_prefix("from ") else {
+        return;
+    };
+    let Some((from, names)) = rest.split_once(" import ") else {
+        return;
+    };
+    let from = from.trim();
+    let dots = from.len() - from.trim_start_matches('.').len();
+    let base = if dots == 0 {
+        from.to_string()
+    } else {
+        let mut parts: Vec<&str> = package.split('.').filter(|p| !p.is_empty()).collect();
+        for _ in 1..dots {
+            parts.pop();
+        }
+        let tail = &from[dots..];
+        parts.extend(Some(tail).filter(|t| !t.is_empty()));
+        parts.join(".")
+    };
+    if !is_module_path(&base) || base == "__future__" {
+        return;
+    }
+    out.push(base.clone());
+    for part in names.split(',') {
+        let name = part.split_whitespace().next().unwrap_or("");
+        if !name.is_empty() && name != "*" && name.chars().all(|c| c.is_alphanumeric() || c == '_')
+        {
+            out.push(format!("{base}.{name}"));
+        }
+    }
+}
+
 fn is_module_path(s: &str) -> bool {
     !s.is_empty()
         && !s.starts_with('.')
@@ -464,6 +575,58 @@ def f():
                 "torch"
             ]
         );
+    }
+
+    #[test]
+    fn what_a_module_imports_when_it_is_imported() {
+        let src = r#"
+"""Docstring: import notamodule"""
+from __future__ import annotations
+import os, numpy.linalg as la
+from . import _sibling, other
+from .sub.mod import (
+    thing,  # a comment
+    other_thing,
+)
+from .. import up
+from typing import TYPE_CHECKING
+if TYPE_CHECKING:
+    from pandas import DataFrame
+try:
+    from ._speedups import fast
+except ImportError:
+    fast = None
+class C:
+    import json
+    def method(self):
+        import cv2
+def f():
+    import torch
+import scipy.sparse; import yaml
+x = 1 \\
+    + 2
+"#;
+        let got = module_imports(src, "pkg.inner");
+        let want = [
+            "os",
+            "numpy.linalg",
+            "pkg.inner",
+            "pkg.inner._sibling",
+            "pkg.inner.other",
+            "pkg.inner.sub.mod",
+            "pkg.inner.sub.mod.thing",
+            "pkg.inner.sub.mod.other_thing",
+            "pkg",
+            "pkg.up",
+            "typing",
+            "typing.TYPE_CHECKING",
+            "pkg.inner._speedups",
+            "pkg.inner._speedups.fast",
+            "json",
+            "scipy.sparse",
+            "yaml",
+        ];
+        assert_eq!(got, want);
     }
 
     #[test]

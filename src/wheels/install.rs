@@ -722,77 +722,109 @@ pub fn install(
             pycs.get(i).and_then(Option::as_ref),
         )?;
     }
-    // Parent directories of everything, then all entries in byte order (parents first).
-    let mut dirs = BTreeSet::new();
-    for path in plan.keys() {
-        let mut acc = String::new();
-        for comp in path
-            .split('/')
-            .collect::<Vec<_>>()
-            .split_last()
-            .map(|(_, d)| d)
-            .unwrap_or(&[])
-        {
-            if !acc.is_empty() {
-                acc.push('/');
-            }
-            acc.push_str(comp);
-            dirs.insert(acc.clone());
-        }
+    let first = if w.lazy() {
+        let tag = prefix.bytecode.as_ref().map(|b| b.tag.as_str());
+        let paths: Vec<&str> = plan.keys().map(String::as_str).collect();
+        crate::wheels::prefetch::start_set(&paths, &prefix.site, tag, |path| {
+            let Some(Source::Member { wheel, index, .. }) = plan.get(path).map(|p| &p.source)
+            else {
+                return None;
+            };
+            let mut text = Vec::new();
+            let mut member = zips[*wheel].by_index(*index).ok()?;
+            member.read_to_end(&mut text).ok().map(|_| text)
+        })
+    } else {
+        BTreeSet::new()
+    };
+    let (prioritized, rest) = ordered(&plan, &first);
+    for (path, entry) in prioritized {
+        write_entry(w, path, entry, &mut zips, &names, pycs)?;
     }
-    let mut all: Vec<(&str, Option<&Planned>)> = dirs
-        .iter()
-        .map(|d| (d.as_str(), None))
-        .chain(plan.iter().map(|(k, v)| (k.as_str(), Some(v))))
-        .collect();
-    all.sort_by(|a, b| a.0.cmp(b.0));
-    for (path, entry) in all {
-        match entry {
-            None => w.dir(path)?,
-            Some(Planned {
-                exec,
-                source: Source::Bytes(b),
-                ..
-            }) => w.file(path, *exec, b.len() as u64, &b[..])?,
-            Some(Planned {
-                source: Source::Pyc { wheel, at, .. },
-                ..
-            }) => {
-                let pyc = pycs[*wheel].as_ref().expect("bytecode was compiled");
-                w.file(path, false, at.len, pyc.reader(*at))?
-            }
-            Some(Planned {
-                exec,
-                source:
-                    Source::Member {
-                        wheel,
-                        index,
-                        expected,
-                    },
-                ..
-            }) => {
-                let zip = &mut zips[*wheel];
-                let bad = |e: zip::result::ZipError| bad_input(format!("{}: {e}", names[*wheel]));
-                let raw = zip.by_index_raw(*index).map_err(bad)?;
-                let what = format!("{}: {}", names[*wheel], raw.name().unwrap_or_default());
-                let wrote =
-                    if raw.compression() == zip::CompressionMethod::Deflated && expected.1 > 0 {
-                        // The member's DEFLATE stream as the wheel stores it (see LayerWriter::deflated).
-                        let data = w.deflated(raw, expected.1);
-                        w.file(path, *exec, expected.1, Verify::new(data, expected, what))
-                    } else {
-                        drop(raw);
-                        let member = zip.by_index(*index).map_err(bad)?;
-                        w.file(path, *exec, expected.1, Verify::new(member, expected, what))
-                    };
-                wrote.map_err(|e| {
-                    let root = e.chain().last().map(|c| c.to_string()).unwrap_or_default();
-                    bad_input(format!("installing {path}: {root}"))
-                })?;
-            }
-        }
+    if !first.is_empty() {
+        w.prefetch_landmark()?;
+    }
+    for (path, entry) in rest {
+        write_entry(w, path, entry, &mut zips, &names, pycs)?;
     }
     Ok(())
+}
+
+/// The layer's entries in tar order: every planned file and the directories above them, in
+/// byte order (each directory before what it holds); the files in `first` (with their
+/// directories) make a first part of their own, in the same order.
+type Entry<'p> = (&'p str, Option<&'p Planned>);
+fn ordered<'p>(
+    plan: &'p BTreeMap<String, Planned>,
+    first: &BTreeSet<&str>,
+) -> (Vec<Entry<'p>>, Vec<Entry<'p>>) {
+    let mut dirs: BTreeMap<&str, bool> = BTreeMap::new();
+    for path in plan.keys() {
+        let wanted = first.contains(path.as_str());
+        let mut at = path.as_str();
+        while let Some((dir, _)) = at.rsplit_once('/') {
+            *dirs.entry(dir).or_default() |= wanted;
+            at = dir;
+        }
+    }
+    let mut all: Vec<(Entry<'p>, bool)> = dirs
+        .into_iter()
+        .map(|(d, wanted)| ((d, None), wanted))
+        .chain(
+            plan.iter()
+                .map(|(k, v)| ((k.as_str(), Some(v)), first.contains(k.as_str()))),
+        )
+        .collect();
+    all.sort_by(|a, b| a.0 .0.cmp(b.0 .0));
+    let (a, b): (Vec<_>, Vec<_>) = all.into_iter().partition(|(_, wanted)| *wanted);
+    (
+        a.into_iter().map(|(e, _)| e).collect(),
+        b.into_iter().map(|(e, _)| e).collect(),
+    )
+}
+
+/// Streams one planned entry into the layer (a directory when `entry` is None).
+fn write_entry(
+    w: &mut LayerWriter,
+    path: &str,
+    entry: Option<&Planned>,
+    zips: &mut [zip::ZipArchive<std::fs::File>],
+    names: &[String],
+    pycs: &[Option<WheelPyc>],
+) -> Result<()> {
+    let Some(Planned { exec, source, .. }) = entry else {
+        return w.dir(path);
+    };
+    match source {
+        Source::Bytes(b) => w.file(path, *exec, b.len() as u64, &b[..]),
+        Source::Pyc { wheel, at, .. } => {
+            let pyc = pycs[*wheel].as_ref().expect("bytecode was compiled");
+            w.file(path, false, at.len, pyc.reader(*at))
+        }
+        Source::Member {
+            wheel,
+            index,
+            expected,
+        } => {
+            let zip = &mut zips[*wheel];
+            let bad = |e: zip::result::ZipError| bad_input(format!("{}: {e}", names[*wheel]));
+            let raw = zip.by_index_raw(*index).map_err(bad)?;
+            let what = format!("{}: {}", names[*wheel], raw.name().unwrap_or_default());
+            let wrote = if raw.compression() == zip::CompressionMethod::Deflated && expected.1 > 0 {
+                // The member's DEFLATE stream as the wheel stores it (see LayerWriter::deflated).
+                let data = w.deflated(raw, expected.1);
+                w.file(path, *exec, expected.1, Verify::new(data, expected, what))
+            } else {
+                drop(raw);
+                let member = zip.by_index(*index).map_err(bad)?;
+                w.file(path, *exec, expected.1, Verify::new(member, expected, what))
+            };
+            wrote.map_err(|e| {
+                let root = e.chain().last().map(|c| c.to_string()).unwrap_or_default();
+                bad_input(format!("installing {path}: {root}"))
+            })
+        }
+    }
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ pub fn require_rig() {
     for (port, what) in [(5000, "plain registry"), (5443, "TLS registry")] {
         let addr = format!("127.0.0.1:{port}").parse().unwrap();
         if TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_err() {
-            panic!("{what} is not running on 127.0.0.1:{port}: start the test rig with `sudo scripts/rig.sh` (README, 'Tests')");
+            panic!("{what} is not running on 127.0.0.1:{port}: start the test rig with `sudo scripts/rig.sh` (docs/tests.md)");
         }
     }
     for tool in ["skopeo", "umoci", "chroot"] {
@@ -850,6 +850,18 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// Waits (at most 10 s) until something listens on 127.0.0.1:`port`.
+pub fn wait_port(port: u16) {
+    let end = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < end,
+            "nothing listens on 127.0.0.1:{port} after 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// The Flight data server with FLOps-shaped image partitions, on a free port.
