@@ -32,15 +32,40 @@ PYTEST_LOG=$PWD/target/pytest.log
   done
 ) >"$PYTEST_LOG" 2>&1 &
 PYTEST=$!
-log "rust tests (pytest suites beside them, log in $PYTEST_LOG)"
-# Three at a time: most integration tests wait on registries, servers and PyPI, not on a core.
-if ! cargo test --locked -- --test-threads 3 2>&1; then
+# Two lanes of Rust test binaries side by side: most integration tests wait on registries,
+# servers and PyPI, not on a core, and one lane alone left the machine idle for most of its
+# ~30 min. The binaries whose tests bind 127.0.0.1:8080 (the FL contract's aggregator port; an
+# in-process lock orders them within a binary, not across processes) share the first lane.
+LANE1=(faults learner flops_flow trained_model)
+lane2=()
+for f in tests/*.rs; do
+  n=$(basename "$f" .rs)
+  [[ " ${LANE1[*]} " == *" $n "* ]] || lane2+=(--test "$n")
+done
+LANE1_LOG=$PWD/target/rust-lane1.log
+log "rust tests in two lanes (${LANE1[*]} in one, log in $LANE1_LOG; pytest suites beside them, log in $PYTEST_LOG)"
+cargo test --locked $(printf -- '--test %s ' "${LANE1[@]}") -- --test-threads 2 >"$LANE1_LOG" 2>&1 &
+LANE1_PID=$!
+stop_all() {
   # The pytest processes too, not only their subshell: left running, they would load the
   # next run's machine and append to its log.
   pkill -TERM -P "$PYTEST" 2>/dev/null || true
   kill "$PYTEST" 2>/dev/null || true
+  pkill -TERM -P "$LANE1_PID" 2>/dev/null || true
+  kill "$LANE1_PID" 2>/dev/null || true
+}
+if ! { cargo test --locked --lib --bins "${lane2[@]}" -- --test-threads 3 2>&1 && cargo test --locked --doc 2>&1; }; then
+  stop_all
   exit 1
 fi
+log "waiting for the first lane"
+if ! wait "$LANE1_PID"; then
+  cat "$LANE1_LOG"
+  echo "a Rust test of the first lane failed (above)" >&2
+  stop_all
+  exit 1
+fi
+grep -E '^ +Running|^test result' "$LANE1_LOG" >&2
 log "waiting for the pytest suites"
 if ! wait "$PYTEST"; then
   cat "$PYTEST_LOG"
