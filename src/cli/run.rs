@@ -113,7 +113,7 @@ async fn check_resolution(
     a: &CheckArgs,
     report: &pipeline::CheckReport,
     platforms: &[Platform],
-) -> anyhow::Result<pipeline::check_lock::CheckLock> {
+) -> anyhow::Result<pipeline::source::CheckLock> {
     let d = <ImageDefaults as clap::Parser>::try_parse_from(["check", "--registry", ""])?;
     let opts = options(&d.image, None)?;
     let cache = a.cache_dir.clone().unwrap_or_else(default_cache_dir);

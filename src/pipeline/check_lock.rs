@@ -5,24 +5,13 @@
 //! kept in the cache under the key `build` looks for (when the base has the spec's Python).
 
 use super::lock::{fresh, resolve_options, Sets};
-use super::source::CheckReport;
+use super::source::{CheckLock, CheckReport};
 use crate::oci::blobstore::write_atomic;
 use crate::oci::reference::Platform;
 use crate::resolve::{self, ResolveOptions, ResolveTarget};
 use crate::wheels::pylock;
 use anyhow::Result;
 use std::path::Path;
-
-/// What `check` reports of its resolution.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct CheckLock {
-    /// Packages in the lock (all platforms, all sets).
-    pub packages: usize,
-    /// Python (major.minor) resolved for.
-    pub python: String,
-    /// Whether the lock came from the cache (the same inputs were resolved before).
-    pub cached: bool,
-}
 
 /// Resolves `check`'s requirements with the runtimes' `sets` for `platforms`, as `build` would.
 ///

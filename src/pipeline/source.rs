@@ -36,7 +36,7 @@ pub struct CheckReport {
     pub phases_ms: std::collections::BTreeMap<String, u64>,
     /// `check` (without `--offline`): the lock `build` would make, resolved.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub resolved: Option<super::check_lock::CheckLock>,
+    pub resolved: Option<CheckLock>,
     /// `check --sbom`: the SPDX documents a build would attach, role → platform → document.
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub sboms:
@@ -197,6 +197,17 @@ impl CheckReport {
         }
         s
     }
+}
+
+/// What `check` reports of its resolution.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CheckLock {
+    /// Packages in the lock (all platforms, all sets).
+    pub packages: usize,
+    /// Python (major.minor) resolved for.
+    pub python: String,
+    /// Whether the lock came from the cache (the same inputs were resolved before).
+    pub cached: bool,
 }
 
 /// The source of a plan: the checked repo and its checkout.
