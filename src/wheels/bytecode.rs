@@ -245,6 +245,27 @@ impl Compiler {
     }
 }
 
+/// One wheel's bytecode: its spool file in the cache and where each module's `.pyc` is in it.
+#[derive(Debug)]
+pub struct WheelPyc {
+    spool: std::fs::File,
+    /// Module's target path in the image (`opt/flops/site-packages/numpy/__init__.py`) → its
+    /// `.pyc` in the spool. Modules this Python cannot compile are absent.
+    pub pycs: std::collections::HashMap<String, Spooled>,
+}
+
+impl WheelPyc {
+    /// The `.pyc`s of `spool` at `pycs`.
+    pub fn new(spool: std::fs::File, pycs: std::collections::HashMap<String, Spooled>) -> Self {
+        Self { spool, pycs }
+    }
+
+    /// A reader of one `.pyc`'s bytes.
+    pub fn reader(&self, at: Spooled) -> impl Read + '_ {
+        spooled(&self.spool, at)
+    }
+}
+
 /// A reader of the `.pyc` at `at` in a spool file, for streaming it into a layer.
 pub fn spooled(file: &std::fs::File, at: Spooled) -> impl Read + '_ {
     SpoolReader {

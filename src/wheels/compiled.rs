@@ -8,32 +8,15 @@
 //! before it streams.
 
 use crate::oci::blobstore::EntryLock;
-use crate::wheels::bytecode::{spooled, Compiler, Spooled};
+use crate::wheels::bytecode::{Compiler, Spooled, WheelPyc};
 use crate::wheels::install::{for_each_module, Prefix};
 use anyhow::{Context, Result};
 use sha2::{Digest as _, Sha256};
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// The version of what a key names: bump when the compiler loop or the index changes.
 const FORMAT: &str = "flops-pyc v1";
-
-/// One wheel's bytecode: its spool file in the cache and where each module's `.pyc` is in it.
-#[derive(Debug)]
-pub struct WheelPyc {
-    spool: std::fs::File,
-    /// Module's target path in the image (`opt/flops/site-packages/numpy/__init__.py`) → its
-    /// `.pyc` in the spool. Modules this Python cannot compile are absent.
-    pub pycs: HashMap<String, Spooled>,
-}
-
-impl WheelPyc {
-    /// A reader of one `.pyc`'s bytes.
-    pub fn reader(&self, at: Spooled) -> impl Read + '_ {
-        spooled(&self.spool, at)
-    }
-}
 
 /// The index file: (target, offset, length, sha256 hex) per `.pyc`, in compile order.
 type Index = Vec<(String, u64, u64, String)>;
@@ -122,7 +105,7 @@ fn load(spool_path: &PathBuf, index_path: &PathBuf) -> Option<WheelPyc> {
         };
         pycs.insert(target, at);
     }
-    Some(WheelPyc { spool, pycs })
+    Some(WheelPyc::new(spool, pycs))
 }
 
 #[cfg(test)]
@@ -130,7 +113,7 @@ mod tests {
     use super::*;
     use crate::wheels::bytecode::Bytecode;
     use base64::Engine as _;
-    use std::io::Write as _;
+    use std::io::{Read as _, Write as _};
 
     /// A valid wheel `name`-1.0 of `files` (RECORD written for them).
     fn wheel(dir: &Path, name: &str, files: &[(&str, &str)]) -> PathBuf {

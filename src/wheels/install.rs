@@ -7,8 +7,7 @@
 
 use crate::error::bad_input;
 use crate::oci::layer::LayerWriter;
-use crate::wheels::bytecode::{self, Bytecode, Spooled};
-use crate::wheels::compiled::WheelPyc;
+use crate::wheels::bytecode::{self, Bytecode, Spooled, WheelPyc};
 use anyhow::{Context, Result};
 use base64::Engine as _;
 use sha2::{Digest as _, Sha256};

@@ -10,7 +10,7 @@ use crate::oci::blobstore::BlobStore;
 use crate::oci::image::{is_index, Descriptor, Index, Manifest};
 use crate::oci::layer::{Compression, Layer, LayerWriter, LAYER_FORMAT_VERSION};
 use crate::oci::registry::Registry;
-use crate::wheels::compiled::WheelPyc;
+use crate::wheels::bytecode::WheelPyc;
 use crate::wheels::install::{install, Prefix};
 use crate::wheels::pylock::Selected;
 use anyhow::Result;
