@@ -382,7 +382,7 @@ def client_wait() -> float:
 def guard_client_registration() -> None:
     """Keeps Flower's server from holding a client whose stream has already ended.
 
-    Flower's legacy gRPC servicer (flwr 1.8 to 1.27) registers a client when its Join handler
+    Flower's legacy gRPC servicer (flwr 1.8 to 1.25) registers a client when its Join handler
     first runs and unregisters it from a callback on the stream's end. A stream that ends before
     the handler runs (a learner's attempt given up while the server came up) is registered after
     its end; gRPC refuses the callback (add_callback returns False), Flower ignores that, and the
@@ -968,7 +968,7 @@ class AttemptResources:
     """Every gRPC channel and request stream one start_client call opens, to close after it.
 
     The learner runtime's class of the same name (this image does not hold that runtime): flwr's
-    grpc-bidi connection (flwr 1.8 to 1.27) closes its channel but never ends the request stream
+    grpc-bidi connection (flwr 1.8 to 1.25) closes its channel but never ends the request stream
     it feeds from a queue, so gRPC's thread reading that queue waits for good, one per attempt.
     Channels are closed again (no-op when flwr did) and each queue gets its end marker.
     """
@@ -1078,7 +1078,7 @@ def run_cluster(args) -> None:
             # start_numpy_client(client) is start_client(client.to_client()) plus a
             # deprecation warning, which would repeat on every attempt. A loop of our own, not
             # start_client's max_retries/max_wait_time: the grpc-bidi transport ignores them
-            # (flwr 1.8 to 1.27), and the cluster aggregator must reconnect after every
+            # (flwr 1.8 to 1.25), and the cluster aggregator must reconnect after every
             # session and every failed cycle, for as long as it runs.
             flwr.client.start_client(server_address=root, client=client.to_client(), insecure=True)
             log.info("the root aggregator %s ended the session; waiting for the next one", root)

@@ -274,7 +274,7 @@ def quiet_closed_channel_polls() -> None:
 class AttemptResources:
     """Every gRPC channel and request stream one start_client call opens, to close after it.
 
-    flwr's grpc-bidi connection (flwr 1.8 to 1.27) closes its channel but never ends the request
+    flwr's grpc-bidi connection (flwr 1.8 to 1.25) closes its channel but never ends the request
     stream it feeds from a queue: gRPC's thread reading that queue waits for good, one thread
     (holding the dead call) per attempt, hundreds over a long wait for the aggregator. Channels
     are closed here again (no-op when flwr did) and each queue gets its end marker, so an attempt
@@ -360,7 +360,7 @@ def run_sessions(client, server_address: str, retry_delay: float, max_wait: floa
             # start_numpy_client(client) is start_client(client.to_client()) plus a
             # deprecation warning, which would repeat on every attempt. Its max_retries and
             # max_wait_time (flwr >= 1.8) are not used: the grpc-bidi transport, the only one
-            # the legacy start_server speaks, ignores them (flwr 1.8 to 1.27 pass the retry
+            # the legacy start_server speaks, ignores them (flwr 1.8 to 1.25 pass the retry
             # policy to grpc_connection "for compatibility" only) and raises the first
             # UNAVAILABLE; and FLOps needs more than a connection retry: waiting again after
             # a session (sessions follow one another), a bound on the first wait only, a
