@@ -284,6 +284,48 @@ fn a_registry_port_where_nothing_listens_fails_at_once_naming_it() {
     );
 }
 
+/// The commit's tag already names an image, and the registry does not answer the request that
+/// reads it (every HEAD of the learner tag gets 503): the build fails naming the tag (exit 4),
+/// instead of taking the silence for "no tag yet" and moving a tag someone else set.
+#[test]
+fn a_tag_the_registry_will_not_show_is_never_moved() {
+    require_rig();
+    require_uv();
+    require_mirror();
+    let d = tempfile::tempdir().unwrap();
+    let reg = FreshRegistry::start();
+    let cache = warm_cache();
+    let first = build(&reg.url(), &cache, &[]).ok().json();
+    let tagged = first["image"]["reference"].as_str().unwrap().to_string();
+    let (name, digest) = tagged.split_once('@').unwrap();
+    let proxy = Proxy::start(
+        &reg.addr,
+        &[
+            "--only",
+            "^HEAD /v2/.*/learner/manifests/[0-9a-f]{40}$",
+            "--rate",
+            "all=1",
+        ],
+        d.path(),
+    );
+    // Other inputs (zstd layers): another image for the same commit.
+    let e = build(
+        &format!("http://{}", proxy.addr),
+        &cache,
+        &["--compression", "zstd"],
+    );
+    let tag = name.rsplit_once(':').unwrap().1;
+    expect_error(&e, 4, tag);
+    assert!(proxy.counts().1 >= 1, "no fault was injected");
+    let (repo_path, _) = name.split_once('/').unwrap().1.rsplit_once(':').unwrap();
+    let now = sh(&format!(
+        "curl -sfI -H 'Accept: application/vnd.oci.image.manifest.v1+json' -H 'Accept: application/vnd.oci.image.index.v1+json' http://{}/v2/{repo_path}/manifests/{tag} | tr -d '\\r' | sed -n 's/^[Dd]ocker-[Cc]ontent-[Dd]igest: //p'",
+        reg.addr
+    ));
+    assert_eq!(now.trim(), digest, "the tag moved");
+    println!("HEAD of {name} answered 503: exit 4, the tag still names {digest}");
+}
+
 /// Two builders started together into one registry; returns both image references.
 fn two_at_once(registry: &str, caches: [&Path; 2]) -> [String; 2] {
     let repo = fixture_repo();

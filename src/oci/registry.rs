@@ -998,6 +998,34 @@ impl Registry {
             .map(str::to_string)
     }
 
+    /// The digest `repo:tag` names now: None when the registry says there is no such manifest
+    /// (404), so that a caller guarding the tag never takes an unanswered request for "absent".
+    ///
+    /// Errors: the registry cannot be reached (after the usual retries) or answers anything
+    /// else (naming the registry and the reference).
+    pub async fn tag_digest(&self, repo: &str, tag: &str) -> Result<Option<String>> {
+        let url = self.url(&format!("v2/{repo}/manifests/{tag}"));
+        let what = format!("manifest {}/{repo}:{tag}", self.host);
+        let resp = self
+            .send(&what, |c| {
+                Ok(c.head(url.clone()).header("Accept", ACCEPT_MANIFESTS))
+            })
+            .await?;
+        match resp.status() {
+            StatusCode::NOT_FOUND => Ok(None),
+            s if s.is_success() => match resp
+                .headers()
+                .get("Docker-Content-Digest")
+                .and_then(|v| v.to_str().ok())
+            {
+                Some(d) => Ok(Some(d.to_string())),
+                // The header is optional: the manifest's own bytes say it then.
+                None => Ok(Some(self.get_manifest(repo, tag).await?.2)),
+            },
+            _ => Err(self.fail(&what, resp).await),
+        }
+    }
+
     /// The referrers API (distribution-spec 1.1, `GET /v2/<repo>/referrers/<digest>`): the
     /// index of manifests whose `subject` is `digest`, or `None` where the registry does not
     /// have the API (404, as CNCF distribution 2.8 answers) and clients keep the index

@@ -112,7 +112,9 @@ async fn fixed_tag_move(
     if !spec.fixed_tag {
         return Ok(None);
     }
-    let Some(from) = reg.manifest_digest(repo, tag).await.filter(|d| d != to) else {
+    // A registry that does not answer fails the build here: taking it for "no tag yet" would
+    // let this build move a tag it must not.
+    let Some(from) = reg.tag_digest(repo, tag).await?.filter(|d| d != to) else {
         return Ok(None);
     };
     let name = format!("{}/{repo}:{tag}", spec.target.registry);

@@ -14,10 +14,11 @@ Fault kinds (at most one per request, each with its own probability):
   stall  wait 2 s, then forward
   all    answer 503 to every request (a registry that is down)
 --first KIND injects KIND on the very first request only; --after N injects nothing before
-request N+1. The stats file (JSON: requests,
+request N+1; --only REGEX injects only into requests whose "METHOD PATH" it matches. The stats file (JSON: requests,
 injected per kind) is rewritten after every request. Prints "ready" once listening.
 """
 import argparse
+import re
 import http.client
 import http.server
 import json
@@ -31,7 +32,8 @@ import time
 HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection"}
 
 class Faults:
-    def __init__(self, rates, first, after, seed, stats_path):
+    def __init__(self, rates, first, after, seed, stats_path, only=None):
+        self.only = re.compile(only) if only else None
         self.rates = rates
         self.after = after
         self.first = first
@@ -41,11 +43,13 @@ class Faults:
         self.injected = {}
         self.stats_path = stats_path
 
-    def pick(self):
+    def pick(self, request):
         with self.lock:
             self.requests += 1
             kind = None
-            if self.requests == 1 and self.first:
+            if self.only and not self.only.search(request):
+                pass
+            elif self.requests == 1 and self.first:
                 kind = self.first
             elif self.requests <= self.after:
                 pass
@@ -105,7 +109,7 @@ def make_handler(upstream, faults):
             self.wfile.write(body)
 
         def handle_any(self):
-            kind = faults.pick()
+            kind = faults.pick(f"{self.command} {self.path}")
             length = int(self.headers.get("Content-Length") or 0)
             if kind == "cut" and length > 1:
                 self.read_body(limit=length // 2)
@@ -158,12 +162,13 @@ def main():
     ap.add_argument("--first")
     ap.add_argument("--after", type=int, default=0)
     ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--only", default=None)
     a = ap.parse_args()
     rates = {}
     for r in a.rate:
         k, p = r.split("=")
         rates[k] = float(p)
-    faults = Faults(rates, a.first, a.after, a.seed, a.stats)
+    faults = Faults(rates, a.first, a.after, a.seed, a.stats, a.only)
     server = http.server.ThreadingHTTPServer(("127.0.0.1", a.port), make_handler(a.upstream, faults))
     server.daemon_threads = True
     print("ready", flush=True)
