@@ -413,3 +413,32 @@ fn check_resolves_as_the_build_would() {
         r.stderr.trim()
     );
 }
+
+/// A local repo is one source however its path is spelled (`a/../a/repo`, a symlink, `./repo`):
+/// the report, the image's labels and its SBOM name the path the filesystem gives, so one
+/// commit gives one image digest from any working directory (found by a newcomer: two
+/// spellings made two digests, and the second build was refused with exit 5).
+#[test]
+fn a_local_repo_is_one_source_however_its_path_is_spelled() {
+    let d = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = git_repo("sklearn-conda", &d.path().join("team"), "spelled");
+    let link = d.path().join("link");
+    std::os::unix::fs::symlink(&repo, &link).unwrap();
+    let spellings = [
+        repo.display().to_string(),
+        format!("{}/../team/spelled", d.path().join("team").display()),
+        link.display().to_string(),
+    ];
+    let sources: Vec<String> = spellings
+        .iter()
+        .map(|s| {
+            let r = check(&[s.as_str(), "--offline", "--json"], tmp.path())
+                .ok()
+                .json();
+            r["source"].as_str().unwrap().to_string()
+        })
+        .collect();
+    let canonical = std::fs::canonicalize(&repo).unwrap().display().to_string();
+    assert!(sources.iter().all(|s| *s == canonical), "{sources:?}");
+}

@@ -16,7 +16,8 @@
 #   REPO_DIR             the ML repo, a git checkout or URL (default .)
 #   FLOPS_IMAGE_BUILDER  the builder's binary (default flops-image-builder from PATH)
 #   MODEL_FLAVOR         sklearn, pytorch, tensorflow or keras (default sklearn)
-#   FLOPS_BUILD_ARGS     more `build` flags, split on spaces (e.g. --cache-dir DIR)
+#   FLOPS_BUILD_ARGS     more `build` flags, split on spaces (e.g. --registry-mirror docker.io=HOST)
+#   FLOPS_CACHE_DIR      the builder's cache, for check and build (keep it between runs)
 #   SMOKE_WORK           where the images are unpacked (default a temporary directory, removed)
 set -euo pipefail
 

@@ -95,7 +95,11 @@ pub async fn run_check(a: CheckArgs) -> anyhow::Result<()> {
             .map(|(repo, tag)| format!("{repo}/aggregator:{tag}"));
     }
     if !a.offline && report.spec != "pylock.toml" {
+        let t = std::time::Instant::now();
         report.resolved = Some(check_resolution(&a, &report, &platforms).await?);
+        report
+            .phases_ms
+            .insert("resolve".into(), t.elapsed().as_millis() as u64);
     }
     if a.sbom {
         report.sboms = check_sboms(&a, &report, checkout.root()).await?;

@@ -121,7 +121,7 @@ async fn fixed_tag_move(
     if !sess.opts.refresh_lock {
         return Err(crate::error::conflict(format!(
             "{name} already names {from}, and this build made {to}: a commit's {} tag is not moved \
-             (the images differ in their lock, builder version or options; nothing was tagged; \
+             (the images differ in their lock, builder version, options or source; nothing was tagged; \
              the new image is in the registry as {}/{repo}@{to}). Pass --refresh-lock to move it",
             spec.role, spec.target.registry
         )));

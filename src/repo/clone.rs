@@ -136,6 +136,9 @@ pub fn clone(source: &str, opts: &CloneOptions) -> Result<Checkout> {
         {
             return registry(format!("cannot clone {clean}: {msg}"));
         }
+        if msg.contains("not owned by current user") {
+            return bad_input(format!("cannot clone {clean}: {msg} (git's safe.directory check: build as the directory's owner, or trust it with `git config --global --add safe.directory {}`)", url));
+        }
         bad_input(format!("cannot clone {clean}: {msg}"))
     };
 
@@ -181,7 +184,13 @@ pub fn clone(source: &str, opts: &CloneOptions) -> Result<Checkout> {
         .and_then(|h| h.peel_to_commit())
         .map_err(|e| bad_input(format!("{clean} has no commit to build ({})", e.message())))?;
     let checkout = Checkout {
-        source: clean.clone(),
+        // A local path as the filesystem names it, not as it was typed: the source goes into
+        // the image's labels and SBOM, and `./repo` and `/home/u/repo` are one commit's image.
+        source: if crate::repo::naming::is_local_path(&clean) {
+            url.clone()
+        } else {
+            clean.clone()
+        },
         sha: head.id().to_string(),
         commit_time: head.time().seconds(),
         shallow,
