@@ -355,38 +355,47 @@ fn indent_of(line: &str) -> usize {
     line.len() - line.trim_start().len()
 }
 
+/// The code lines of a Python source, trimmed, with their indentation: blank lines, comments,
+/// text inside triple-quoted strings and the line opening one are left out (what the import
+/// scanners below both need; a line scanner, not a parser).
+fn code_lines(src: &str) -> impl Iterator<Item = (usize, &str)> {
+    let mut in_string: Option<&str> = None;
+    src.lines().filter_map(move |raw| {
+        if let Some(q) = in_string {
+            if raw.contains(q) {
+                in_string = None;
+            }
+            return None;
+        }
+        let text = raw.trim();
+        if text.is_empty() || text.starts_with('#') {
+            return None;
+        }
+        // An odd number of triple quotes opens a string that continues on later lines.
+        if let Some(q) = ["\"\"\"", "'''"]
+            .into_iter()
+            .find(|q| text.matches(q).count() % 2 == 1)
+        {
+            in_string = Some(q);
+            return None;
+        }
+        Some((indent_of(raw), text))
+    })
+}
+
 /// Modules imported by one source file. Skips relative imports, `__future__`, text inside
 /// triple-quoted strings, and imports inside `try:` blocks (optional by construction).
 pub fn scan_source(src: &str) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
-    let mut in_string: Option<&str> = None;
     // Indentation of the `try:` blocks we are inside.
     let mut tries: Vec<usize> = Vec::new();
-    for raw in src.lines() {
-        let line = raw.trim_end();
-        if let Some(q) = in_string {
-            if line.contains(q) {
-                in_string = None;
-            }
-            continue;
-        }
-        let text = line.trim_start();
-        if text.is_empty() || text.starts_with('#') {
-            continue;
-        }
-        let indent = indent_of(line);
+    for (indent, text) in code_lines(src) {
         tries.retain(|t| indent > *t);
-        for q in ["\"\"\"", "'''"] {
-            // An odd number of triple quotes opens a string that continues on later lines.
-            if text.matches(q).count() % 2 == 1 {
-                in_string = Some(q);
-            }
-        }
         if text == "try:" {
             tries.push(indent);
             continue;
         }
-        if !tries.is_empty() || in_string.is_some() {
+        if !tries.is_empty() {
             continue;
         }
         let stmt = text.split('#').next().unwrap_or("").trim();
@@ -413,39 +422,16 @@ pub fn scan_source(src: &str) -> BTreeSet<String> {
 /// a submodule); relative imports are resolved against `package` (the module's package, `""`
 /// at the top level). Left out: imports in function bodies (they run later, if ever) and under
 /// `if TYPE_CHECKING:`; kept: `try:` blocks (an optional import that is installed is made).
-/// A line scanner like [`scan_source`]; parenthesized and backslash-continued imports are joined.
+/// Parenthesized and backslash-continued imports are joined.
 pub fn module_imports(src: &str, package: &str) -> Vec<String> {
     let mut out = Vec::new();
-    let mut in_string: Option<&str> = None;
     // Lines indented deeper than this belong to a skipped block (a def or a TYPE_CHECKING if).
     let mut skip_deeper: Option<usize> = None;
-    let mut lines = src.lines();
-    while let Some(raw) = lines.next() {
-        if let Some(q) = in_string {
-            if raw.contains(q) {
-                in_string = None;
-            }
-            continue;
-        }
-        let text = raw.trim();
-        if text.is_empty() || text.starts_with('#') {
-            continue;
-        }
-        let indent = indent_of(raw);
+    let mut lines = code_lines(src);
+    while let Some((indent, text)) = lines.next() {
         match skip_deeper {
             Some(d) if indent > d => continue,
             _ => skip_deeper = None,
-        }
-        if ["\"\"\"", "'''"]
-            .iter()
-            .any(|q| text.matches(q).count() % 2 == 1)
-        {
-            in_string = Some(if text.matches("\"\"\"").count() % 2 == 1 {
-                "\"\"\""
-            } else {
-                "'''"
-            });
-            continue;
         }
         let head = text.split('#').next().unwrap_or("").trim();
         if head.starts_with("def ")
@@ -461,7 +447,7 @@ pub fn module_imports(src: &str, package: &str) -> Vec<String> {
         }
         let mut stmt = head.to_string();
         while (stmt.contains('(') && !stmt.contains(')')) || stmt.ends_with('\\') {
-            let Some(next) = lines.next() else { break };
+            let Some((_, next)) = lines.next() else { break };
             stmt = format!(
                 "{} {}",
                 stmt.trim_end_matches('\\'),
