@@ -980,22 +980,10 @@ impl Registry {
         }
     }
 
-    /// The digest a manifest reference resolves to now (HEAD), if it exists.
+    /// The digest a manifest reference resolves to now, best effort: None also when the
+    /// registry does not answer ([`Registry::tag_digest`] tells the two apart).
     pub async fn manifest_digest(&self, repo: &str, reference: &str) -> Option<String> {
-        let url = self.url(&format!("v2/{repo}/manifests/{reference}"));
-        let resp = self
-            .send("manifest HEAD", |c| {
-                Ok(c.head(url.clone()).header("Accept", ACCEPT_MANIFESTS))
-            })
-            .await
-            .ok()?;
-        if !resp.status().is_success() {
-            return None;
-        }
-        resp.headers()
-            .get("Docker-Content-Digest")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
+        self.tag_digest(repo, reference).await.ok().flatten()
     }
 
     /// The digest `repo:tag` names now: None when the registry says there is no such manifest

@@ -100,38 +100,38 @@ impl ResolveTarget {
     }
 }
 
+/// What `uv --version` at `uv` says, e.g. `0.13.9`; the error when it cannot run.
+pub(crate) fn uv_version(uv: &Path) -> std::io::Result<String> {
+    let out = Command::new(uv).arg("--version").output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or(text.trim())
+        .to_string())
+}
+
 /// The uv binary to use; a missing uv says how to install it.
 pub fn find_uv(explicit: Option<&Path>) -> Result<PathBuf> {
     let pin = UV_VERSION.trim();
     let how = format!("install it with `python3 -m pip install uv=={pin}` (or pass --uv PATH)");
     let candidate = match explicit.map(Path::to_path_buf).or_else(uv::obtained) {
         Some(p) => p,
-        None => std::env::var_os("PATH")
-            .and_then(|paths| {
-                std::env::split_paths(&paths)
-                    .map(|d| d.join("uv"))
-                    .find(|p| p.is_file())
-            })
-            // Exit 1: the machine lacks a tool, the input is fine.
-            .ok_or_else(|| {
-                anyhow::anyhow!("uv is needed to resolve dependencies but is not on PATH: {how}")
-            })?,
+        // Exit 1: the machine lacks a tool, the input is fine.
+        None => crate::wheels::bytecode::which("uv").ok_or_else(|| {
+            anyhow::anyhow!("uv is needed to resolve dependencies but is not on PATH: {how}")
+        })?,
     };
-    let out = Command::new(&candidate)
-        .arg("--version")
-        .output()
-        .map_err(|e| {
-            bad_input(format!(
-                "cannot run uv at {}: {e}; {how}",
-                candidate.display()
-            ))
-        })?;
-    let version = String::from_utf8_lossy(&out.stdout);
-    if version.split_whitespace().nth(1).is_none_or(|v| v != pin) {
+    let version = uv_version(&candidate).map_err(|e| {
+        bad_input(format!(
+            "cannot run uv at {}: {e}; {how}",
+            candidate.display()
+        ))
+    })?;
+    if version != pin {
         tracing::warn!(
-            "{} is {}; the builder is tested with uv {pin}",
-            candidate.display(),
-            version.trim()
+            "{} is uv {version}; the builder is tested with uv {pin}",
+            candidate.display()
         );
     }
     Ok(candidate)

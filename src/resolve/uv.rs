@@ -38,16 +38,8 @@ fn pinned_wheel() -> Option<(&'static str, &'static str)> {
 
 /// The `uv` on PATH if it is the pinned version.
 fn pinned_on_path() -> Option<PathBuf> {
-    let paths = std::env::var_os("PATH")?;
-    let uv = std::env::split_paths(&paths)
-        .map(|d| d.join("uv"))
-        .find(|p| p.is_file())?;
-    let out = std::process::Command::new(&uv)
-        .arg("--version")
-        .output()
-        .ok()?;
-    let version = String::from_utf8_lossy(&out.stdout);
-    (version.split_whitespace().nth(1) == Some(UV_VERSION.trim())).then_some(uv)
+    let uv = crate::wheels::bytecode::which("uv")?;
+    (super::uv_version(&uv).ok()? == UV_VERSION.trim()).then_some(uv)
 }
 
 /// Makes sure a uv is there for resolving: `explicit` (`--uv`), the pinned uv on PATH, the one

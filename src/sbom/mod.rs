@@ -68,15 +68,13 @@ fn spdx_id(kind: &str, parts: &[&str]) -> String {
     format!("SPDXRef-{kind}-{clean}")
 }
 
-/// A URL without user, password, query or fragment (index URLs may carry credentials or
-/// tokens); `NOASSERTION` when it is not a URL.
 /// `u` without credentials, query or fragment, when SPDX accepts it as a download location;
 /// None otherwise. SPDX 2.3's download-location grammar (§7.7, as spdx-tools 0.8 checks it)
 /// wants a host name with a 2–5 letter top-level domain: IP addresses (edge deployments clone
 /// from them), `localhost`, `file://` and local paths are not locations it can express.
 fn spdx_url(u: &str) -> Option<String> {
     const SCHEMES: &[&str] = &["http", "https", "ssh", "git", "svn", "sftp", "ftp"];
-    let mut url = url::Url::parse(u).ok()?;
+    let url = url::Url::parse(u).ok()?;
     let Some(url::Host::Domain(host)) = url.host() else {
         return None;
     };
@@ -88,18 +86,12 @@ fn spdx_url(u: &str) -> Option<String> {
         && labels
             .iter()
             .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
-    if !named || !SCHEMES.contains(&url.scheme()) {
-        return None;
-    }
-    let _ = url.set_username("");
-    let _ = url.set_password(None);
-    url.set_query(None);
-    url.set_fragment(None);
-    Some(url.to_string())
+    (named && SCHEMES.contains(&url.scheme())).then(|| plain_url(u))
 }
 
-/// `u` without credentials, query or fragment, for the document's free-text fields
-/// (`sourceInfo`): the exact place when `downloadLocation` cannot say it.
+/// `u` without user, password, query or fragment (URLs may carry credentials or tokens), for
+/// `downloadLocation` and the document's free-text fields (`sourceInfo`: the exact place when
+/// `downloadLocation` cannot say it).
 fn plain_url(u: &str) -> String {
     match url::Url::parse(u) {
         Ok(mut url) => {

@@ -111,7 +111,9 @@ impl Bytecode {
     }
 }
 
-fn which(name: &str) -> Option<PathBuf> {
+/// The first file `name` on PATH (the tools the builder runs: `python3.X` here, uv for
+/// `resolve`).
+pub fn which(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
             .map(|d| d.join(name))
